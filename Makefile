@@ -1,0 +1,42 @@
+# quantrieve — set up and run. `make demo` and `make test` are all a newcomer needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel by default; on a CUDA machine run e.g. `make TORCH_SPEC="torch==2.13.0" venv`
+# against the CUDA index, or install torch into .venv yourself before `make`.
+TORCH_SPEC ?= torch==2.13.0
+DATA_DIR ?= /usr/share/datasets/fashion-mnist
+DEMO_DIR ?= runs/demo
+
+.PHONY: venv demo test lint data clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Fashion-MNIST from Debian when it is missing and we are allowed to install it.
+data:
+	@if [ ! -e "$(DATA_DIR)/train-images-idx3-ubyte.gz" ] && [ ! -e "$(DATA_DIR)/train-images-idx3-ubyte" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)); \
+	  else \
+	    echo "Fashion-MNIST not found in $(DATA_DIR): install the Debian package dataset-fashion-mnist (as root) or pass DATA_DIR=..."; exit 1; \
+	  fi; \
+	fi
+
+demo: venv data
+	$(VENV)/bin/quantrieve demo --data-dir $(DATA_DIR) --out $(DEMO_DIR)
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(PY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache
