@@ -1,0 +1,79 @@
+"""Two-view augmentation in batch on the tensor's device (kornia).
+
+The views follow METHOD.md (SimCLR-style): random resized crop, horizontal flip, colour jitter,
+random grayscale and Gaussian blur. For single-channel images the colour-only operations
+(saturation, hue, grayscale) are skipped, so the same config serves grayscale and RGB data.
+"""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import torch
+from torch import nn
+
+from quantrieve.config import AugmentConfig
+
+
+def to_float_images(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) to float (B, C, H, W) in [0, 1], on the batch's device."""
+    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation with statistics of the training images."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean/std must have equal lengths and std > 0, got {mean}, {std}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class TwoViewAugment(nn.Module):
+    """Draws one random augmentation per image; call twice for two independent views.
+
+    Args:
+        config: Augmentation strengths and probabilities.
+        image_size: Output side length (images are square after the crop).
+        channels: Input channel count; colour-only operations are used when it is 3.
+    """
+
+    def __init__(self, config: AugmentConfig, image_size: int, channels: int) -> None:
+        super().__init__()
+        colour = channels == 3
+        ops: list[nn.Module] = [
+            K.RandomResizedCrop(
+                (image_size, image_size),
+                scale=(config.crop_scale_min, config.crop_scale_max),
+            ),
+        ]
+        if config.hflip_p > 0:
+            ops.append(K.RandomHorizontalFlip(p=config.hflip_p))
+        if config.jitter_p > 0:
+            ops.append(
+                K.ColorJitter(
+                    brightness=config.brightness,
+                    contrast=config.contrast,
+                    saturation=config.saturation if colour else 0.0,
+                    hue=config.hue if colour else 0.0,
+                    p=config.jitter_p,
+                )
+            )
+        if colour and config.grayscale_p > 0:
+            ops.append(K.RandomGrayscale(p=config.grayscale_p))
+        if config.blur_p > 0:
+            ops.append(
+                K.RandomGaussianBlur(
+                    (3, 3), (config.blur_sigma_min, config.blur_sigma_max), p=config.blur_p
+                )
+            )
+        self.pipeline = K.AugmentationSequential(*ops)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Augment float images (B, C, H, W) in [0, 1]; returns the same shape, clamped."""
+        return self.pipeline(images).clamp_(0.0, 1.0)

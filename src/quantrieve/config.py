@@ -1,0 +1,404 @@
+"""Typed, validated run configuration.
+
+A run is described by one :class:`RunConfig` made of sections (data, augment, model, loss,
+train, eval). Configs come from a named preset (a TOML file shipped in
+``quantrieve/presets``) or a user TOML/JSON file, then ``section.key=value`` overrides from the
+command line. Every section validates itself and errors name the offending key. The resolved
+config is saved as JSON next to every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+def _check(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from and how the training side is split.
+
+    Attributes:
+        dataset: Reader name, see ``quantrieve.data.DATASETS``.
+        root: Folder holding the dataset files.
+        val_queries: Images carved out of the training side as validation queries (model
+            selection). The rest of the training side is the validation database.
+        split_seed: Seed of the validation split (splits are saved with the run).
+        train_limit: Use only the first N training images (0 = all); for quick runs and tests.
+    """
+
+    dataset: str = "fashion-mnist"
+    root: str = "/usr/share/datasets/fashion-mnist"
+    val_queries: int = 1000
+    split_seed: int = 0
+    train_limit: int = 0
+
+    def validate(self) -> None:
+        _check(self.val_queries >= 0, "data.val_queries", "must be >= 0")
+        _check(self.train_limit >= 0, "data.train_limit", "must be >= 0")
+
+
+@dataclass
+class AugmentConfig:
+    """Two-view augmentation, applied in batch on the tensor's device (METHOD.md, views)."""
+
+    crop_scale_min: float = 0.08
+    crop_scale_max: float = 1.0
+    hflip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma_min: float = 0.1
+    blur_sigma_max: float = 2.0
+
+    def validate(self) -> None:
+        _check(
+            0 < self.crop_scale_min <= self.crop_scale_max <= 1,
+            "augment.crop_scale_min",
+            "need 0 < crop_scale_min <= crop_scale_max <= 1",
+        )
+        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p"):
+            value = getattr(self, name)
+            _check(0 <= value <= 1, f"augment.{name}", f"a probability in [0, 1], got {value}")
+        for name in ("brightness", "contrast", "saturation"):
+            _check(getattr(self, name) >= 0, f"augment.{name}", "must be >= 0")
+        _check(0 <= self.hue <= 0.5, "augment.hue", "must be in [0, 0.5]")
+        _check(
+            0 < self.blur_sigma_min <= self.blur_sigma_max,
+            "augment.blur_sigma_min",
+            "need 0 < blur_sigma_min <= blur_sigma_max",
+        )
+
+
+BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and product quantizer (METHOD.md, Model).
+
+    Code length in bits is ``num_books * log2(num_codewords)``.
+    """
+
+    backbone: str = "small_cnn"
+    width: int = 32
+    proj_hidden: int = 512
+    num_books: int = 8
+    num_codewords: int = 16
+    codeword_dim: int = 16
+    tau_sq: float = 0.2
+
+    @property
+    def bits(self) -> int:
+        return int(self.num_books * math.log2(self.num_codewords))
+
+    @property
+    def embed_dim(self) -> int:
+        return self.num_books * self.codeword_dim
+
+    def validate(self) -> None:
+        _check(self.backbone in BACKBONES, "model.backbone", f"one of {BACKBONES}")
+        _check(self.width >= 4, "model.width", "must be >= 4")
+        _check(self.proj_hidden >= 1, "model.proj_hidden", "must be >= 1")
+        _check(self.num_books >= 1, "model.num_books", "must be >= 1")
+        _check(
+            2 <= self.num_codewords <= 256 and (self.num_codewords & (self.num_codewords - 1)) == 0,
+            "model.num_codewords",
+            "a power of two in [2, 256] (codes are stored as uint8)",
+        )
+        _check(self.codeword_dim >= 1, "model.codeword_dim", "must be >= 1")
+        _check(self.tau_sq > 0, "model.tau_sq", "must be > 0")
+
+
+FUSIONS = ("sum", "concat", "embedding", "quantized")
+
+
+@dataclass
+class LossConfig:
+    """Weights and temperatures of the objective (METHOD.md, Objective).
+
+    ``preset`` names the weight set the section started from (``hqc`` or ``spq``); explicit
+    keys in the same section override it.
+    """
+
+    preset: str = "hqc"
+    w_icf: float = 1.0
+    w_icz: float = 1.0
+    w_cc: float = 0.4
+    w_pn: float = 0.1
+    w_cd: float = 0.2
+    w_xqc: float = 0.0
+    tau_ic: float = 0.5
+    tau_cc: float = 0.2
+    tau_pn: float = 0.5
+    tau_xqc: float = 0.5
+    top_n: int = 20
+    fusion: str = "sum"
+
+    def validate(self) -> None:
+        for name in ("w_icf", "w_icz", "w_cc", "w_pn", "w_cd", "w_xqc"):
+            _check(getattr(self, name) >= 0, f"loss.{name}", "weights must be >= 0")
+        for name in ("tau_ic", "tau_cc", "tau_pn", "tau_xqc"):
+            _check(getattr(self, name) > 0, f"loss.{name}", "temperatures must be > 0")
+        _check(self.top_n >= 1, "loss.top_n", "must be >= 1")
+        _check(self.fusion in FUSIONS, "loss.fusion", f"one of {FUSIONS}")
+        _check(
+            any(getattr(self, n) > 0 for n in ("w_icf", "w_icz", "w_cc", "w_pn", "w_cd", "w_xqc")),
+            "loss",
+            "at least one weight must be > 0",
+        )
+
+
+LOSS_PRESETS: dict[str, dict[str, float]] = {
+    # HQC, BMVC 2023: all five terms, instance-contrastive weights 1 (METHOD.md).
+    "hqc": {"w_icf": 1.0, "w_icz": 1.0, "w_cc": 0.4, "w_pn": 0.1, "w_cd": 0.2, "w_xqc": 0.0},
+    # The reference implementation's defaults: instance-contrastive terms off.
+    "hqc-ref": {"w_icf": 0.0, "w_icz": 0.0, "w_cc": 0.4, "w_pn": 0.1, "w_cd": 0.2, "w_xqc": 0.0},
+    # SPQ, ICCV 2021: cross-quantized contrastive learning only.
+    "spq": {"w_icf": 0.0, "w_icz": 0.0, "w_cc": 0.0, "w_pn": 0.0, "w_cd": 0.0, "w_xqc": 1.0},
+}
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation (METHOD.md, Training recipe): Adam, linear warm-up, cosine decay."""
+
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 1e-5
+    warmup_epochs: int = 2
+    warmup_start_lr: float = 1e-5
+    final_lr_ratio: float = 0.1
+    amp: bool = True
+    device: str = "auto"
+    seed: int = 0
+    eval_every: int = 1
+    max_steps_per_epoch: int = 0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 2, "train.batch_size", "must be >= 2 (in-batch negatives)")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+               "train.warmup_epochs", "must be in [0, epochs)")
+        _check(self.warmup_start_lr > 0, "train.warmup_start_lr", "must be > 0")
+        _check(0 < self.final_lr_ratio <= 1, "train.final_lr_ratio", "must be in (0, 1]")
+        _check(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = never)")
+        _check(self.max_steps_per_epoch >= 0, "train.max_steps_per_epoch", "must be >= 0")
+        _check(
+            self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda", "mps"),
+            "train.device",
+            "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
+        )
+
+
+DISTANCES = ("l2", "sqeuclidean")
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation (METHOD.md, protocol). ``l2`` is the papers' sum of non-squared
+    sub-space distances, ``sqeuclidean`` the standard ADC of faiss."""
+
+    topk: int = 1000
+    distance: str = "l2"
+    precision_at: list[int] = field(default_factory=lambda: [10, 100, 1000])
+
+    def validate(self) -> None:
+        _check(self.topk >= 1, "eval.topk", "must be >= 1")
+        _check(self.distance in DISTANCES, "eval.distance", f"one of {DISTANCES}")
+        _check(all(n >= 1 for n in self.precision_at), "eval.precision_at", "values >= 1")
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; saved as ``config.json`` in the run directory."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> RunConfig:
+        for section in fields(self):
+            getattr(self, section.name).validate()
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+SECTIONS = {f.name: f.type for f in fields(RunConfig)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Turn a TOML/JSON/command-line value into the field's type, or raise ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin in (list, typing.List):  # noqa: UP006
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]").split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, item_type, key) for v in value]
+    if isinstance(annotation, types.UnionType):
+        raise ConfigError(f"config key '{key}': unsupported type")
+    try:
+        if annotation is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if annotation is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value).strip() if isinstance(value, str) else str(value)
+    except (TypeError, ValueError):
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"config key '{key}': expected {name}, got {value!r}") from None
+    return value
+
+
+def _apply_section(section: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(section))
+    names = {f.name for f in fields(section)}
+    if prefix == "loss" and "preset" in values:
+        apply_loss_preset(section, str(values["preset"]))
+    for key, value in values.items():
+        full = f"{prefix}.{key}"
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{full}'; known keys: {', '.join(sorted(names))}"
+            )
+        setattr(section, key, _coerce(value, hints[key], full))
+
+
+def apply_loss_preset(loss: LossConfig, name: str) -> None:
+    """Set the loss weights of a named preset (``hqc``, ``hqc-ref``, ``spq``)."""
+    if name not in LOSS_PRESETS:
+        raise ConfigError(f"config key 'loss.preset': one of {sorted(LOSS_PRESETS)}, got {name!r}")
+    loss.preset = name
+    for key, value in LOSS_PRESETS[name].items():
+        setattr(loss, key, value)
+
+
+def config_from_dict(values: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
+    """Build a config from nested ``{section: {key: value}}``, on top of ``base``."""
+    config = dataclasses.replace(base) if base is not None else RunConfig()
+    config = RunConfig(**{name: dataclasses.replace(getattr(config, name)) for name in SECTIONS})
+    for section_name, section_values in values.items():
+        if section_name not in SECTIONS:
+            raise ConfigError(
+                f"unknown config section '{section_name}'; known: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(section_values, dict):
+            raise ConfigError(f"config section '{section_name}' must be a table of keys")
+        _apply_section(getattr(config, section_name), section_values, section_name)
+    return config
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Parse ``section.key=value`` strings into a nested dict (values stay strings)."""
+    nested: dict[str, dict[str, Any]] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form section.key=value")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"override key '{key}' is not of the form section.key")
+        nested.setdefault(parts[0], {})[parts[1]] = value.strip()
+    return nested
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package."""
+    folder = resources.files("quantrieve") / "presets"
+    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file, naming the file (and line for TOML) on error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def load_config(
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
+    """Resolve a config: defaults <- preset <- config file <- command-line overrides."""
+    config = RunConfig()
+    if preset is not None:
+        names = preset_names()
+        if preset not in names:
+            raise ConfigError(f"unknown preset '{preset}'; available: {', '.join(names)}")
+        text = (resources.files("quantrieve") / "presets" / f"{preset}.toml").read_text()
+        config = config_from_dict(tomllib.loads(text), config)
+    if config_file is not None:
+        config = config_from_dict(read_config_file(config_file), config)
+    if overrides:
+        config = config_from_dict(parse_overrides(overrides), config)
+    return config.validate()
+
+
+def num_books_for_bits(bits: int, num_codewords: int) -> int:
+    """Number of books M giving ``bits = M * log2(K)``; raises if it does not divide."""
+    per_book = math.log2(num_codewords)
+    books = bits / per_book
+    if books < 1 or not books.is_integer():
+        raise ConfigError(
+            f"--bits {bits} is not a multiple of log2(K) = {per_book:g} (K = {num_codewords})"
+        )
+    return int(books)

@@ -1,0 +1,90 @@
+"""Seeded, saved, checksummed splits.
+
+A split is a dict of named index arrays. It is written once next to the run
+(``splits.npz`` plus ``splits.json`` with a SHA-256 of the indices) and reused: a resumed run or
+a later evaluation reads the same indices and refuses a file whose checksum does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from quantrieve.data.base import DataError
+
+
+def split_checksum(split: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the split's names and int64 indices, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(split):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(split[name], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def validation_split(num_train: int, num_val_queries: int, seed: int) -> dict[str, np.ndarray]:
+    """Carve ``num_val_queries`` validation queries out of the training side.
+
+    Returns ``val_query`` and ``val_database`` (the remaining training images), both sorted.
+    """
+    if num_val_queries >= num_train:
+        raise DataError(
+            f"data.val_queries = {num_val_queries} leaves no validation database "
+            f"out of {num_train} training images"
+        )
+    perm = np.random.default_rng(seed).permutation(num_train)
+    return {
+        "val_query": np.sort(perm[:num_val_queries]),
+        "val_database": np.sort(perm[num_val_queries:]),
+    }
+
+
+def save_split(split: dict[str, np.ndarray], folder: str | Path, info: dict | None = None) -> Path:
+    """Write ``splits.npz`` and ``splits.json`` (checksum, sizes, how it was made)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "splits.npz", **{k: np.asarray(v, dtype=np.int64) for k, v in split.items()})
+    meta = {
+        "sha256": split_checksum(split),
+        "sizes": {k: len(v) for k, v in split.items()},
+        **(info or {}),
+    }
+    (folder / "splits.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return folder / "splits.npz"
+
+
+def load_split(folder: str | Path) -> dict[str, np.ndarray]:
+    """Read a saved split and verify its checksum."""
+    folder = Path(folder)
+    npz, meta_path = folder / "splits.npz", folder / "splits.json"
+    if not npz.is_file() or not meta_path.is_file():
+        raise DataError(f"{folder}: no saved split (splits.npz + splits.json)")
+    with np.load(npz) as data:
+        split = {k: data[k] for k in data.files}
+    expected = json.loads(meta_path.read_text())["sha256"]
+    if split_checksum(split) != expected:
+        raise DataError(f"{npz}: checksum does not match {meta_path}; the split was altered")
+    return split
+
+
+def load_or_make_split(
+    folder: str | Path, num_train: int, num_val_queries: int, seed: int
+) -> dict[str, np.ndarray]:
+    """Reuse the split saved in ``folder`` if there is one, else make and save it."""
+    folder = Path(folder)
+    if (folder / "splits.npz").is_file():
+        split = load_split(folder)
+        total = sum(len(v) for v in split.values())
+        if total != num_train or len(split["val_query"]) != num_val_queries:
+            raise DataError(
+                f"{folder / 'splits.npz'}: saved split covers {total} images with "
+                f"{len(split['val_query'])} queries; the config asks for {num_train} / "
+                f"{num_val_queries}"
+            )
+        return split
+    split = validation_split(num_train, num_val_queries, seed)
+    save_split(split, folder, {"seed": seed, "num_train": num_train})
+    return split

@@ -1,0 +1,201 @@
+"""The index directory: the unit that ``quantrieve search`` and a search service load.
+
+Format ``quantrieve-pq-index``, version 1. A directory holding::
+
+    index.json      metadata: format, version, num_items, num_books (M), num_codewords (K),
+                    codeword_dim (d), bits, distance, has_labels, class_names, source,
+                    the training config, package versions, git commit, creation time
+    codebooks.npy   float32 (M, K, d)
+    codes.npy       uint8 (N, M), row i is item i
+    ids.txt         N lines, the id of item i on line i+1
+    labels.npy      bool (N, C), only when labels are known
+    model.pt        the encoder (optional), to embed query images
+
+An index is written into a temporary sibling directory and renamed into place, so a crash never
+leaves a half-written index under the final name and an existing index is replaced whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantrieve.index.search import DISTANCES, search_codes
+
+INDEX_FORMAT = "quantrieve-pq-index"
+INDEX_VERSION = 1
+
+
+class IndexFormatError(ValueError):
+    """An index directory is missing, malformed or from a newer version."""
+
+
+@dataclass
+class PQIndex:
+    """PQ codes of a database with their codebooks, ids and optional labels.
+
+    Attributes:
+        codebooks: float32 (M, K, d).
+        codes: uint8 (N, M).
+        ids: N item ids.
+        labels: bool (N, C) or None.
+        distance: default ranking distance, ``l2`` or ``sqeuclidean``.
+        meta: free-form metadata saved in index.json (config, versions, source...).
+    """
+
+    codebooks: np.ndarray
+    codes: np.ndarray
+    ids: list[str]
+    labels: np.ndarray | None = None
+    distance: str = "l2"
+    class_names: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.codebooks = np.ascontiguousarray(self.codebooks, dtype=np.float32)
+        self.codes = np.ascontiguousarray(self.codes, dtype=np.uint8)
+        if self.codebooks.ndim != 3:
+            raise IndexFormatError(f"codebooks must be (M, K, d), got {self.codebooks.shape}")
+        m, k, _ = self.codebooks.shape
+        if self.codes.ndim != 2 or self.codes.shape[1] != m:
+            raise IndexFormatError(f"codes must be (N, {m}), got {self.codes.shape}")
+        if len(self.codes) and int(self.codes.max()) >= k:
+            raise IndexFormatError(f"codes hold codeword {int(self.codes.max())} >= K = {k}")
+        if len(self.ids) != len(self.codes):
+            raise IndexFormatError(f"{len(self.ids)} ids for {len(self.codes)} codes")
+        if self.labels is not None and len(self.labels) != len(self.codes):
+            raise IndexFormatError(f"{len(self.labels)} label rows for {len(self.codes)} codes")
+        if self.distance not in DISTANCES:
+            raise IndexFormatError(f"distance must be one of {DISTANCES}, got '{self.distance}'")
+        if any("\n" in i for i in self.ids):
+            raise IndexFormatError("item ids may not contain newlines")
+
+    @property
+    def num_books(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def num_codewords(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def bits(self) -> int:
+        return int(self.num_books * np.log2(self.num_codewords))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def search(
+        self, queries: torch.Tensor, k: int = 10, distance: str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k)."""
+        return search_codes(
+            queries,
+            torch.from_numpy(self.codebooks),
+            torch.from_numpy(self.codes),
+            k,
+            distance or self.distance,
+        )
+
+    def save(self, path: str | Path, model_file: str | Path | None = None) -> Path:
+        """Write the index directory atomically (see module docstring)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            np.save(tmp / "codebooks.npy", self.codebooks)
+            np.save(tmp / "codes.npy", self.codes)
+            (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids))
+            if self.labels is not None:
+                np.save(tmp / "labels.npy", self.labels.astype(bool))
+            if model_file is not None:
+                shutil.copy2(model_file, tmp / "model.pt")
+            meta = {
+                "format": INDEX_FORMAT,
+                "version": INDEX_VERSION,
+                "num_items": len(self),
+                "num_books": self.num_books,
+                "num_codewords": self.num_codewords,
+                "codeword_dim": int(self.codebooks.shape[2]),
+                "bits": self.bits,
+                "distance": self.distance,
+                "has_labels": self.labels is not None,
+                "has_model": model_file is not None,
+                "class_names": self.class_names,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                **self.meta,
+            }
+            (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = False) -> PQIndex:
+        """Read an index directory; errors name the directory and the file at fault."""
+        path = Path(path)
+        meta_path = path / "index.json"
+        if not meta_path.is_file():
+            raise IndexFormatError(f"{path}: not an index directory (no index.json)")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise IndexFormatError(f"{meta_path}: invalid JSON ({exc})") from None
+        if meta.get("format") != INDEX_FORMAT:
+            raise IndexFormatError(f"{meta_path}: format is {meta.get('format')!r}, not {INDEX_FORMAT}")
+        if int(meta.get("version", 0)) > INDEX_VERSION:
+            raise IndexFormatError(
+                f"{meta_path}: index version {meta['version']} is newer than this quantrieve "
+                f"(reads up to {INDEX_VERSION})"
+            )
+        mode = "r" if mmap else None
+        try:
+            codebooks = np.load(path / "codebooks.npy")
+            codes = np.load(path / "codes.npy", mmap_mode=mode)
+            ids = (path / "ids.txt").read_text().splitlines()
+            labels = np.load(path / "labels.npy", mmap_mode=mode) if meta.get("has_labels") else None
+        except (OSError, ValueError) as exc:
+            raise IndexFormatError(f"{path}: cannot read index files ({exc})") from None
+        reserved = {
+            "format", "version", "num_items", "num_books", "num_codewords", "codeword_dim",
+            "bits", "distance", "has_labels", "has_model", "class_names", "created",
+        }
+        index = cls(
+            codebooks=codebooks,
+            codes=codes,
+            ids=ids,
+            labels=labels,
+            distance=meta.get("distance", "l2"),
+            class_names=meta.get("class_names", []),
+            meta={k: v for k, v in meta.items() if k not in reserved},
+        )
+        if len(index) != meta.get("num_items", len(index)):
+            raise IndexFormatError(f"{meta_path}: says {meta['num_items']} items, codes.npy has {len(index)}")
+        return index
+
+
+def model_path(index_dir: str | Path) -> Path:
+    """The encoder stored with an index, or a clear error if it has none."""
+    path = Path(index_dir) / "model.pt"
+    if not path.is_file():
+        raise IndexFormatError(f"{index_dir}: the index has no model.pt, so it cannot embed query images")
+    return path

@@ -1,0 +1,75 @@
+"""The training objective: a weighted sum of named terms, every term returned for logging.
+
+HQC [Wu et al., BMVC 2023]: L = w_icf L_icf + w_icz L_icz + w_cc L_cc + w_pn L_pn + w_cd L_cd.
+SPQ [Jang & Cho, ICCV 2021]: L = w_xqc L_xqc (cross-quantized contrastive).
+Terms with weight 0 are not computed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from quantrieve.config import LossConfig
+from quantrieve.losses.consistency import consistent_contrastive
+from quantrieve.losses.contrastive import cross_quantized_contrastive, nt_xent
+from quantrieve.losses.part import codeword_diversity, part_neighbour_consistency
+
+TERMS = ("icf", "icz", "cc", "pn", "cd", "xqc")
+
+
+def fuse(f: Tensor, z: Tensor, fusion: str) -> Tensor:
+    """The feature L_cc compares: ``sum`` (f + z, HQC's default), ``concat``, f or z alone."""
+    if fusion == "sum":
+        return f + z
+    if fusion == "concat":
+        return torch.cat([f, z], dim=1)
+    if fusion == "embedding":
+        return f
+    if fusion == "quantized":
+        return z
+    raise ValueError(f"unknown fusion '{fusion}'")
+
+
+class Objective:
+    """Computes the configured loss terms on the two views' (f, z).
+
+    Args:
+        config: Weights, temperatures, top-N and fusion.
+        num_books: M, for the part-level terms.
+    """
+
+    def __init__(self, config: LossConfig, num_books: int) -> None:
+        config.validate()
+        self.config = config
+        self.num_books = num_books
+        self.weights = {name: float(getattr(config, f"w_{name}")) for name in TERMS}
+
+    def __call__(
+        self, f_a: Tensor, f_b: Tensor, z_a: Tensor, z_b: Tensor, codebooks: Tensor
+    ) -> dict[str, Tensor]:
+        """Returns ``{"loss": total, term: value, ...}`` for every term with weight > 0.
+
+        Args:
+            f_a, f_b: (B, M*d) embeddings of the two views (whole, gathered batch).
+            z_a, z_b: (B, M*d) their soft quantizations.
+            codebooks: (M, K, d) trainable codebooks (for L_cd).
+        """
+        c, w = self.config, self.weights
+        terms: dict[str, Tensor] = {}
+        if w["icf"] > 0:
+            terms["icf"] = nt_xent(f_a, f_b, c.tau_ic)
+        if w["icz"] > 0:
+            terms["icz"] = nt_xent(z_a, z_b, c.tau_ic)
+        if w["cc"] > 0:
+            terms["cc"] = consistent_contrastive(
+                fuse(f_a, z_a, c.fusion), fuse(f_b, z_b, c.fusion), c.tau_cc
+            )
+        if w["pn"] > 0:
+            terms["pn"] = part_neighbour_consistency(z_a, z_b, self.num_books, c.top_n, c.tau_pn)
+        if w["cd"] > 0:
+            terms["cd"] = codeword_diversity(torch.cat([f_a, f_b]), codebooks)
+        if w["xqc"] > 0:
+            terms["xqc"] = cross_quantized_contrastive(f_a, f_b, z_a, z_b, c.tau_xqc)
+        total = sum(w[name] * value for name, value in terms.items())
+        return {"loss": total, **terms}  # type: ignore[dict-item]

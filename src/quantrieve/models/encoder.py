@@ -1,0 +1,48 @@
+"""The full HQC network: backbone -> projection head -> embedding f -> product quantizer."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from quantrieve.config import ModelConfig
+from quantrieve.models.backbones import build_backbone
+from quantrieve.models.quantizer import ProductQuantizer
+
+
+class ProjectionHead(nn.Module):
+    """Linear(dim_in, hidden) -> ReLU -> Linear(hidden, M*d); f is not normalised."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim_in, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim_out)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class QuantizationEncoder(nn.Module):
+    """Maps images to embeddings f and soft-quantized z; encodes to uint8 PQ codes.
+
+    Args:
+        config: Backbone, head and quantizer sizes.
+        in_channels: Channels of the input images.
+    """
+
+    def __init__(self, config: ModelConfig, in_channels: int) -> None:
+        super().__init__()
+        self.backbone = build_backbone(config.backbone, in_channels, config.width)
+        self.head = ProjectionHead(self.backbone.out_dim, config.proj_hidden, config.embed_dim)
+        self.quantizer = ProductQuantizer(
+            config.num_books, config.num_codewords, config.codeword_dim, config.tau_sq
+        )
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Continuous embedding f (B, M*d): the query side of retrieval."""
+        return self.head(self.backbone(x))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (f, z): the embedding and its soft quantization."""
+        f = self.embed(x)
+        return f, self.quantizer(f)

@@ -1,0 +1,101 @@
+"""Product quantizer with trainable codebooks (METHOD.md, Model; SPQ ICCV 2021 / HQC BMVC 2023).
+
+An embedding f of dimension M*d is cut into M sub-vectors f_m. Each book m has K codewords
+c_mk (codebooks of shape (M, K, d), all trainable). Soft quantization:
+
+    a_mk = softmax_k(-||f_m - c_mk||^2 / tau_sq),   z_m = sum_k a_mk c_mk
+
+and the hard code b_m = argmin_k ||f_m - c_mk||^2, stored as uint8. Bits = M * log2(K).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class ProductQuantizer(nn.Module):
+    """Trainable product quantizer.
+
+    Args:
+        num_books: M, the number of sub-spaces.
+        num_codewords: K, codewords per book; a power of two <= 256 (codes are uint8).
+        codeword_dim: d, the dimension of each sub-space.
+        tau_sq: Temperature of the soft assignment over squared distances.
+    """
+
+    def __init__(
+        self, num_books: int, num_codewords: int, codeword_dim: int, tau_sq: float = 0.2
+    ) -> None:
+        super().__init__()
+        if num_books < 1:
+            raise ValueError(f"num_books must be >= 1, got {num_books}")
+        if not (2 <= num_codewords <= 256) or num_codewords & (num_codewords - 1):
+            raise ValueError(f"num_codewords must be a power of two in [2, 256], got {num_codewords}")
+        if codeword_dim < 1:
+            raise ValueError(f"codeword_dim must be >= 1, got {codeword_dim}")
+        if tau_sq <= 0:
+            raise ValueError(f"tau_sq must be > 0, got {tau_sq}")
+        self.num_books = num_books
+        self.num_codewords = num_codewords
+        self.codeword_dim = codeword_dim
+        self.tau_sq = tau_sq
+        self.codebooks = nn.Parameter(torch.empty(num_books, num_codewords, codeword_dim))
+        nn.init.xavier_uniform_(self.codebooks)
+
+    @property
+    def bits(self) -> int:
+        """Code length: M * log2(K)."""
+        return int(self.num_books * math.log2(self.num_codewords))
+
+    @property
+    def dim(self) -> int:
+        return self.num_books * self.codeword_dim
+
+    def split(self, f: Tensor) -> Tensor:
+        """(B, M*d) to (B, M, d)."""
+        if f.shape[-1] != self.dim:
+            raise ValueError(f"expected embeddings of dimension {self.dim}, got {f.shape[-1]}")
+        return f.reshape(*f.shape[:-1], self.num_books, self.codeword_dim)
+
+    def squared_distances(self, f: Tensor) -> Tensor:
+        """||f_m - c_mk||^2 for every book and codeword: (B, M*d) -> (B, M, K)."""
+        parts = self.split(f).transpose(0, 1)  # (M, B, d)
+        books = self.codebooks.to(parts.dtype)
+        dist = (
+            parts.pow(2).sum(-1, keepdim=True)
+            - 2 * torch.bmm(parts, books.transpose(1, 2))
+            + books.pow(2).sum(-1).unsqueeze(1)
+        )
+        return dist.clamp_min(0).transpose(0, 1)
+
+    def soft_assign(self, f: Tensor) -> Tensor:
+        """Soft assignment a_mk = softmax_k(-||f_m - c_mk||^2 / tau_sq): (B, M, K)."""
+        return torch.softmax(-self.squared_distances(f) / self.tau_sq, dim=-1)
+
+    def forward(self, f: Tensor) -> Tensor:
+        """Soft-quantized z = concat_m sum_k a_mk c_mk, same shape as f (differentiable).
+
+        Computed in float32 even under autocast: the softmax over distances / tau_sq is
+        sensitive to bf16 rounding.
+        """
+        with torch.autocast(device_type=f.device.type, enabled=False):
+            assign = self.soft_assign(f.float())  # (B, M, K)
+            z = torch.einsum("bmk,mkd->bmd", assign, self.codebooks.float())
+        return z.reshape(f.shape)
+
+    @torch.no_grad()
+    def encode(self, f: Tensor) -> Tensor:
+        """Hard codes b_m = argmin_k ||f_m - c_mk||^2 as uint8: (B, M*d) -> (B, M)."""
+        return self.squared_distances(f.float()).argmin(-1).to(torch.uint8)
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codewords of the hard codes, concatenated: (B, M) uint8 -> (B, M*d)."""
+        if codes.shape[-1] != self.num_books:
+            raise ValueError(f"expected codes with {self.num_books} books, got {codes.shape[-1]}")
+        idx = codes.long()
+        books = torch.arange(self.num_books, device=codes.device)
+        return self.codebooks[books, idx].reshape(*codes.shape[:-1], self.dim)

@@ -1,0 +1,53 @@
+"""Progress bars with ETA (rich), and a silent stand-in for library use and tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+console = Console(stderr=True)
+
+
+class Bar:
+    """One task on a rich progress display; ``update(advance, **fields)`` shows the fields."""
+
+    def __init__(self, total: int, description: str) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task(description, total=total, info="")
+        self._progress.start()
+
+    def update(self, advance: int = 1, **fields: Any) -> None:
+        info = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()
+        )
+        self._progress.update(self._task, advance=advance, info=info)
+
+    def set(self, completed: int) -> None:
+        self._progress.update(self._task, completed=completed)
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def bar(total: int, description: str) -> Bar:
+    """Factory with the signature the trainer expects."""
+    return Bar(total, description)

@@ -1,0 +1,300 @@
+"""Unsupervised training of the quantization encoder (METHOD.md, Training recipe).
+
+Per step: two views of each image are drawn on the device, both go through the network in one
+forward pass, and the objective's terms are summed. After every epoch a checkpoint is written
+atomically; every ``eval_every`` epochs the validation mAP (validation queries against the rest
+of the training side, never the test queries) decides which weights are kept as ``model.pt``.
+
+Run directory layout::
+
+    config.json     resolved config        run.json      seed, versions, git commit, device
+    splits.npz/json validation split       log.jsonl     every logged step and epoch
+    last.pt         resumable checkpoint   model.pt      best model by validation mAP
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantrieve.augment import TwoViewAugment, to_float_images
+from quantrieve.config import RunConfig
+from quantrieve.data import ImageSet
+from quantrieve.data.splits import load_or_make_split
+from quantrieve.encode import RetrievalModel, channel_stats, embed_images
+from quantrieve.evaluate import evaluate_retrieval
+from quantrieve.index.search import adc_distances, lookup_tables
+from quantrieve.losses import Objective
+from quantrieve.train.checkpoint import atomic_save, load_checkpoint
+from quantrieve.train.device import autocast, needs_grad_scaler, resolve_device
+from quantrieve.train.run_info import run_record
+from quantrieve.train.schedule import learning_rate
+
+LOG_EVERY = 10
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or continue (bad run directory, diverged loss, ...)."""
+
+
+@dataclass
+class EpochSummary:
+    epoch: int
+    loss: float
+    seconds: float
+    images_per_second: float
+    val_map: float | None
+
+
+ProgressFactory = Callable[[int, str], Any]
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # The random state of an epoch depends on (seed, epoch) alone, so a resumed run replays
+    # exactly what an uninterrupted one would have drawn.
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+class Trainer:
+    """Trains a :class:`RetrievalModel` on an unlabelled image set.
+
+    Args:
+        config: The resolved run config.
+        train_set: Training images (labels, if any, are used only for validation mAP).
+        run_dir: Directory of this run; created if needed.
+        resume: Continue from ``run_dir/last.pt``. Without it, a run directory that already
+            holds a checkpoint is refused rather than overwritten.
+        progress: Optional factory ``progress(total_steps, description)`` returning an object
+            with ``update(advance, **fields)`` and ``close()``; used for the progress bar.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        train_set: ImageSet,
+        run_dir: str | Path,
+        resume: bool = False,
+        progress: ProgressFactory | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        self.device = resolve_device(config.train.device)
+        h, w, c = train_set.image_shape
+        if h != w:
+            raise TrainingError(f"training images must be square, got {h}x{w}")
+        if config.data.train_limit:
+            train_set = train_set.subset(np.arange(min(config.data.train_limit, len(train_set))))
+        self.train_set = train_set
+        checkpoint_path = self.run_dir / "last.pt"
+        if checkpoint_path.exists() and not resume:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it "
+                "or choose another --out"
+            )
+        if resume and not checkpoint_path.exists():
+            raise TrainingError(f"--resume given but {checkpoint_path} does not exist")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+        self.split = self._validation_split()
+        mean, std = channel_stats(train_set.images)
+        torch.manual_seed(config.train.seed)
+        self.model = RetrievalModel(config.model, h, c, mean, std).to(self.device)
+        self.augment = TwoViewAugment(config.augment, h, c).to(self.device)
+        self.objective = Objective(config.loss, config.model.num_books)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(
+            enabled=needs_grad_scaler(self.device, config.train.amp)
+        )
+        self.images = torch.from_numpy(np.ascontiguousarray(train_set.images))
+        self.steps_per_epoch = len(self.images) // config.train.batch_size
+        if config.train.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, config.train.max_steps_per_epoch)
+        if self.steps_per_epoch < 1:
+            raise TrainingError(
+                f"{len(self.images)} training images is less than one batch of "
+                f"train.batch_size = {config.train.batch_size}"
+            )
+        self.epoch = 0
+        self.best_val_map = -math.inf
+        self.best_epoch = 0
+        if resume:
+            self._restore(load_checkpoint(checkpoint_path))
+        else:
+            config.save(self.run_dir / "config.json")
+            record = run_record(
+                config.train.seed,
+                str(self.device),
+                {"train_images": len(train_set), "image_shape": [h, w, c]},
+            )
+            (self.run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+
+    # ---------------------------------------------------------------- setup and state
+    def _validation_split(self) -> dict[str, np.ndarray] | None:
+        data = self.config.data
+        if data.val_queries == 0 or self.train_set.labels is None:
+            return None
+        return load_or_make_split(self.run_dir, len(self.train_set), data.val_queries, data.split_seed)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_val_map": self.best_val_map,
+            "best_epoch": self.best_epoch,
+            "config": self.config.to_dict(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        saved, current = state.get("config"), self.config.to_dict()
+        if saved is not None and saved != current:
+            changed = sorted(
+                f"{s}.{k}"
+                for s in current
+                for k in current[s]
+                if saved.get(s, {}).get(k) != current[s][k]
+            )
+            raise TrainingError(
+                f"{self.run_dir / 'last.pt'} was trained with a different config "
+                f"(keys differ: {', '.join(changed)}); resume with the saved config.json"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.best_val_map = state["best_val_map"]
+        self.best_epoch = state["best_epoch"]
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # ---------------------------------------------------------------- training
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.train.epochs
+
+    def _lr(self, step: int) -> float:
+        t = self.config.train
+        return learning_rate(
+            step,
+            self.total_steps,
+            t.warmup_epochs * self.steps_per_epoch,
+            t.lr,
+            t.warmup_start_lr,
+            t.final_lr_ratio,
+        )
+
+    def _views(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        x = to_float_images(batch_uint8.to(self.device, non_blocking=True))
+        views = torch.cat([self.augment(x), self.augment(x)])
+        return self.model.normalize(views)
+
+    def train_step(self, batch_uint8: torch.Tensor, step: int) -> dict[str, float]:
+        """One optimisation step on a uint8 batch (B, H, W, C); returns the logged terms."""
+        lr = self._lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        views = self._views(batch_uint8)
+        with autocast(self.device, self.config.train.amp):
+            f = self.model.encoder.embed(views)
+        f = f.float()
+        z = self.model.quantizer(f)
+        half = len(batch_uint8)
+        terms = self.objective(f[:half], f[half:], z[:half], z[half:], self.model.quantizer.codebooks)
+        loss = terms["loss"]
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {step}; lower train.lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"lr": lr, **{k: float(v.detach()) for k, v in terms.items()}}
+
+    def fit(self, stop_after_epochs: int | None = None) -> list[EpochSummary]:
+        """Train until ``train.epochs`` (or for ``stop_after_epochs`` more epochs, if given)."""
+        t = self.config.train
+        last = t.epochs if stop_after_epochs is None else min(t.epochs, self.epoch + stop_after_epochs)
+        summaries: list[EpochSummary] = []
+        bar = None
+        if self.progress is not None and last > self.epoch:
+            bar = self.progress((last - self.epoch) * self.steps_per_epoch, "training")
+        try:
+            while self.epoch < last:
+                summaries.append(self._train_epoch(bar))
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.best_epoch == 0 and self.epoch > 0:
+            # No validation (unlabelled data or eval_every = 0): keep the last weights.
+            self.model.save(self.run_dir / "model.pt", {"epoch": self.epoch})
+        return summaries
+
+    def _train_epoch(self, bar: Any) -> EpochSummary:
+        t = self.config.train
+        epoch = self.epoch + 1
+        torch.manual_seed(_epoch_seed(t.seed, epoch))
+        order = torch.randperm(len(self.images))
+        self.model.train()
+        start, running = time.perf_counter(), 0.0
+        for i in range(self.steps_per_epoch):
+            step = (epoch - 1) * self.steps_per_epoch + i
+            idx = order[i * t.batch_size : (i + 1) * t.batch_size]
+            logged = self.train_step(self.images[idx], step)
+            running += logged["loss"]
+            if i % LOG_EVERY == 0 or i == self.steps_per_epoch - 1:
+                self._log({"kind": "step", "epoch": epoch, "step": step, **logged})
+            if bar is not None:
+                bar.update(1, epoch=epoch, loss=logged["loss"])
+        seconds = time.perf_counter() - start
+        self.epoch = epoch
+        val_map = None
+        if t.eval_every and self.split is not None and (epoch % t.eval_every == 0 or epoch == t.epochs):
+            val_map = self.validate()
+            if val_map > self.best_val_map:
+                self.best_val_map, self.best_epoch = val_map, epoch
+                self.model.save(self.run_dir / "model.pt", {"epoch": epoch, "val_map": val_map})
+        summary = EpochSummary(
+            epoch=epoch,
+            loss=running / self.steps_per_epoch,
+            seconds=seconds,
+            images_per_second=self.steps_per_epoch * t.batch_size / seconds,
+            val_map=val_map,
+        )
+        self._log({"kind": "epoch", **summary.__dict__, "best_epoch": self.best_epoch})
+        atomic_save(self._state(), self.run_dir / "last.pt")
+        return summary
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """mAP@K of the validation queries against the rest of the training side (hard codes)."""
+        assert self.split is not None and self.train_set.labels is not None
+        e = self.config.eval
+        images, labels = self.train_set.images, torch.from_numpy(self.train_set.labels)
+        q_idx, db_idx = self.split["val_query"], self.split["val_database"]
+        amp = self.config.train.amp
+        queries = embed_images(self.model, images[q_idx], self.device, amp=amp)
+        db = embed_images(self.model, images[db_idx], self.device, amp=amp)
+        codebooks = self.model.quantizer.codebooks.detach().float().cpu()
+        codes = self.model.quantizer.encode(db.to(self.device)).cpu()
+        result = evaluate_retrieval(
+            lambda s: adc_distances(lookup_tables(queries[s], codebooks, e.distance), codes),
+            labels[q_idx],
+            labels[db_idx],
+            k=min(e.topk, len(db_idx)),
+            precision_at=[min(n, len(db_idx)) for n in e.precision_at],
+        )
+        self._log({"kind": "validation", "epoch": self.epoch, **result.to_dict()})
+        return result.map_at_k
