@@ -47,7 +47,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise DataError(
             f"{path}: header says {shape} = {expected} bytes of data, file has {len(raw) - header}"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 def _find(root: Path, stem: str) -> Path:

@@ -73,3 +73,25 @@ def decode_image(path: Path, image_size: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(path, str(exc) or type(exc).__name__) from None
     return np.asarray(square, dtype=np.uint8)
+
+
+def load_image_file(path: str | Path, image_size: int, channels: int) -> np.ndarray:
+    """Decode a query image for a model trained on ``channels``-channel images.
+
+    Args:
+        path: the image file.
+        image_size: side of the square the model expects.
+        channels: 3 (RGB) or 1 (grayscale, ITU-R 601 luma as PIL's ``L`` mode).
+
+    Returns:
+        uint8 array (image_size, image_size, channels).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: image not found")
+    rgb = decode_image(path, image_size)
+    if channels == 3:
+        return rgb
+    if channels == 1:
+        return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)[..., None]
+    raise DataError(f"{path}: cannot convert an image to {channels} channels (only 1 or 3)")

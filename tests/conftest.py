@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny dataset in the real Fashion-MNIST IDX format."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write a uint8 array in the IDX format (big-endian header), gzipped or raw."""
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(
+        f">{array.ndim}i", *array.shape
+    )
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+    return path
+
+
+def make_idx_dataset(root: Path, n_train: int, n_test: int, size: int = 12, seed: int = 0) -> Path:
+    """Class-structured 10-class images (a bright bar whose position is the class) plus noise."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            row = int(c) * (size - 2) // 9
+            images[i, row : row + 2, :] = 230
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Fashion-MNIST-format folder: 320 train / 60 test images of 12x12."""
+    return make_idx_dataset(tmp_path_factory.mktemp("fashion"), 320, 60)

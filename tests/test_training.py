@@ -1,0 +1,139 @@
+"""Training: schedule, checkpoints, exact resume after an interruption, saved run records."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from quantrieve.config import load_config
+from quantrieve.data import read_dataset
+from quantrieve.train.checkpoint import atomic_save, load_checkpoint
+from quantrieve.train.schedule import learning_rate
+from quantrieve.train.trainer import Trainer, TrainingError
+
+TINY = [
+    "model.width=4",
+    "model.proj_hidden=16",
+    "model.num_books=2",
+    "model.codeword_dim=4",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "train.warmup_epochs=1",
+    "train.max_steps_per_epoch=3",
+    "data.val_queries=40",
+    "augment.crop_scale_min=0.5",
+    "eval.topk=50",
+    "eval.precision_at=[5]",
+]
+
+
+def tiny_config(root: Path, *extra: str):
+    return load_config(overrides=[f"data.root={root}", *TINY, *extra])
+
+
+def test_learning_rate_warmup_then_cosine() -> None:
+    kw = {"total_steps": 100, "warmup_steps": 10, "base_lr": 1.0, "warmup_start_lr": 0.0,
+          "final_lr_ratio": 0.1}
+    assert learning_rate(0, **kw) == 0.0
+    assert learning_rate(5, **kw) == pytest.approx(0.5)
+    assert learning_rate(10, **kw) == pytest.approx(1.0)
+    assert learning_rate(99, **kw) == pytest.approx(0.1)
+    mid = 10 + (99 - 10) / 2
+    assert learning_rate(int(mid), **kw) == pytest.approx(0.55, abs=0.02)
+    rates = [learning_rate(s, **kw) for s in range(10, 100)]
+    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+
+
+def test_atomic_save_replaces_whole_file(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pt"
+    atomic_save({"a": 1}, path)
+    atomic_save({"a": 2}, path)
+    assert load_checkpoint(path) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp files left
+
+
+class _Interrupt:
+    """Progress stand-in that raises KeyboardInterrupt after ``after`` steps."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.seen = after, 0
+
+    def __call__(self, total: int, description: str) -> _Interrupt:
+        return self
+
+    def update(self, advance: int = 1, **fields: object) -> None:
+        self.seen += advance
+        if self.seen >= self.after:
+            raise KeyboardInterrupt
+
+    def close(self) -> None:
+        pass
+
+
+def test_resume_after_interruption_reproduces_uninterrupted_weights(
+    tiny_fashion: Path, tmp_path: Path
+) -> None:
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    config = tiny_config(tiny_fashion)
+
+    straight = Trainer(config, train, tmp_path / "straight")
+    straight.fit()
+
+    interrupted = Trainer(config, train, tmp_path / "resumed", progress=_Interrupt(after=4))
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()  # dies in the middle of epoch 2; epoch 1 is on disk
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    resumed = Trainer(config, train, tmp_path / "resumed", resume=True)
+    assert resumed.epoch == 1
+    resumed.fit()
+
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+    assert resumed.best_val_map == straight.best_val_map
+
+
+def test_run_directory_records_everything(tiny_fashion: Path, tmp_path: Path) -> None:
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    run = tmp_path / "run"
+    trainer = Trainer(tiny_config(tiny_fashion), train, run)
+    summaries = trainer.fit()
+    assert {"config.json", "run.json", "splits.npz", "splits.json", "log.jsonl", "last.pt",
+            "model.pt"} <= {p.name for p in run.iterdir()}
+    record = json.loads((run / "run.json").read_text())
+    assert record["seed"] == 0 and "torch" in record["versions"] and record["git_commit"]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["num_books"] == 2
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["kind"] == "step"]
+    assert steps and {"lr", "loss", "icf", "icz", "cc", "pn", "cd"} <= steps[0].keys()
+    assert any(r["kind"] == "validation" for r in log)
+    assert all(math.isfinite(s.loss) for s in summaries)
+    assert summaries[-1].val_map is not None and 0 <= summaries[-1].val_map <= 1
+
+
+def test_existing_run_is_not_overwritten(tiny_fashion: Path, tmp_path: Path) -> None:
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    config = tiny_config(tiny_fashion, "train.epochs=1", "train.warmup_epochs=0")
+    Trainer(config, train, tmp_path / "run").fit()
+    with pytest.raises(TrainingError, match="--resume"):
+        Trainer(config, train, tmp_path / "run")
+    other = tiny_config(tiny_fashion, "train.epochs=1", "train.warmup_epochs=0", "train.lr=0.1")
+    with pytest.raises(TrainingError, match="train.lr"):
+        Trainer(other, train, tmp_path / "run", resume=True)
+
+
+def test_spq_objective_trains(tiny_fashion: Path, tmp_path: Path) -> None:
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    config = tiny_config(tiny_fashion, "loss.preset=spq", "train.epochs=1", "train.warmup_epochs=0")
+    trainer = Trainer(config, train, tmp_path / "spq")
+    before = trainer.model.quantizer.codebooks.detach().clone()
+    trainer.fit()
+    log = [json.loads(x) for x in (tmp_path / "spq" / "log.jsonl").read_text().splitlines()]
+    assert "xqc" in log[0] and "icf" not in log[0]
+    assert not torch.equal(before, trainer.model.quantizer.codebooks.detach())
