@@ -26,7 +26,7 @@ from quantrieve.config import (
 )
 from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.index.store import IndexFormatError, PQIndex
-from quantrieve.progress import console
+from quantrieve.progress import console, stdout
 from quantrieve.train.trainer import TrainingError
 
 app = typer.Typer(
@@ -194,7 +194,7 @@ def search(
             table.add_column(column)
         for h in hits:
             table.add_row(str(h.rank), str(h.index), h.id, f"{h.distance:.4f}", ", ".join(h.labels))
-        console.print(table)
+        stdout.print(table)
 
 
 @app.command()
@@ -241,7 +241,7 @@ def _print_result(title: str, result) -> None:  # noqa: ANN001
         table.add_row(f"precision@{n}", f"{v:.4f}")
     table.add_row("queries x database", f"{result.num_queries} x {result.num_database}")
     table.add_row("seconds", f"{result.seconds:.2f}")
-    console.print(table)
+    stdout.print(table)
 
 
 @app.command()

@@ -14,7 +14,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+# Progress and status go to stderr; results (tables, JSON) go to stdout so they can be piped.
 console = Console(stderr=True)
+stdout = Console()
 
 
 class Bar:

@@ -15,7 +15,7 @@ from rich.table import Table  # noqa: E402
 
 from quantrieve.data import ImageSet  # noqa: E402
 from quantrieve.evaluate import RetrievalResult  # noqa: E402
-from quantrieve.progress import console  # noqa: E402
+from quantrieve.progress import console, stdout  # noqa: E402
 
 
 def plot_pr_curves(results: dict[str, RetrievalResult], path: str | Path) -> Path:
@@ -173,7 +173,7 @@ def run_demo(out: str | Path, preset: str = "fashion-mnist-demo", data_dir: str 
         "seconds": time.perf_counter() - start,
     }
     write_json(summary, out / "results.json")
-    console.print(results_table(rows, "Fashion-MNIST, 10,000 queries x 60,000 database"))
+    stdout.print(results_table(rows, "Fashion-MNIST, 10,000 queries x 60,000 database"))
     console.print(f"outputs in {out}/: results.json, retrieval_grid.png, pr_curve.png, index/, train/")
     console.print(f"total {summary['seconds'] / 60:.1f} min")
     return summary

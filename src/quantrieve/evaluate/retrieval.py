@@ -10,7 +10,10 @@ Definitions (METHOD.md, protocol):
   counts. mAP@K is the mean over all queries.
 - precision@N: the fraction of relevant items in the top N, averaged over queries.
 - PR curve: precision and recall of the set {items with distance <= t}, averaged over queries,
-  for a grid of distance thresholds t (quantiles of the first chunk's distances).
+  for a grid of distance thresholds t (quantiles of the first chunk's distances). It needs every
+  query's full distance histogram, so by default it is estimated on ``pr_queries`` evenly
+  spaced queries (all queries when there are fewer, or when ``pr_queries`` is 0); mAP and
+  precision@N always use every query.
 
 The distance matrix is computed chunk by chunk over queries, with the full database per chunk;
 memory stays bounded by the chunk budget. No Python loop runs per query.
@@ -83,6 +86,7 @@ def evaluate_retrieval(
     k: int = 1000,
     precision_at: tuple[int, ...] | list[int] = (10, 100, 1000),
     pr_points: int = 40,
+    pr_queries: int = 2000,
     chunk_budget: int = 2**24,
 ) -> RetrievalResult:
     """Rank the database for every query and score the rankings.
@@ -95,6 +99,7 @@ def evaluate_retrieval(
         k: K of mAP@K.
         precision_at: cut-offs N of precision@N.
         pr_points: number of thresholds of the precision-recall curve.
+        pr_queries: evenly spaced queries the PR curve is estimated on (0 = all).
         chunk_budget: about how many (query, item) distances are held at once.
     """
     start = time.perf_counter()
@@ -107,6 +112,8 @@ def evaluate_retrieval(
     thresholds: Tensor | None = None
     pr_prec = pr_rec = pr_count = None
     relevance = _label_relevance(query_labels, db_labels)
+    stride = max(1, -(-num_q // pr_queries)) if pr_queries else 1
+    pr_used = 0
     for chunk in query_chunks(num_q, num_db, chunk_budget):
         dist = distances(chunk).float()
         if dist.shape != (chunk.stop - chunk.start, num_db):
@@ -117,25 +124,31 @@ def evaluate_retrieval(
         ap_sum += average_precision_at_k(rel[:, :k]).sum().item()
         for n in precision_at:
             prec_sum[n] += rel[:, :n].float().mean(1).sum().item()
+        rows = torch.arange(chunk.start, chunk.stop)
+        rows = (rows[rows % stride == 0] - chunk.start).tolist()
+        if not rows:
+            continue
         if thresholds is None:
-            thresholds = _pr_thresholds(dist, pr_points)
+            thresholds = _pr_thresholds(dist[rows], pr_points)
             pr_prec = torch.zeros(len(thresholds), dtype=torch.float64)
             pr_rec = torch.zeros_like(pr_prec)
             pr_count = torch.zeros_like(pr_prec)
-        p, r, c = _pr_sums(dist, rel_full, thresholds)
+        p, r, c = _pr_sums(dist[rows], rel_full[rows], thresholds)
         pr_prec += p
         pr_rec += r
         pr_count += c
+        pr_used += len(rows)
     assert pr_prec is not None and pr_rec is not None and pr_count is not None
     return RetrievalResult(
         map_at_k=ap_sum / num_q,
         k=k,
         precision_at={n: prec_sum[n] / num_q for n in precision_at},
         pr_precision=(pr_prec / pr_count.clamp_min(1)).tolist(),
-        pr_recall=(pr_rec / num_q).tolist(),
+        pr_recall=(pr_rec / max(1, pr_used)).tolist(),
         num_queries=num_q,
         num_database=num_db,
         seconds=time.perf_counter() - start,
+        extra={"pr_queries": pr_used},
     )
 
 

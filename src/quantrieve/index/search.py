@@ -106,20 +106,20 @@ def _topk_by_keys(dist: Tensor, k: int) -> Tensor:
 def topk_smallest(distances: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The k smallest distances per row, ascending, ties broken by column index.
 
-    Distances must be non-negative. A float ``topk`` selects candidates; inside the selection
-    equal distances are reordered by index, and the rare rows where a tie straddles the k-th
-    place (more items at the k-th distance than selected) are redone with exact int64 keys.
+    Distances must be non-negative. A float ``topk`` of k + 1 selects candidates; inside the
+    selection equal distances are reordered by index, and the rows where a tie straddles the
+    k-th place (the (k+1)-th distance equals the k-th) are redone with exact int64 keys.
     """
-    k = min(k, distances.shape[1])
+    num = distances.shape[1]
+    k = min(k, num)
     dist = distances.float().clamp_min(0) + 0.0  # +0.0 turns -0.0 into 0.0
-    values, indices = dist.topk(k, dim=1, largest=False, sorted=True)
+    # One extra candidate tells whether a tie straddles the k-th place.
+    values, indices = dist.topk(min(k + 1, num), dim=1, largest=False, sorted=True)
+    straddles = values[:, k] == values[:, k - 1] if k < num else torch.zeros_like(values[:, 0], dtype=torch.bool)
+    values, indices = values[:, :k], indices[:, :k]
     # Stable re-sort of the selection by (distance, index).
-    by_index = indices.sort(dim=1).indices
-    indices = indices.gather(1, by_index)
-    order = dist.gather(1, indices).sort(dim=1, stable=True).indices
-    indices = indices.gather(1, order)
-    kth = values[:, -1:]
-    straddles = (dist <= kth).sum(1) > k
+    indices = indices.gather(1, indices.sort(dim=1).indices)
+    indices = indices.gather(1, dist.gather(1, indices).sort(dim=1, stable=True).indices)
     if straddles.any():
         rows = straddles.nonzero().squeeze(1)
         indices[rows] = _topk_by_keys(dist[rows], k)

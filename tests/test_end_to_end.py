@@ -1,0 +1,131 @@
+"""A tiny train -> encode -> evaluate -> search -> export run through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from quantrieve.cli import app, main
+from quantrieve.index import PQIndex
+from quantrieve.index.faiss_export import to_faiss
+from quantrieve.pipeline import embed_queries
+
+TINY = [
+    "model.width=4", "model.proj_hidden=16", "model.num_books=4", "model.codeword_dim=4",
+    "train.batch_size=32", "train.epochs=2", "train.warmup_epochs=1",
+    "train.max_steps_per_epoch=4", "data.val_queries=40", "augment.crop_scale_min=0.5",
+    "eval.topk=50", "eval.precision_at=[5]",
+]
+
+
+def _invoke(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("e2e")
+    sets = [x for item in TINY for x in ("--set", item)]
+    _invoke("train", "--out", str(out / "run"), "--data-dir", str(tiny_fashion), *sets)
+    _invoke("encode", str(out / "run"), "--out", str(out / "index"),
+            "--data-dir", str(tiny_fashion))
+    return {"run": out / "run", "index": out / "index", "data": tiny_fashion}
+
+
+def test_index_directory_holds_codes_and_metadata(trained: dict[str, Path]) -> None:
+    index = PQIndex.load(trained["index"])
+    meta = json.loads((trained["index"] / "index.json").read_text())
+    assert meta["format"] == "quantrieve-pq-index" and meta["version"] == 1
+    assert meta["bits"] == 16 and meta["num_items"] == 320 and meta["has_model"]
+    assert index.codes.dtype == np.uint8 and index.codes.shape == (320, 4)
+    assert index.labels is not None and index.labels.shape == (320, 10)
+    assert index.ids[0] == "train:0"
+
+
+def test_evaluate_json_reports_every_number(trained: dict[str, Path], tmp_path: Path) -> None:
+    plot = tmp_path / "pr.png"
+    out = _invoke("evaluate", str(trained["index"]), "--data-dir", str(trained["data"]),
+                  "--topk", "50", "--precision-at", "5,20", "--plot", str(plot), "--json")
+    result = json.loads(out)
+    assert result["num_queries"] == 60 and result["num_database"] == 320
+    assert 0 <= result["map_at_k"] <= 1 and set(result["precision_at"]) == {"5", "20"}
+    assert len(result["pr_precision"]) == len(result["pr_recall"]) > 1
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_search_returns_ranked_hits(trained: dict[str, Path]) -> None:
+    out = _invoke("search", str(trained["index"]), "--dataset", "fashion-mnist",
+                  "--data-dir", str(trained["data"]), "--items", "0,3", "-k", "5", "--json")
+    hits = json.loads(out)
+    assert [h["query"] for h in hits] == ["test:0", "test:3"]
+    for query in hits:
+        distances = [r["distance"] for r in query["results"]]
+        assert len(distances) == 5 and distances == sorted(distances)
+    table = _invoke("search", str(trained["index"]), "--dataset", "fashion-mnist",
+                    "--data-dir", str(trained["data"]), "--items", "1", "-k", "3")
+    assert "query test:1" in table
+
+
+def test_search_with_image_file(trained: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "q.png"
+    Image.fromarray(np.full((20, 30), 128, dtype=np.uint8)).save(path)
+    out = _invoke("search", str(trained["index"]), "--image", str(path), "-k", "2", "--json")
+    assert len(json.loads(out)[0]["results"]) == 2
+
+
+def test_faiss_export_ranks_like_sqeuclidean_adc(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "index.faiss"
+    _invoke("export-faiss", str(trained["index"]), str(out))
+    index = PQIndex.load(trained["index"])
+    exported = faiss.read_index(str(out))
+    assert exported.ntotal == len(index)
+    rng = np.random.default_rng(0)
+    queries = torch.from_numpy(rng.normal(size=(7, 16)).astype(np.float32))
+    ours_d, _ = index.search(queries, k=10, distance="sqeuclidean")
+    theirs_d, _ = exported.search(queries.numpy(), 10)
+    np.testing.assert_allclose(theirs_d, ours_d.numpy(), rtol=1e-4, atol=1e-4)
+    fast = to_faiss(index, fast_scan=True)
+    assert fast.ntotal == len(index)
+
+
+def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
+    images = np.zeros((3, 12, 12, 1), dtype=np.uint8)
+    a = embed_queries(trained["index"], images, show_progress=False)
+    b = embed_queries(trained["index"], images, show_progress=False)
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "train.epochs=zero"], "config key 'train.epochs': expected int"),
+        (["train", "--set", "model.colour=1"], "unknown config key 'model.colour'"),
+        (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (["train", "--bits", "30"], "--bits 30 is not a multiple of log2(K) = 4"),
+        (["evaluate", "/nonexistent/index"], "/nonexistent/index: not an index directory"),
+        (["train", "--data-dir", "/nonexistent/data"], "/nonexistent/data: dataset folder not found"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(
+    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["quantrieve", *args, *(["--out", str(tmp_path / "r")]
+                                                          if args[0] == "train" else [])])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split())
+    assert "Traceback" not in err
