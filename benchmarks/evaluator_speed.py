@@ -40,13 +40,19 @@ def main() -> None:
     scorer = ADCScorer(codes, k)
     result = evaluate_retrieval(
         lambda s: scorer(lookup_tables(queries[s], codebooks, "l2")),
-        q_labels.bool(), db_labels.bool(), k=args.topk,
+        q_labels.bool(),
+        db_labels.bool(),
+        k=args.topk,
     )
     total = time.perf_counter() - start
     out = {
-        "queries": args.queries, "database": args.database, "bits": args.bits,
-        "topk": args.topk, "threads": torch.get_num_threads(),
-        "seconds_total": total, "map_at_k": result.map_at_k,
+        "queries": args.queries,
+        "database": args.database,
+        "bits": args.bits,
+        "topk": args.topk,
+        "threads": torch.get_num_threads(),
+        "seconds_total": total,
+        "map_at_k": result.map_at_k,
         "pr_queries": result.extra["pr_queries"],
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

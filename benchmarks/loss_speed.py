@@ -23,7 +23,7 @@ from quantrieve.losses.contrastive import twin_index
 from quantrieve.train.device import autocast
 
 
-def pn_loop(z_a, z_b, num_books, top_n, tau):  # noqa: ANN001, ANN201
+def pn_loop(z_a, z_b, num_books, top_n, tau):
     """L_pn with a Python loop over books (same maths as the batched version)."""
     batch = z_a.shape[0]
     z = torch.cat([z_a, z_b]).float()
@@ -39,7 +39,7 @@ def pn_loop(z_a, z_b, num_books, top_n, tau):  # noqa: ANN001, ANN201
     return total / num_books
 
 
-def cd_loop(f, codebooks):  # noqa: ANN001, ANN201
+def cd_loop(f, codebooks):
     """L_cd with a Python loop over books."""
     total = 0.0
     for m, part in enumerate(f.float().chunk(codebooks.shape[0], dim=1)):
@@ -49,7 +49,7 @@ def cd_loop(f, codebooks):  # noqa: ANN001, ANN201
     return total / codebooks.shape[0]
 
 
-def timed(fn, repeats: int) -> float:  # noqa: ANN001
+def timed(fn, repeats: int) -> float:
     for _ in range(3):
         fn()
     start = time.perf_counter()
@@ -73,20 +73,29 @@ def main() -> None:
     books = torch.randn(m, 16, d, requires_grad=True)
     rows = {}
 
-    def fwd_bwd(loss_fn):  # noqa: ANN001, ANN202
+    def fwd_bwd(loss_fn):
         return lambda: loss_fn().backward()
 
     for name, batched, loop in (
-        ("L_pn", lambda: part_neighbour_consistency(z_a, z_b, m, 20, 0.5),
-         lambda: pn_loop(z_a, z_b, m, 20, 0.5)),
-        ("L_cd", lambda: codeword_diversity(torch.cat([z_a, z_b]), books),
-         lambda: cd_loop(torch.cat([z_a, z_b]), books)),
+        (
+            "L_pn",
+            lambda: part_neighbour_consistency(z_a, z_b, m, 20, 0.5),
+            lambda: pn_loop(z_a, z_b, m, 20, 0.5),
+        ),
+        (
+            "L_cd",
+            lambda: codeword_diversity(torch.cat([z_a, z_b]), books),
+            lambda: cd_loop(torch.cat([z_a, z_b]), books),
+        ),
     ):
         torch.testing.assert_close(batched(), loop(), rtol=1e-4, atol=1e-5)
         t_batched = timed(fwd_bwd(batched), args.repeats)
         t_loop = timed(fwd_bwd(loop), args.repeats)
-        rows[name] = {"batched_ms": 1e3 * t_batched, "loop_ms": 1e3 * t_loop,
-                      "speedup": t_loop / t_batched}
+        rows[name] = {
+            "batched_ms": 1e3 * t_batched,
+            "loop_ms": 1e3 * t_loop,
+            "speedup": t_loop / t_batched,
+        }
 
     # One full training step (augmented views already made) with HQC vs NT-Xent alone.
     config = load_config("fashion-mnist-cpu")
@@ -109,7 +118,10 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    steps = {name: timed(lambda o=o: step(o), max(3, args.repeats // 4)) for name, o in objectives.items()}
+    steps = {
+        name: timed(lambda o=o: step(o), max(3, args.repeats // 4))
+        for name, o in objectives.items()
+    }
     rows["train_step"] = {
         "hqc_ms": 1e3 * steps["hqc"],
         "ntxent_only_ms": 1e3 * steps["ntxent_only"],

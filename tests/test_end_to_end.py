@@ -18,10 +18,18 @@ from quantrieve.index.faiss_export import to_faiss
 from quantrieve.pipeline import embed_queries
 
 TINY = [
-    "model.width=4", "model.proj_hidden=16", "model.num_books=4", "model.codeword_dim=4",
-    "train.batch_size=32", "train.epochs=2", "train.warmup_epochs=1",
-    "train.max_steps_per_epoch=4", "data.val_queries=40", "augment.crop_scale_min=0.5",
-    "eval.topk=50", "eval.precision_at=[5]",
+    "model.width=4",
+    "model.proj_hidden=16",
+    "model.num_books=4",
+    "model.codeword_dim=4",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "train.warmup_epochs=1",
+    "train.max_steps_per_epoch=4",
+    "data.val_queries=40",
+    "augment.crop_scale_min=0.5",
+    "eval.topk=50",
+    "eval.precision_at=[5]",
 ]
 
 
@@ -36,8 +44,9 @@ def trained(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     out = tmp_path_factory.mktemp("e2e")
     sets = [x for item in TINY for x in ("--set", item)]
     _invoke("train", "--out", str(out / "run"), "--data-dir", str(tiny_fashion), *sets)
-    _invoke("encode", str(out / "run"), "--out", str(out / "index"),
-            "--data-dir", str(tiny_fashion))
+    _invoke(
+        "encode", str(out / "run"), "--out", str(out / "index"), "--data-dir", str(tiny_fashion)
+    )
     return {"run": out / "run", "index": out / "index", "data": tiny_fashion}
 
 
@@ -53,8 +62,19 @@ def test_index_directory_holds_codes_and_metadata(trained: dict[str, Path]) -> N
 
 def test_evaluate_json_reports_every_number(trained: dict[str, Path], tmp_path: Path) -> None:
     plot = tmp_path / "pr.png"
-    out = _invoke("evaluate", str(trained["index"]), "--data-dir", str(trained["data"]),
-                  "--topk", "50", "--precision-at", "5,20", "--plot", str(plot), "--json")
+    out = _invoke(
+        "evaluate",
+        str(trained["index"]),
+        "--data-dir",
+        str(trained["data"]),
+        "--topk",
+        "50",
+        "--precision-at",
+        "5,20",
+        "--plot",
+        str(plot),
+        "--json",
+    )
     result = json.loads(out)
     assert result["num_queries"] == 60 and result["num_database"] == 320
     assert 0 <= result["map_at_k"] <= 1 and set(result["precision_at"]) == {"5", "20"}
@@ -63,15 +83,36 @@ def test_evaluate_json_reports_every_number(trained: dict[str, Path], tmp_path: 
 
 
 def test_search_returns_ranked_hits(trained: dict[str, Path]) -> None:
-    out = _invoke("search", str(trained["index"]), "--dataset", "fashion-mnist",
-                  "--data-dir", str(trained["data"]), "--items", "0,3", "-k", "5", "--json")
+    out = _invoke(
+        "search",
+        str(trained["index"]),
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(trained["data"]),
+        "--items",
+        "0,3",
+        "-k",
+        "5",
+        "--json",
+    )
     hits = json.loads(out)
     assert [h["query"] for h in hits] == ["test:0", "test:3"]
     for query in hits:
         distances = [r["distance"] for r in query["results"]]
         assert len(distances) == 5 and distances == sorted(distances)
-    table = _invoke("search", str(trained["index"]), "--dataset", "fashion-mnist",
-                    "--data-dir", str(trained["data"]), "--items", "1", "-k", "3")
+    table = _invoke(
+        "search",
+        str(trained["index"]),
+        "--dataset",
+        "fashion-mnist",
+        "--data-dir",
+        str(trained["data"]),
+        "--items",
+        "1",
+        "-k",
+        "3",
+    )
     assert "query test:1" in table
 
 
@@ -114,15 +155,24 @@ def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
         (["train", "--bits", "30"], "--bits 30 is not a multiple of log2(K) = 4"),
         (["evaluate", "/nonexistent/index"], "/nonexistent/index: not an index directory"),
-        (["train", "--data-dir", "/nonexistent/data"], "/nonexistent/data: dataset folder not found"),
+        (
+            ["train", "--data-dir", "/nonexistent/data"],
+            "/nonexistent/data: dataset folder not found",
+        ),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(
-    args: list[str], message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
     tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(sys, "argv", ["quantrieve", *args, *(["--out", str(tmp_path / "r")]
-                                                          if args[0] == "train" else [])])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["quantrieve", *args, *(["--out", str(tmp_path / "r")] if args[0] == "train" else [])],
+    )
     with pytest.raises(SystemExit) as exit_info:
         main()
     assert exit_info.value.code == 2

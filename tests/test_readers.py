@@ -26,8 +26,18 @@ from quantrieve.data.listfile import (
     read_nuswide21,
 )
 
-CIFAR10_NAMES = [b"airplane", b"automobile", b"bird", b"cat", b"deer",
-                 b"dog", b"frog", b"horse", b"ship", b"truck"]
+CIFAR10_NAMES = [
+    b"airplane",
+    b"automobile",
+    b"bird",
+    b"cat",
+    b"deer",
+    b"dog",
+    b"frog",
+    b"horse",
+    b"ship",
+    b"truck",
+]
 
 
 # ---------------------------------------------------------------- CIFAR
@@ -148,8 +158,12 @@ def test_cifar10_tarball_and_folder(tmp_path: Path) -> None:
     (tmp_path / "tar").mkdir()
     _write_tarball(tmp_path / "tar" / "cifar-10-python.tar.gz", "cifar-10-batches-py", files)
     _write_folder(tmp_path / "ext" / "cifar-10-batches-py", files)
-    for root in (tmp_path / "tar", tmp_path / "tar" / "cifar-10-python.tar.gz",
-                 tmp_path / "ext", tmp_path / "ext" / "cifar-10-batches-py"):
+    for root in (
+        tmp_path / "tar",
+        tmp_path / "tar" / "cifar-10-python.tar.gz",
+        tmp_path / "ext",
+        tmp_path / "ext" / "cifar-10-batches-py",
+    ):
         _check_cifar10(read_cifar10(root), expected)
     assert not (tmp_path / "tar" / "cifar-10-batches-py").exists()  # nothing extracted
 
@@ -173,8 +187,13 @@ def test_cifar100_fine_labels(tmp_path: Path) -> None:
     for part, n in (("train", 3), ("test", 2)):
         images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
         fine = [int(x) for x in rng.integers(0, 100, size=n)]
-        batch = {b"filenames": [b"x"] * n, b"batch_label": b"b", b"fine_labels": fine,
-                 b"coarse_labels": [0] * n, b"data": _hwc_to_rows(images)}
+        batch = {
+            b"filenames": [b"x"] * n,
+            b"batch_label": b"b",
+            b"fine_labels": fine,
+            b"coarse_labels": [0] * n,
+            b"data": _hwc_to_rows(images),
+        }
         # Python 3 pickles of the same dicts (re-saved files) are read too.
         files[part] = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
         expected[part] = (images, fine)
@@ -198,11 +217,18 @@ def test_cifar_errors_name_file_and_member(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"a\.tar\.gz: member cifar-10-batches-py/data_batch_3"):
         read_cifar10(tmp_path / "a.tar.gz")
 
-    short = dict(files, data_batch_2=pickle.dumps(
-        {b"labels": [1, 2], b"data": np.zeros((2, 3000), np.uint8)}, protocol=2))
+    short = dict(
+        files,
+        data_batch_2=pickle.dumps(
+            {b"labels": [1, 2], b"data": np.zeros((2, 3000), np.uint8)}, protocol=2
+        ),
+    )
     _write_tarball(tmp_path / "b.tar.gz", "cifar-10-batches-py", short)
-    with pytest.raises(DataError, match=r"b\.tar\.gz\[cifar-10-batches-py/data_batch_2\]: "
-                                        r"wrong data length"):
+    with pytest.raises(
+        DataError,
+        match=r"b\.tar\.gz\[cifar-10-batches-py/data_batch_2\]: "
+        r"wrong data length",
+    ):
         read_cifar10(tmp_path / "b.tar.gz")
 
     folder = tmp_path / "ext" / "cifar-10-batches-py"
@@ -420,8 +446,7 @@ def test_cache_reused_then_rebuilt_when_stale(tmp_path: Path, monkeypatch) -> No
     os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     decoded = []
     real = cache_module.decode_image
-    monkeypatch.setattr(cache_module, "decode_image",
-                        lambda p, s: decoded.append(p) or real(p, s))
+    monkeypatch.setattr(cache_module, "decode_image", lambda p, s: decoded.append(p) or real(p, s))
     third = cached_images(paths, 8, cache_dir)
     assert len(decoded) == 3 and (third[1] == 7).all()
     assert len(list(cache_dir.glob("*.npy"))) == 1
@@ -455,5 +480,13 @@ def test_unwritable_cache_falls_back_to_memory(tmp_path: Path) -> None:
 
 
 def test_registry_keeps_old_entries_and_adds_readers() -> None:
-    assert {"mnist", "fashion-mnist", "cifar10", "cifar100", "flickr25k", "nuswide21", "coco",
-            "image-folder"} <= set(DATASETS)
+    assert {
+        "mnist",
+        "fashion-mnist",
+        "cifar10",
+        "cifar100",
+        "flickr25k",
+        "nuswide21",
+        "coco",
+        "image-folder",
+    } <= set(DATASETS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -36,8 +37,13 @@ def tiny_config(root: Path, *extra: str):
 
 
 def test_learning_rate_warmup_then_cosine() -> None:
-    kw = {"total_steps": 100, "warmup_steps": 10, "base_lr": 1.0, "warmup_start_lr": 0.0,
-          "final_lr_ratio": 0.1}
+    kw = {
+        "total_steps": 100,
+        "warmup_steps": 10,
+        "base_lr": 1.0,
+        "warmup_start_lr": 0.0,
+        "final_lr_ratio": 0.1,
+    }
     assert learning_rate(0, **kw) == 0.0
     assert learning_rate(5, **kw) == pytest.approx(0.5)
     assert learning_rate(10, **kw) == pytest.approx(1.0)
@@ -45,7 +51,7 @@ def test_learning_rate_warmup_then_cosine() -> None:
     mid = 10 + (99 - 10) / 2
     assert learning_rate(int(mid), **kw) == pytest.approx(0.55, abs=0.02)
     rates = [learning_rate(s, **kw) for s in range(10, 100)]
-    assert all(a >= b for a, b in zip(rates, rates[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(rates))
 
 
 def test_atomic_save_replaces_whole_file(tmp_path: Path) -> None:
@@ -103,8 +109,15 @@ def test_run_directory_records_everything(tiny_fashion: Path, tmp_path: Path) ->
     run = tmp_path / "run"
     trainer = Trainer(tiny_config(tiny_fashion), train, run)
     summaries = trainer.fit()
-    assert {"config.json", "run.json", "splits.npz", "splits.json", "log.jsonl", "last.pt",
-            "model.pt"} <= {p.name for p in run.iterdir()}
+    assert {
+        "config.json",
+        "run.json",
+        "splits.npz",
+        "splits.json",
+        "log.jsonl",
+        "last.pt",
+        "model.pt",
+    } <= {p.name for p in run.iterdir()}
     record = json.loads((run / "run.json").read_text())
     assert record["seed"] == 0 and "torch" in record["versions"] and record["git_commit"]
     saved = json.loads((run / "config.json").read_text())
@@ -124,7 +137,7 @@ def test_existing_run_is_not_overwritten(tiny_fashion: Path, tmp_path: Path) -> 
     with pytest.raises(TrainingError, match="--resume"):
         Trainer(config, train, tmp_path / "run")
     other = tiny_config(tiny_fashion, "train.epochs=1", "train.warmup_epochs=0", "train.lr=0.1")
-    with pytest.raises(TrainingError, match="train.lr"):
+    with pytest.raises(TrainingError, match=r"train\.lr"):
         Trainer(other, train, tmp_path / "run", resume=True)
 
 

@@ -37,7 +37,12 @@ app = typer.Typer(
 )
 
 USER_ERRORS = (
-    ConfigError, DataError, IndexFormatError, TrainingError, FileNotFoundError, ValueError,
+    ConfigError,
+    DataError,
+    IndexFormatError,
+    TrainingError,
+    FileNotFoundError,
+    ValueError,
 )
 
 DataDirOpt = Annotated[
@@ -69,15 +74,21 @@ def _resolve_config(
 def _read_part(dataset: str, root: str, part: str) -> ImageSet:
     parts = read_dataset(dataset, root)
     if part not in parts:
-        raise DataError(f"dataset '{dataset}' at {root} has no part '{part}' (has: {', '.join(parts)})")
+        raise DataError(
+            f"dataset '{dataset}' at {root} has no part '{part}' (has: {', '.join(parts)})"
+        )
     return parts[part]
 
 
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/train"),
-    preset: Annotated[str | None, typer.Option(help="Named preset (see `quantrieve presets`).")] = None,
-    config_file: Annotated[Path | None, typer.Option("--config", help="TOML or JSON config.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Named preset (see `quantrieve presets`).")
+    ] = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="TOML or JSON config.")
+    ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="Override, e.g. --set train.epochs=30.")
     ] = None,
@@ -123,7 +134,11 @@ def encode(
     root = data_dir or RunConfig().data.root
     database = _read_part(dataset, root, part)
     index = encode_index(
-        model, database, out, distance, device,
+        model,
+        database,
+        out,
+        distance,
+        device,
         source={"dataset": dataset, "root": str(root), "part": part},
     )
     console.print(
@@ -133,8 +148,13 @@ def encode(
 
 
 def _queries(
-    index_dir: Path, images: list[Path] | None, dataset: str | None, data_dir: str | None,
-    part: str, items: str | None, device: str,
+    index_dir: Path,
+    images: list[Path] | None,
+    dataset: str | None,
+    data_dir: str | None,
+    part: str,
+    items: str | None,
+    device: str,
 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     from quantrieve.data.images import load_image_file
     from quantrieve.encode import RetrievalModel
@@ -164,13 +184,17 @@ def _queries(
 @app.command()
 def search(
     index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
-    images: Annotated[list[Path] | None, typer.Option("--image", help="Query image file(s).")] = None,
+    images: Annotated[
+        list[Path] | None, typer.Option("--image", help="Query image file(s).")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Take queries from this dataset.")] = None,
     data_dir: DataDirOpt = None,
     part: Annotated[str, typer.Option(help="Dataset part of the queries.")] = "test",
     items: Annotated[str | None, typer.Option(help="Comma-separated item numbers.")] = None,
     k: Annotated[int, typer.Option("-k", help="Results per query.")] = 10,
-    distance: Annotated[str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")] = None,
+    distance: Annotated[
+        str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
@@ -205,12 +229,14 @@ def evaluate(
     part: Annotated[str, typer.Option(help="Dataset part used as queries.")] = "test",
     topk: Annotated[int, typer.Option(help="K of mAP@K.")] = 1000,
     precision_at: Annotated[str, typer.Option(help="Cut-offs of precision@N.")] = "10,100,1000",
-    distance: Annotated[str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")] = None,
+    distance: Annotated[
+        str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")
+    ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the PR curve PNG here.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """mAP@K, precision@N and PR curve of a query set against an index (relevant = shares a label)."""
+    """mAP@K, precision@N and PR curve of labelled queries against an index."""
     from quantrieve.pipeline import embed_queries, evaluate_index
     from quantrieve.report import plot_pr_curves
 
@@ -232,7 +258,7 @@ def evaluate(
         console.print(f"PR curve: {plot}")
 
 
-def _print_result(title: str, result) -> None:  # noqa: ANN001
+def _print_result(title: str, result) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -273,7 +299,9 @@ def baseline(
         k=topk,
     )
     if as_json:
-        sys.stdout.write(json.dumps({"method": method, "bits": fitted.bits, **result.to_dict()}) + "\n")
+        sys.stdout.write(
+            json.dumps({"method": method, "bits": fitted.bits, **result.to_dict()}) + "\n"
+        )
         return
     _print_result(f"{method} on raw pixels, {fitted.bits or 'full-precision'} bits", result)
 
@@ -289,7 +317,9 @@ def export_faiss_cmd(
 
     index = PQIndex.load(index_dir)
     export_faiss(index, out, fast_scan)
-    console.print(f"faiss {'IndexPQFastScan' if fast_scan else 'IndexPQ'} of {len(index)} items -> {out}")
+    console.print(
+        f"faiss {'IndexPQFastScan' if fast_scan else 'IndexPQ'} of {len(index)} items -> {out}"
+    )
 
 
 @app.command()

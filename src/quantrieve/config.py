@@ -201,8 +201,11 @@ class TrainConfig:
         _check(self.batch_size >= 2, "train.batch_size", "must be >= 2 (in-batch negatives)")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
-        _check(0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
-               "train.warmup_epochs", "must be in [0, epochs)")
+        _check(
+            0 <= self.warmup_epochs < self.epochs or self.warmup_epochs == 0,
+            "train.warmup_epochs",
+            "must be in [0, epochs)",
+        )
         _check(self.warmup_start_lr > 0, "train.warmup_start_lr", "must be > 0")
         _check(0 < self.final_lr_ratio <= 1, "train.final_lr_ratio", "must be in (0, 1]")
         _check(self.eval_every >= 0, "train.eval_every", "must be >= 0 (0 = never)")
@@ -356,7 +359,9 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
 def preset_names() -> list[str]:
     """Names of the presets shipped with the package."""
     folder = resources.files("quantrieve") / "presets"
-    return sorted(p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(
+        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
+    )
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -49,7 +49,7 @@ class RetrievalModel(nn.Module):
         self.encoder = QuantizationEncoder(config, channels)
 
     @property
-    def quantizer(self):  # noqa: ANN201 - ProductQuantizer
+    def quantizer(self):
         return self.encoder.quantizer
 
     def check_images(self, images: np.ndarray | Tensor) -> None:
@@ -83,9 +83,13 @@ class RetrievalModel(nn.Module):
         if payload.get("format") != MODEL_FORMAT:
             raise ValueError("not a quantrieve model file (missing format marker)")
         if payload.get("version", 0) > MODEL_VERSION:
-            raise ValueError(f"model file version {payload['version']} is newer than this quantrieve")
+            raise ValueError(
+                f"model file version {payload['version']} is newer than this quantrieve"
+            )
         config = config_from_dict({"model": payload["model"]}).model
-        model = cls(config, payload["image_size"], payload["channels"], payload["mean"], payload["std"])
+        model = cls(
+            config, payload["image_size"], payload["channels"], payload["mean"], payload["std"]
+        )
         model.load_state_dict(payload["state_dict"])
         return model.eval()
 

@@ -55,8 +55,9 @@ def resolve_model_file(path: str | Path) -> Path:
     return path
 
 
-def _embed(model: RetrievalModel, images: np.ndarray, device: torch.device, what: str,
-           show_progress: bool) -> torch.Tensor:
+def _embed(
+    model: RetrievalModel, images: np.ndarray, device: torch.device, what: str, show_progress: bool
+) -> torch.Tensor:
     progress_bar = bar(len(images), f"embedding {what}") if show_progress else None
     try:
         return embed_images(
@@ -93,7 +94,8 @@ def encode_index(
         class_names=list(database.class_names),
         meta={
             "source": source or {},
-            "model": model.metadata() | {"epoch": payload.get("epoch"), "val_map": payload.get("val_map")},
+            "model": model.metadata()
+            | {"epoch": payload.get("epoch"), "val_map": payload.get("val_map")},
             "versions": package_versions(),
         },
     )
@@ -101,8 +103,9 @@ def encode_index(
     return index
 
 
-def embed_queries(index_dir: str | Path, images: np.ndarray, device: str = "auto",
-                  show_progress: bool = True) -> torch.Tensor:
+def embed_queries(
+    index_dir: str | Path, images: np.ndarray, device: str = "auto", show_progress: bool = True
+) -> torch.Tensor:
     """Embeddings of query images with the model stored in the index."""
     model = RetrievalModel.load(model_path(index_dir))
     dev = resolve_device(device)

@@ -8,14 +8,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from rich.table import Table  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from rich.table import Table
 
-from quantrieve.data import ImageSet  # noqa: E402
-from quantrieve.evaluate import RetrievalResult  # noqa: E402
-from quantrieve.progress import console, stdout  # noqa: E402
+from quantrieve.data import ImageSet
+from quantrieve.evaluate import RetrievalResult
+from quantrieve.progress import console, stdout
 
 
 def plot_pr_curves(results: dict[str, RetrievalResult], path: str | Path) -> Path:
@@ -106,7 +106,9 @@ def results_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def run_demo(out: str | Path, preset: str = "fashion-mnist-demo", data_dir: str | None = None) -> dict:
+def run_demo(
+    out: str | Path, preset: str = "fashion-mnist-demo", data_dir: str | None = None
+) -> dict:
     """Train HQC briefly on Fashion-MNIST, index the 60,000 training images, evaluate the
     10,000 test queries (mAP@1000), draw a top-10 grid and compare with faiss PQ on pixels."""
     from quantrieve.baselines import fit_baseline
@@ -134,7 +136,10 @@ def run_demo(out: str | Path, preset: str = "fashion-mnist-demo", data_dir: str 
 
     console.rule("2/4 encoding the 60,000 training images as the database")
     index = encode_index(
-        run_dir / "model.pt", train, out / "index", config.eval.distance,
+        run_dir / "model.pt",
+        train,
+        out / "index",
+        config.eval.distance,
         source={"dataset": config.data.dataset, "root": config.data.root, "part": "train"},
     )
     console.rule("3/4 evaluating the 10,000 test queries")
@@ -143,7 +148,9 @@ def run_demo(out: str | Path, preset: str = "fashion-mnist-demo", data_dir: str 
     rng = np.random.default_rng(0)
     shown = np.sort(rng.choice(len(test), size=8, replace=False))
     _, neighbours = index.search(f[shown], k=10)
-    grid = plot_retrieval_grid(test.subset(shown), train, neighbours.numpy(), out / "retrieval_grid.png")
+    grid = plot_retrieval_grid(
+        test.subset(shown), train, neighbours.numpy(), out / "retrieval_grid.png"
+    )
 
     console.rule("4/4 faiss PQ on raw pixels, same M and K")
     m, k = config.model.num_books, config.model.num_codewords
@@ -174,7 +181,9 @@ def run_demo(out: str | Path, preset: str = "fashion-mnist-demo", data_dir: str 
     }
     write_json(summary, out / "results.json")
     stdout.print(results_table(rows, "Fashion-MNIST, 10,000 queries x 60,000 database"))
-    console.print(f"outputs in {out}/: results.json, retrieval_grid.png, pr_curve.png, index/, train/")
+    console.print(
+        f"outputs in {out}/: results.json, retrieval_grid.png, pr_curve.png, index/, train/"
+    )
     console.print(f"total {summary['seconds'] / 60:.1f} min")
     return summary
 

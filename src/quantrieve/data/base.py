@@ -67,7 +67,9 @@ def one_hot(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Integer class labels (N,) to a boolean multi-hot matrix (N, num_classes)."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise DataError(f"class labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}")
+        raise DataError(
+            f"class labels must lie in [0, {num_classes}), got {labels.min()}..{labels.max()}"
+        )
     out = np.zeros((len(labels), num_classes), dtype=bool)
     out[np.arange(len(labels)), labels] = True
     return out

@@ -105,8 +105,16 @@ def _unpickle(raw: bytes, where: str) -> dict[bytes, Any]:
     try:
         obj = _NumpyOnlyUnpickler(io.BytesIO(raw), encoding="bytes").load()
     # A damaged pickle can fail in many ways inside the unpickler.
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, MemoryError) as exc:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        MemoryError,
+    ) as exc:
         raise DataError(f"{where}: corrupt pickle ({type(exc).__name__}: {exc})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a pickled dict, got {type(obj).__name__}")

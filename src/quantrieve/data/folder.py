@@ -91,7 +91,12 @@ def read_image_folder(
         cache_dir = None
     elif cache_dir is None:
         cache_dir = root / DEFAULT_CACHE_DIR_NAME
-    images = load_images(files, image_size, None if cache_dir is None else Path(cache_dir),
-                         progress, f"folder-{root.name}")
+    images = load_images(
+        files,
+        image_size,
+        None if cache_dir is None else Path(cache_dir),
+        progress,
+        f"folder-{root.name}",
+    )
     ids = [p.relative_to(root).as_posix() for p in files]
     return {"all": ImageSet(images=images, labels=labels, ids=ids, class_names=class_names)}

@@ -14,8 +14,16 @@ import numpy as np
 from quantrieve.data.base import DataError, ImageSet, one_hot
 
 FASHION_MNIST_CLASSES = [
-    "t-shirt/top", "trouser", "pullover", "dress", "coat",
-    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+    "t-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
 ]
 MNIST_CLASSES = [str(d) for d in range(10)]
 PARTS = {"train": "train", "test": "t10k"}

@@ -36,9 +36,30 @@ SPQ_IMAGE_SIZE = 64
 LIST_PARTS = ("database", "train", "test")
 # The 24 MIRFLICKR-25K concepts in alphabetical order, the column order of the usual releases.
 FLICKR25K_CLASSES = [
-    "animals", "baby", "bird", "car", "clouds", "dog", "female", "flower", "food", "indoor",
-    "lake", "male", "night", "people", "plant_life", "portrait", "river", "sea", "sky",
-    "structures", "sunset", "transport", "tree", "water",
+    "animals",
+    "baby",
+    "bird",
+    "car",
+    "clouds",
+    "dog",
+    "female",
+    "flower",
+    "food",
+    "indoor",
+    "lake",
+    "male",
+    "night",
+    "people",
+    "plant_life",
+    "portrait",
+    "river",
+    "sea",
+    "sky",
+    "structures",
+    "sunset",
+    "transport",
+    "tree",
+    "water",
 ]
 
 
@@ -75,9 +96,7 @@ def _read_lines(path: Path) -> list[str]:
         raise DataError(f"{path}: cannot read list file ({exc})") from None
 
 
-def _check_count(
-    count: int, expected: int | None, where: str, first_line: int | None
-) -> int:
+def _check_count(count: int, expected: int | None, where: str, first_line: int | None) -> int:
     """The label count to expect from now on; raises if ``count`` differs from ``expected``."""
     if expected is None:
         if count == 0:
@@ -213,8 +232,9 @@ def _load_entries(
         raise DataError(
             f"{entries.path_file}: {num_classes} label columns but {len(class_names)} class names"
         )
-    return ImageSet(images=images, labels=entries.labels, ids=list(entries.paths),
-                    class_names=list(class_names))
+    return ImageSet(
+        images=images, labels=entries.labels, ids=list(entries.paths), class_names=list(class_names)
+    )
 
 
 def read_list_file(
@@ -247,8 +267,9 @@ def read_list_file(
     """
     entries = parse_list_file(list_path, num_classes)
     name = Path(list_path).stem
-    return _load_entries(entries, Path(image_root), image_size, cache_dir, progress, class_names,
-                         name)
+    return _load_entries(
+        entries, Path(image_root), image_size, cache_dir, progress, class_names, name
+    )
 
 
 def read_image_target_files(
@@ -283,8 +304,9 @@ def read_image_target_files(
     """
     entries = parse_image_target_files(img_path, targets_path, num_classes)
     name = Path(img_path).stem
-    return _load_entries(entries, Path(image_root), image_size, cache_dir, progress, class_names,
-                         name)
+    return _load_entries(
+        entries, Path(image_root), image_size, cache_dir, progress, class_names, name
+    )
 
 
 def _class_names(root: Path, num_classes: int, default: list[str] | None) -> list[str] | None:
@@ -346,12 +368,14 @@ def read_list_dataset(
     if not sources and (root / "list.txt").is_file():
         sources["all"] = parse_list_file(root / "list.txt", num_classes)
     if not sources and (root / "img.txt").is_file() and (root / "targets.txt").is_file():
-        sources["all"] = parse_image_target_files(root / "img.txt", root / "targets.txt",
-                                                  num_classes)
+        sources["all"] = parse_image_target_files(
+            root / "img.txt", root / "targets.txt", num_classes
+        )
     if sources:
         return {
-            part: _load_entries(entries, image_root, image_size, cache_dir, progress, names,
-                                f"{name}-{part}")
+            part: _load_entries(
+                entries, image_root, image_size, cache_dir, progress, names, f"{name}-{part}"
+            )
             for part, entries in sources.items()
         }
     raise DataError(
@@ -371,8 +395,15 @@ def read_flickr25k(
 ) -> dict[str, ImageSet]:
     """MIRFLICKR-25K with its 24 labels; arguments as in :func:`read_list_dataset`."""
     return read_list_dataset(
-        root, 24, image_size=image_size, image_root=image_root, cache=cache, cache_dir=cache_dir,
-        progress=progress, class_names=FLICKR25K_CLASSES, name="flickr25k",
+        root,
+        24,
+        image_size=image_size,
+        image_root=image_root,
+        cache=cache,
+        cache_dir=cache_dir,
+        progress=progress,
+        class_names=FLICKR25K_CLASSES,
+        name="flickr25k",
     )
 
 
@@ -390,8 +421,14 @@ def read_nuswide21(
     Column names are ``label_0`` ... unless ``root/classes.txt`` gives them.
     """
     return read_list_dataset(
-        root, 21, image_size=image_size, image_root=image_root, cache=cache, cache_dir=cache_dir,
-        progress=progress, name="nuswide21",
+        root,
+        21,
+        image_size=image_size,
+        image_root=image_root,
+        cache=cache,
+        cache_dir=cache_dir,
+        progress=progress,
+        name="nuswide21",
     )
 
 
@@ -409,6 +446,12 @@ def read_coco(
     Column names are ``label_0`` ... unless ``root/classes.txt`` gives them.
     """
     return read_list_dataset(
-        root, 80, image_size=image_size, image_root=image_root, cache=cache, cache_dir=cache_dir,
-        progress=progress, name="coco",
+        root,
+        80,
+        image_size=image_size,
+        image_root=image_root,
+        cache=cache,
+        cache_dir=cache_dir,
+        progress=progress,
+        name="coco",
     )

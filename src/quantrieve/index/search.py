@@ -115,7 +115,11 @@ def topk_smallest(distances: Tensor, k: int) -> tuple[Tensor, Tensor]:
     dist = distances.float().clamp_min(0) + 0.0  # +0.0 turns -0.0 into 0.0
     # One extra candidate tells whether a tie straddles the k-th place.
     values, indices = dist.topk(min(k + 1, num), dim=1, largest=False, sorted=True)
-    straddles = values[:, k] == values[:, k - 1] if k < num else torch.zeros_like(values[:, 0], dtype=torch.bool)
+    straddles = (
+        values[:, k] == values[:, k - 1]
+        if k < num
+        else torch.zeros_like(values[:, 0], dtype=torch.bool)
+    )
     values, indices = values[:, :k], indices[:, :k]
     # Stable re-sort of the selection by (distance, index).
     indices = indices.gather(1, indices.sort(dim=1).indices)

@@ -161,7 +161,9 @@ class PQIndex:
         except json.JSONDecodeError as exc:
             raise IndexFormatError(f"{meta_path}: invalid JSON ({exc})") from None
         if meta.get("format") != INDEX_FORMAT:
-            raise IndexFormatError(f"{meta_path}: format is {meta.get('format')!r}, not {INDEX_FORMAT}")
+            raise IndexFormatError(
+                f"{meta_path}: format is {meta.get('format')!r}, not {INDEX_FORMAT}"
+            )
         if int(meta.get("version", 0)) > INDEX_VERSION:
             raise IndexFormatError(
                 f"{meta_path}: index version {meta['version']} is newer than this quantrieve "
@@ -172,12 +174,24 @@ class PQIndex:
             codebooks = np.load(path / "codebooks.npy")
             codes = np.load(path / "codes.npy", mmap_mode=mode)
             ids = (path / "ids.txt").read_text().splitlines()
-            labels = np.load(path / "labels.npy", mmap_mode=mode) if meta.get("has_labels") else None
+            labels = (
+                np.load(path / "labels.npy", mmap_mode=mode) if meta.get("has_labels") else None
+            )
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: cannot read index files ({exc})") from None
         reserved = {
-            "format", "version", "num_items", "num_books", "num_codewords", "codeword_dim",
-            "bits", "distance", "has_labels", "has_model", "class_names", "created",
+            "format",
+            "version",
+            "num_items",
+            "num_books",
+            "num_codewords",
+            "codeword_dim",
+            "bits",
+            "distance",
+            "has_labels",
+            "has_model",
+            "class_names",
+            "created",
         }
         index = cls(
             codebooks=codebooks,
@@ -189,7 +203,9 @@ class PQIndex:
             meta={k: v for k, v in meta.items() if k not in reserved},
         )
         if len(index) != meta.get("num_items", len(index)):
-            raise IndexFormatError(f"{meta_path}: says {meta['num_items']} items, codes.npy has {len(index)}")
+            raise IndexFormatError(
+                f"{meta_path}: says {meta['num_items']} items, codes.npy has {len(index)}"
+            )
         return index
 
 
@@ -197,5 +213,7 @@ def model_path(index_dir: str | Path) -> Path:
     """The encoder stored with an index, or a clear error if it has none."""
     path = Path(index_dir) / "model.pt"
     if not path.is_file():
-        raise IndexFormatError(f"{index_dir}: the index has no model.pt, so it cannot embed query images")
+        raise IndexFormatError(
+            f"{index_dir}: the index has no model.pt, so it cannot embed query images"
+        )
     return path

@@ -33,7 +33,9 @@ class ProductQuantizer(nn.Module):
         if num_books < 1:
             raise ValueError(f"num_books must be >= 1, got {num_books}")
         if not (2 <= num_codewords <= 256) or num_codewords & (num_codewords - 1):
-            raise ValueError(f"num_codewords must be a power of two in [2, 256], got {num_codewords}")
+            raise ValueError(
+                f"num_codewords must be a power of two in [2, 256], got {num_codewords}"
+            )
         if codeword_dim < 1:
             raise ValueError(f"codeword_dim must be >= 1, got {codeword_dim}")
         if tau_sq <= 0:

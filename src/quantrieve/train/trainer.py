@@ -113,9 +113,7 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
         )
-        self.scaler = torch.amp.GradScaler(
-            enabled=needs_grad_scaler(self.device, config.train.amp)
-        )
+        self.scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(self.device, config.train.amp))
         self.images = torch.from_numpy(np.ascontiguousarray(train_set.images))
         self.steps_per_epoch = len(self.images) // config.train.batch_size
         if config.train.max_steps_per_epoch:
@@ -144,7 +142,9 @@ class Trainer:
         data = self.config.data
         if data.val_queries == 0 or self.train_set.labels is None:
             return None
-        return load_or_make_split(self.run_dir, len(self.train_set), data.val_queries, data.split_seed)
+        return load_or_make_split(
+            self.run_dir, len(self.train_set), data.val_queries, data.split_seed
+        )
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -213,7 +213,9 @@ class Trainer:
         f = f.float()
         z = self.model.quantizer(f)
         half = len(batch_uint8)
-        terms = self.objective(f[:half], f[half:], z[:half], z[half:], self.model.quantizer.codebooks)
+        terms = self.objective(
+            f[:half], f[half:], z[:half], z[half:], self.model.quantizer.codebooks
+        )
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step}; lower train.lr")
@@ -226,7 +228,9 @@ class Trainer:
     def fit(self, stop_after_epochs: int | None = None) -> list[EpochSummary]:
         """Train until ``train.epochs`` (or for ``stop_after_epochs`` more epochs, if given)."""
         t = self.config.train
-        last = t.epochs if stop_after_epochs is None else min(t.epochs, self.epoch + stop_after_epochs)
+        last = (
+            t.epochs if stop_after_epochs is None else min(t.epochs, self.epoch + stop_after_epochs)
+        )
         summaries: list[EpochSummary] = []
         bar = None
         if self.progress is not None and last > self.epoch:
@@ -261,7 +265,11 @@ class Trainer:
         seconds = time.perf_counter() - start
         self.epoch = epoch
         val_map = None
-        if t.eval_every and self.split is not None and (epoch % t.eval_every == 0 or epoch == t.epochs):
+        if (
+            t.eval_every
+            and self.split is not None
+            and (epoch % t.eval_every == 0 or epoch == t.epochs)
+        ):
             val_map = self.validate()
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
