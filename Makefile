@@ -33,6 +33,7 @@ demo: venv data
 	$(VENV)/bin/quantrieve demo --data-dir $(DATA_DIR) --out $(DEMO_DIR)
 
 test: venv
+	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
 
 lint: venv
