@@ -282,22 +282,16 @@ def baseline(
     as_json: JsonOpt = False,
 ) -> None:
     """A shallow baseline on raw pixels (train part = database, test part = queries)."""
-    import torch
 
     from quantrieve.baselines import fit_baseline
-    from quantrieve.evaluate import evaluate_retrieval
+    from quantrieve.pipeline import evaluate_distances
 
     root = data_dir or RunConfig().data.root
     parts = read_dataset(dataset, root)
     database, queries = parts["train"], parts["test"]
     books = num_books_for_bits(bits, num_codewords)
     fitted = fit_baseline(method, database.images, queries.images, books, num_codewords, distance)
-    result = evaluate_retrieval(
-        fitted.distances,
-        torch.from_numpy(queries.labels),
-        torch.from_numpy(database.labels),
-        k=topk,
-    )
+    result = evaluate_distances(fitted.distances, queries.labels, database.labels, topk)
     if as_json:
         sys.stdout.write(
             json.dumps({"method": method, "bits": fitted.bits, **result.to_dict()}) + "\n"

@@ -7,6 +7,7 @@ command line, the demo, the benchmarks and the tests all run the same code.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,32 @@ def embed_queries(
     return _embed(model, images, dev, "queries", show_progress)
 
 
+def evaluate_distances(
+    distances: Callable[[slice], torch.Tensor],
+    query_labels: np.ndarray,
+    db_labels: np.ndarray,
+    k: int = 1000,
+    precision_at: list[int] | tuple[int, ...] = (10, 100, 1000),
+    show_progress: bool = True,
+) -> RetrievalResult:
+    """:func:`evaluate_retrieval` with numpy labels, cut-offs capped at the database size and
+    a progress bar."""
+    num_db = len(db_labels)
+    progress_bar = bar(len(query_labels), "evaluating") if show_progress else None
+    try:
+        return evaluate_retrieval(
+            distances,
+            torch.from_numpy(np.asarray(query_labels)),
+            torch.from_numpy(np.asarray(db_labels)),
+            k=min(k, num_db),
+            precision_at=[min(n, num_db) for n in precision_at],
+            progress=progress_bar.set if progress_bar else None,
+        )
+    finally:
+        if progress_bar is not None:
+            progress_bar.close()
+
+
 def evaluate_index(
     index: PQIndex,
     query_embeddings: torch.Tensor,
@@ -120,6 +147,7 @@ def evaluate_index(
     k: int = 1000,
     precision_at: list[int] | tuple[int, ...] = (10, 100, 1000),
     distance: str | None = None,
+    show_progress: bool = True,
 ) -> RetrievalResult:
     """mAP@K, precision@N and PR curve of queries against a labelled index (ADC ranking)."""
     if index.labels is None:
@@ -127,12 +155,13 @@ def evaluate_index(
     codebooks = torch.from_numpy(index.codebooks)
     scorer = ADCScorer(torch.from_numpy(np.asarray(index.codes)), index.num_codewords)
     dist = distance or index.distance
-    result = evaluate_retrieval(
+    result = evaluate_distances(
         lambda s: scorer(lookup_tables(query_embeddings[s], codebooks, dist)),
-        torch.from_numpy(np.asarray(query_labels)),
-        torch.from_numpy(np.asarray(index.labels)),
-        k=min(k, len(index)),
-        precision_at=[min(n, len(index)) for n in precision_at],
+        query_labels,
+        index.labels,
+        k,
+        precision_at,
+        show_progress,
     )
     result.extra["bits"] = index.bits
     result.extra["distance"] = dist  # type: ignore[assignment]

@@ -10,7 +10,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 from rich.table import Table
 
 from quantrieve.data import ImageSet
@@ -114,10 +113,10 @@ def run_demo(
     from quantrieve.baselines import fit_baseline
     from quantrieve.config import load_config
     from quantrieve.data import read_dataset
-    from quantrieve.evaluate import evaluate_retrieval
     from quantrieve.pipeline import (
         embed_queries,
         encode_index,
+        evaluate_distances,
         evaluate_index,
         train_run,
         write_json,
@@ -155,9 +154,7 @@ def run_demo(
     console.rule("4/4 faiss PQ on raw pixels, same M and K")
     m, k = config.model.num_books, config.model.num_codewords
     pq = fit_baseline("pq", train.images, test.images, m, k, "sqeuclidean")
-    pq_result = evaluate_retrieval(
-        pq.distances, torch.from_numpy(test.labels), torch.from_numpy(train.labels), 1000
-    )
+    pq_result = evaluate_distances(pq.distances, test.labels, train.labels, 1000)
     curves = plot_pr_curves(
         {f"HQC {index.bits} bits": hqc, f"PQ on pixels {pq.bits} bits": pq_result},
         out / "pr_curve.png",

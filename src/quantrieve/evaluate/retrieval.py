@@ -88,6 +88,7 @@ def evaluate_retrieval(
     pr_points: int = 40,
     pr_queries: int = 2000,
     chunk_budget: int = 2**24,
+    progress: Callable[[int], None] | None = None,
 ) -> RetrievalResult:
     """Rank the database for every query and score the rankings.
 
@@ -101,6 +102,7 @@ def evaluate_retrieval(
         pr_points: number of thresholds of the precision-recall curve.
         pr_queries: evenly spaced queries the PR curve is estimated on (0 = all).
         chunk_budget: about how many (query, item) distances are held at once.
+        progress: optional callable, given the number of queries done after every chunk.
     """
     start = time.perf_counter()
     num_q, num_db = len(query_labels), len(db_labels)
@@ -124,6 +126,8 @@ def evaluate_retrieval(
         ap_sum += average_precision_at_k(rel[:, :k]).sum().item()
         for n in precision_at:
             prec_sum[n] += rel[:, :n].float().mean(1).sum().item()
+        if progress is not None:
+            progress(chunk.stop)
         rows = torch.arange(chunk.start, chunk.stop)
         rows = (rows[rows % stride == 0] - chunk.start).tolist()
         if not rows:
