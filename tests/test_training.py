@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quantrieve.config import load_config
-from quantrieve.data import read_dataset
+from quantrieve.data import ImageSet, read_dataset
 from quantrieve.train.checkpoint import atomic_save, load_checkpoint
 from quantrieve.train.schedule import learning_rate
 from quantrieve.train.trainer import Trainer, TrainingError
@@ -150,3 +150,13 @@ def test_spq_objective_trains(tiny_fashion: Path, tmp_path: Path) -> None:
     log = [json.loads(x) for x in (tmp_path / "spq" / "log.jsonl").read_text().splitlines()]
     assert "xqc" in log[0] and "icf" not in log[0]
     assert not torch.equal(before, trainer.model.quantizer.codebooks.detach())
+
+
+def test_unlabelled_images_train_without_validation(tiny_fashion: Path, tmp_path: Path) -> None:
+    labelled = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    unlabelled = ImageSet(labelled.images, None, labelled.ids)
+    config = tiny_config(tiny_fashion, "train.epochs=1", "train.warmup_epochs=0")
+    summaries = Trainer(config, unlabelled, tmp_path / "run").fit()
+    assert summaries[0].val_map is None
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert not (tmp_path / "run" / "splits.npz").exists()

@@ -241,9 +241,6 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self.best_epoch == 0 and self.epoch > 0:
-            # No validation (unlabelled data or eval_every = 0): keep the last weights.
-            self.model.save(self.run_dir / "model.pt", {"epoch": self.epoch})
         return summaries
 
     def _train_epoch(self, bar: Any) -> EpochSummary:
@@ -274,6 +271,9 @@ class Trainer:
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
                 self.model.save(self.run_dir / "model.pt", {"epoch": epoch, "val_map": val_map})
+        elif self.split is None or not t.eval_every:
+            # No validation (unlabelled data or eval_every = 0): keep the latest weights.
+            self.model.save(self.run_dir / "model.pt", {"epoch": epoch})
         summary = EpochSummary(
             epoch=epoch,
             loss=running / self.steps_per_epoch,
