@@ -114,7 +114,8 @@ class Trainer:
             self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
         )
         self.scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(self.device, config.train.amp))
-        self.images = torch.from_numpy(np.ascontiguousarray(train_set.images))
+        # Kept as the reader gave it (possibly a memory map); batches are gathered per step.
+        self.images = train_set.images
         self.steps_per_epoch = len(self.images) // config.train.batch_size
         if config.train.max_steps_per_epoch:
             self.steps_per_epoch = min(self.steps_per_epoch, config.train.max_steps_per_epoch)
@@ -253,7 +254,8 @@ class Trainer:
         for i in range(self.steps_per_epoch):
             step = (epoch - 1) * self.steps_per_epoch + i
             idx = order[i * t.batch_size : (i + 1) * t.batch_size]
-            logged = self.train_step(self.images[idx], step)
+            batch = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
+            logged = self.train_step(batch, step)
             running += logged["loss"]
             if i % LOG_EVERY == 0 or i == self.steps_per_epoch - 1:
                 self._log({"kind": "step", "epoch": epoch, "step": step, **logged})
