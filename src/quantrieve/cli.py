@@ -339,6 +339,77 @@ def demo(
     run_demo(out, preset, data_dir)
 
 
+@app.command()
+def benchmark(
+    protocol: Annotated[
+        str, typer.Option(help="Evaluation protocol (see `quantrieve protocols`).")
+    ] = "fashion-mnist",
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: hqc, spq, hqc-ref, hqc-no-cc, hqc-no-pn, hqc-no-cd, "
+            "pq, opq, itq, exact."
+        ),
+    ] = "hqc,spq,pq",
+    bits: Annotated[
+        str | None, typer.Option(help="Comma-separated code lengths; default: the protocol's.")
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Training preset of the deep methods; default: protocol's.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default benchmarks/results/P)."),
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option("--data-dir", help="Dataset folder (default: the protocol's default root)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override for every deep cell.")
+    ] = None,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Rewrite the report from finished cells.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Recompute finished cells.")] = False,
+) -> None:
+    """Run a methods x bits grid under a protocol (resumable) and write report.md/json + PNGs."""
+    from quantrieve.benchmark import (
+        check_methods,
+        map_table,
+        parse_bits,
+        parse_list,
+        run_benchmark,
+        write_report,
+    )
+    from quantrieve.protocols import get_protocol
+
+    spec = get_protocol(protocol)
+    folder = out or Path("benchmarks/results") / spec.name
+    if report_only:
+        write_report(folder)
+    else:
+        run_benchmark(
+            spec,
+            check_methods(parse_list(methods)),
+            parse_bits(bits) if bits is not None else list(spec.bits),
+            preset,
+            folder,
+            root=data_dir,
+            overrides=overrides or [],
+        )
+    stdout.print(map_table(folder))
+    console.print(f"report: {folder / 'report.md'}, {folder / 'report.json'}")
+
+
+@app.command()
+def protocols() -> None:
+    """List the evaluation protocols (queries, database, mAP@K) of `quantrieve benchmark`."""
+    from quantrieve.protocols import describe
+
+    sys.stdout.write(describe() + "\n")
+
+
 def main() -> None:
     try:
         app()

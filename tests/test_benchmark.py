@@ -1,0 +1,210 @@
+"""Benchmark grid on the tiny IDX dataset: cells, resumability, report files, CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from quantrieve import benchmark
+from quantrieve.benchmark import BenchmarkError, run_benchmark, training_stats, write_report
+from quantrieve.cli import app, main
+
+# A tiny deep run (see tests/test_end_to_end.py); bits set model.num_books (8 bits = 2 x 16).
+TINY = [
+    "model.width=4",
+    "model.proj_hidden=16",
+    "model.num_codewords=16",
+    "model.codeword_dim=4",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "train.warmup_epochs=1",
+    "train.max_steps_per_epoch=4",
+    "data.val_queries=40",
+    "augment.crop_scale_min=0.5",
+]
+GRID = {"methods": ["hqc", "pq", "exact"], "bits_list": [8], "preset": "fashion-mnist-cpu"}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "fm"
+    run_benchmark(
+        "fashion-mnist", **GRID, out_dir=out, root=tiny_fashion, overrides=TINY, progress=False
+    )
+    return out
+
+
+def _cell(out: Path, name: str) -> dict:
+    return json.loads((out / "cells" / f"{name}.json").read_text())
+
+
+def test_grid_writes_one_cell_per_method_and_bits(finished: Path) -> None:
+    names = sorted(p.stem for p in (finished / "cells").glob("*.json"))
+    assert names == ["exact-full", "hqc-8", "pq-8"]
+    hqc, pq = _cell(finished, "hqc-8"), _cell(finished, "pq-8")
+    for cell in (hqc, pq, _cell(finished, "exact-full")):
+        result = cell["result"]
+        assert 0 <= result["map_at_k"] <= 1
+        assert (result["num_queries"], result["num_database"]) == (60, 320)
+        assert result["k"] == 320  # mAP@1000 clamped to the tiny database
+        assert len(result["pr_precision"]) == len(result["pr_recall"]) > 1
+    assert hqc["config"]["model"]["num_books"] == 2 and hqc["config"]["loss"]["preset"] == "hqc"
+    assert hqc["train"]["epochs"] == 2 and hqc["train"]["seconds"] > 0
+    assert hqc["train"]["images_per_second"] > 0 and hqc["train"]["best_epoch"] in (1, 2)
+    assert (finished / "runs" / "hqc-8" / "index" / "codes.npy").is_file()
+    assert pq["num_books"] == 2 and pq["kind"] == "shallow"
+    assert hqc["environment"]["torch_threads"] == 1
+    assert not list((finished / "cells").glob(".*.tmp"))
+
+
+def test_report_files(finished: Path) -> None:
+    md = (finished / "report.md").read_text()
+    assert "| method | 8 bits | uncompressed |" in md
+    assert "| hqc |" in md and "| pq |" in md and "| exact |" in md
+    assert "![pr_8bits](pr_8bits.png)" in md and "![map_vs_bits](map_vs_bits.png)" in md
+    assert "quantrieve benchmark --protocol fashion-mnist --methods hqc,pq,exact --bits 8" in md
+    assert "images/s" in md and "P@10" in md
+    for png in ("pr_8bits.png", "map_vs_bits.png"):
+        assert (finished / png).read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((finished / "report.json").read_text())
+    assert [c["cell"] for c in report["cells"]] == ["hqc-8", "pq-8", "exact-full"]
+    assert report["missing"] == [] and report["protocol"]["topk"] == 1000
+    env = report["environment"]
+    assert {"versions", "git_commit", "device", "torch_threads", "date"} <= set(env)
+    assert env["versions"]["torch"] != "missing"
+    assert report["setup"]["data"]["train_is_database"]
+
+
+def test_rerun_keeps_finished_cells(
+    finished: Path, tiny_fashion: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stamps = {p.name: p.stat().st_mtime_ns for p in (finished / "cells").glob("*.json")}
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(benchmark, "train_run", refuse)
+    monkeypatch.setattr(benchmark, "fit_baseline", refuse)
+    run_benchmark(
+        "fashion-mnist", **GRID, out_dir=finished, root=tiny_fashion, overrides=TINY, progress=False
+    )
+    assert stamps == {p.name: p.stat().st_mtime_ns for p in (finished / "cells").glob("*.json")}
+
+
+def test_unfinished_deep_cell_resumes_its_run(
+    finished: Path, tiny_fashion: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    real = benchmark.train_run
+
+    def spy(config, run_dir, resume=False, **kwargs):
+        seen.append(resume)
+        return real(config, run_dir, resume=resume, **kwargs)
+
+    monkeypatch.setattr(benchmark, "train_run", spy)
+    before = _cell(finished, "hqc-8")
+    (finished / "cells" / "hqc-8.json").unlink()
+    run_benchmark(
+        "fashion-mnist",
+        ["hqc"],
+        [8],
+        "fashion-mnist-cpu",
+        finished,
+        root=tiny_fashion,
+        overrides=TINY,
+        progress=False,
+    )
+    assert seen == [True]
+    after = _cell(finished, "hqc-8")
+    assert after["result"]["map_at_k"] == pytest.approx(before["result"]["map_at_k"])
+    assert after["train"]["epochs"] == 2
+
+
+def test_other_setup_in_same_folder_is_refused(finished: Path, tiny_fashion: Path) -> None:
+    with pytest.raises(BenchmarkError, match="different overrides"):
+        run_benchmark(
+            "fashion-mnist",
+            ["pq"],
+            [8],
+            "fashion-mnist-cpu",
+            finished,
+            root=tiny_fashion,
+            overrides=[*TINY, "train.epochs=3"],
+            progress=False,
+        )
+
+
+def test_unknown_method_and_bad_bits_are_named(tmp_path: Path) -> None:
+    with pytest.raises(BenchmarkError, match="unknown method 'hqcc'; available: hqc, spq"):
+        run_benchmark("fashion-mnist", ["hqc", "hqcc"], [8], None, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="--bits 10 is not a multiple of log2"):
+        run_benchmark("fashion-mnist", ["pq"], [10], None, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def test_training_stats_count_a_repeated_epoch_once(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    records = [
+        {"kind": "epoch", "epoch": 1, "seconds": 2.0, "images_per_second": 100.0},
+        {"kind": "validation", "epoch": 1, "map_at_k": 0.3},
+        {"kind": "epoch", "epoch": 2, "seconds": 9.0, "images_per_second": 10.0},  # interrupted
+        {"kind": "epoch", "epoch": 2, "seconds": 2.0, "images_per_second": 100.0},
+        {"kind": "validation", "epoch": 2, "map_at_k": 0.2},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stats = training_stats(log)
+    assert stats["epochs"] == 2 and stats["seconds"] == 4.0
+    assert stats["images_per_second"] == 100.0
+    assert (stats["best_epoch"], stats["best_val_map"]) == (1, 0.3)
+
+
+def test_cli_report_only_and_protocols(finished: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["benchmark", "--report-only", "--out", str(finished)])
+    assert result.exit_code == 0, result.output
+    assert "| method | 8 bits | uncompressed |" in result.stdout
+    listing = runner.invoke(app, ["protocols"])
+    assert listing.exit_code == 0 and "nuswide21" in listing.stdout
+    assert "mAP@5000" in listing.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--protocol", "imagenet"], "unknown protocol 'imagenet'; available: fashion-mnist"),
+        (["--methods", "hqc,nope"], "unknown method 'nope'; available: hqc"),
+        (["--bits", "8,x"], "--bits must be comma-separated integers"),
+        (["--report-only"], "no benchmark.json; run `quantrieve benchmark` first"),
+    ],
+)
+def test_cli_errors_are_one_line(
+    args: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+) -> None:
+    argv = ["quantrieve", "benchmark", *args, "--out", str(tmp_path / "b")]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert message in err and "Traceback" not in err
+
+
+def test_report_of_a_partial_grid_lists_missing_cells(finished: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "partial"
+    (partial / "cells").mkdir(parents=True)
+    setup = json.loads((finished / "benchmark.json").read_text())
+    setup["out"] = str(partial)
+    (partial / "benchmark.json").write_text(json.dumps(setup))
+    (partial / "cells" / "pq-8.json").write_text((finished / "cells" / "pq-8.json").read_text())
+    report = write_report(partial)
+    assert report["missing"] == ["hqc-8", "exact-full"]
+    md = (partial / "report.md").read_text()
+    assert "Not yet computed: hqc-8, exact-full" in md
