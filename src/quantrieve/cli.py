@@ -26,7 +26,7 @@ from quantrieve.config import (
 )
 from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.index.store import IndexFormatError, PQIndex
-from quantrieve.progress import console, stdout
+from quantrieve.progress import CountingProgress, console, stdout
 from quantrieve.train.trainer import TrainingError
 
 app = typer.Typer(
@@ -71,8 +71,15 @@ def _resolve_config(
     return config
 
 
-def _read_part(dataset: str, root: str, part: str) -> ImageSet:
-    parts = read_dataset(dataset, root)
+def _model_image_size(model_file: Path) -> int:
+    """The square input size a model was trained on (datasets of image files are decoded to it)."""
+    from quantrieve.encode import RetrievalModel
+
+    return RetrievalModel.load(model_file).image_size
+
+
+def _read_part(dataset: str, root: str, part: str, image_size: int | None = None) -> ImageSet:
+    parts = read_dataset(dataset, root, image_size, CountingProgress("decoding images"))
     if part not in parts:
         raise DataError(
             f"dataset '{dataset}' at {root} has no part '{part}' (has: {', '.join(parts)})"
@@ -129,10 +136,11 @@ def encode(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels)."""
-    from quantrieve.pipeline import encode_index
+    from quantrieve.pipeline import encode_index, resolve_model_file
 
     root = data_dir or RunConfig().data.root
-    database = _read_part(dataset, root, part)
+
+    database = _read_part(dataset, root, part, _model_image_size(resolve_model_file(model)))
     index = encode_index(
         model,
         database,
@@ -154,7 +162,6 @@ def _queries(
     data_dir: str | None,
     part: str,
     items: str | None,
-    device: str,
 ) -> tuple[np.ndarray, list[str], np.ndarray | None]:
     from quantrieve.data.images import load_image_file
     from quantrieve.encode import RetrievalModel
@@ -165,9 +172,9 @@ def _queries(
         arrays = [load_image_file(p, model.image_size, model.channels) for p in images]
         return np.stack(arrays), [str(p) for p in images], None
     if dataset is None:
-        raise ConfigError("give query --images, or --dataset with --items")
+        raise ConfigError("give query images with --image FILE, or --dataset (with --items)")
     root = data_dir or RunConfig().data.root
-    source = _read_part(dataset, root, part)
+    source = _read_part(dataset, root, part, _model_image_size(model_path(index_dir)))
     if items is None:
         idx = np.arange(len(source))
     else:
@@ -202,7 +209,7 @@ def search(
     from quantrieve.pipeline import embed_queries, search_index
 
     index = PQIndex.load(index_dir)
-    query_images, query_ids, _ = _queries(index_dir, images, dataset, data_dir, part, items, device)
+    query_images, query_ids, _ = _queries(index_dir, images, dataset, data_dir, part, items)
     f = embed_queries(index_dir, query_images, device, show_progress=len(query_images) > 5000)
     results = search_index(index, f, k, distance)
     if as_json:
@@ -242,7 +249,9 @@ def evaluate(
 
     index = PQIndex.load(index_dir)
     root = data_dir or RunConfig().data.root
-    queries = _read_part(dataset, root, part)
+    from quantrieve.index.store import model_path
+
+    queries = _read_part(dataset, root, part, _model_image_size(model_path(index_dir)))
     if queries.labels is None:
         raise DataError(f"{dataset}/{part} has no labels; evaluation needs labelled queries")
     cuts = [int(n) for n in precision_at.split(",") if n.strip()]

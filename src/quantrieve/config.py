@@ -41,6 +41,8 @@ class DataConfig:
             selection). The rest of the training side is the validation database.
         split_seed: Seed of the validation split (splits are saved with the run).
         train_limit: Use only the first N training images (0 = all); for quick runs and tests.
+        image_size: Square side images are decoded to, for readers of image files (list files,
+            folders); 0 = the reader's default (64, SPQ's choice). IDX and CIFAR keep theirs.
     """
 
     dataset: str = "fashion-mnist"
@@ -48,8 +50,10 @@ class DataConfig:
     val_queries: int = 1000
     split_seed: int = 0
     train_limit: int = 0
+    image_size: int = 0
 
     def validate(self) -> None:
+        _check(self.image_size >= 0, "data.image_size", "must be >= 0 (0 = reader default)")
         _check(self.val_queries >= 0, "data.val_queries", "must be >= 0")
         _check(self.train_limit >= 0, "data.train_limit", "must be >= 0")
 

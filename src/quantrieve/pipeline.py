@@ -21,7 +21,7 @@ from quantrieve.encode import RetrievalModel, embed_images
 from quantrieve.evaluate import RetrievalResult, evaluate_retrieval
 from quantrieve.index.search import ADCScorer, lookup_tables
 from quantrieve.index.store import IndexFormatError, PQIndex, model_path
-from quantrieve.progress import bar
+from quantrieve.progress import CountingProgress, bar
 from quantrieve.train.device import resolve_device
 from quantrieve.train.run_info import package_versions
 from quantrieve.train.trainer import ProgressFactory, Trainer
@@ -36,7 +36,12 @@ def train_run(
 ) -> Path:
     """Train on the ``train`` part of the configured dataset; returns the run directory."""
     if train_set is None:
-        parts = read_dataset(config.data.dataset, config.data.root)
+        parts = read_dataset(
+            config.data.dataset,
+            config.data.root,
+            config.data.image_size or None,
+            CountingProgress("decoding images"),
+        )
         train_set = parts["train"] if "train" in parts else parts[next(iter(parts))]
     trainer = Trainer(config, train_set, run_dir, resume=resume, progress=progress)
     trainer.fit()

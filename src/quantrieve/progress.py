@@ -53,3 +53,20 @@ class Bar:
 def bar(total: int, description: str) -> Bar:
     """Factory with the signature the trainer expects."""
     return Bar(total, description)
+
+
+class CountingProgress:
+    """A ``progress(done, total)`` callback that opens a bar on first use and closes it when
+    ``done`` reaches ``total`` (used while image files are decoded into the cache)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._bar: Bar | None = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is None:
+            self._bar = Bar(total, self.description)
+        self._bar.set(done)
+        if done >= total:
+            self._bar.close()
+            self._bar = None

@@ -25,11 +25,35 @@ DATASETS: dict[str, Reader] = {
 }
 
 
-def read_dataset(name: str, root: str | Path) -> dict[str, ImageSet]:
-    """Read a dataset by registry name; returns its named parts (e.g. train, test)."""
+# Readers that decode image files: they take an output size and report decoding progress.
+DECODING_READERS = frozenset({"flickr25k", "nuswide21", "coco", "image-folder"})
+
+
+def read_dataset(
+    name: str,
+    root: str | Path,
+    image_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, ImageSet]:
+    """Read a dataset by registry name; returns its named parts (e.g. train, test).
+
+    Args:
+        name: registry name (see ``DATASETS``).
+        root: the dataset folder.
+        image_size: square side for readers that decode image files (their default if None);
+            fixed-size formats (IDX, CIFAR) ignore it.
+        progress: ``progress(done, total)`` while image files are decoded into the cache.
+    """
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; available: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](root)
+    if name not in DECODING_READERS:
+        return DATASETS[name](root)
+    options: dict = {}
+    if image_size:
+        options["image_size"] = image_size
+    if progress is not None:
+        options["progress"] = progress
+    return DATASETS[name](root, **options)
 
 
 __all__ = ["DATASETS", "DataError", "ImageSet", "one_hot", "read_dataset"]
