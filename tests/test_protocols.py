@@ -36,7 +36,7 @@ def _image_set(n: int, prefix: str, num_classes: int = 24, seed: int = 0) -> Ima
 def all_part(monkeypatch: pytest.MonkeyPatch) -> ImageSet:
     """A list-file dataset given as one 'all' part of 50 images."""
     images = _image_set(50, "im")
-    monkeypatch.setattr(protocols, "read_dataset", lambda name, root: {"all": images})
+    monkeypatch.setattr(protocols, "read_dataset", lambda name, root, *options: {"all": images})
     return images
 
 
@@ -109,11 +109,11 @@ def test_split_of_other_sizes_or_images_is_refused(
     with pytest.raises(DataError, match="made for protocol 'flickr25k'"):
         materialize(dataclasses.replace(FLICKR_SMALL, name="other"), "unused", tmp_path)
     bigger = _image_set(60, "im")
-    monkeypatch.setattr(protocols, "read_dataset", lambda name, root: {"all": bigger})
+    monkeypatch.setattr(protocols, "read_dataset", lambda name, root, *options: {"all": bigger})
     with pytest.raises(DataError, match="does not partition the 60 images"):
         materialize(FLICKR_SMALL, "unused", tmp_path)
     renamed = _image_set(50, "moved")
-    monkeypatch.setattr(protocols, "read_dataset", lambda name, root: {"all": renamed})
+    monkeypatch.setattr(protocols, "read_dataset", lambda name, root, *options: {"all": renamed})
     with pytest.raises(DataError, match="other image ids"):
         materialize(FLICKR_SMALL, "unused", tmp_path)
 
@@ -126,7 +126,7 @@ def test_database_and_test_parts_are_used_as_given(
         "train": _image_set(8, "tr"),
         "test": _image_set(6, "te"),
     }
-    monkeypatch.setattr(protocols, "read_dataset", lambda name, root: parts)
+    monkeypatch.setattr(protocols, "read_dataset", lambda name, root, *options: parts)
     data = materialize("nuswide21", "unused", tmp_path)
     assert data.database is parts["database"] and data.queries is parts["test"]
     assert data.train is parts["database"] and data.source == "database/test"
@@ -135,13 +135,13 @@ def test_database_and_test_parts_are_used_as_given(
 
 def test_unusable_parts_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     only = {"all": _image_set(20, "im", num_classes=10)}
-    monkeypatch.setattr(protocols, "read_dataset", lambda name, root: only)
+    monkeypatch.setattr(protocols, "read_dataset", lambda name, root, *options: only)
     with pytest.raises(ProtocolError, match=r"expected train \+ test, database \+ test$"):
         materialize("cifar10", "somewhere", tmp_path)
     with pytest.raises(ProtocolError, match="leaves no database"):
         materialize(dataclasses.replace(FLICKR_SMALL, num_queries=20), "x", tmp_path)
     unlabelled = {"train": _image_set(5, "a"), "test": _image_set(5, "b")}
     unlabelled["test"].labels = None
-    monkeypatch.setattr(protocols, "read_dataset", lambda name, root: unlabelled)
+    monkeypatch.setattr(protocols, "read_dataset", lambda name, root, *options: unlabelled)
     with pytest.raises(DataError, match="queries of protocol 'cifar10' have no labels"):
         materialize("cifar10", "somewhere", tmp_path)

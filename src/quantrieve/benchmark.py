@@ -451,7 +451,7 @@ def run_benchmark(
             "commands": [" ".join(sys.argv)],
         },
     )
-    data = materialize(protocol, root, out_dir / "split")
+    data = materialize(protocol, root, out_dir / "split", base_config.data.image_size or None)
     setup["data"] = data.summary()
     atomic_write_json(setup, out_dir / SETUP_FILE)
     device = str(resolve_device(base_config.train.device))

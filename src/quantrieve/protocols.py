@@ -25,6 +25,7 @@ import numpy as np
 
 from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.splits import load_split, save_split
+from quantrieve.progress import CountingProgress
 
 
 class ProtocolError(ValueError):
@@ -300,7 +301,12 @@ def load_or_make_query_split(
     return split, json.loads(meta_path.read_text())["sha256"]
 
 
-def materialize(protocol: Protocol | str, root: str | Path, split_dir: str | Path) -> ProtocolData:
+def materialize(
+    protocol: Protocol | str,
+    root: str | Path,
+    split_dir: str | Path,
+    image_size: int | None = None,
+) -> ProtocolData:
     """Read the protocol's dataset from ``root`` and form training set, database and queries.
 
     Parts are taken in this order: ``database`` + ``test`` (list-file releases), ``train`` +
@@ -322,7 +328,7 @@ def materialize(protocol: Protocol | str, root: str | Path, split_dir: str | Pat
     """
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
-    parts = read_dataset(protocol.dataset, root)
+    parts = read_dataset(protocol.dataset, root, image_size, CountingProgress("decoding images"))
     split_path: Path | None = None
     checksum: str | None = None
     if "test" in parts and ("database" in parts or "train" in parts):
