@@ -27,7 +27,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantrieve.atomic import atomic_write_json
 from quantrieve.baselines import fit_baseline
 from quantrieve.config import RunConfig, load_config, num_books_for_bits
 from quantrieve.evaluate import RetrievalResult, evaluate_retrieval
@@ -210,21 +210,6 @@ def environment(device: str | torch.device | None = None) -> dict[str, Any]:
     if dev.type == "cuda" and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(dev)
     return env
-
-
-def atomic_write_json(obj: Any, path: str | Path) -> Path:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(json.dumps(obj, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _read_json(path: Path) -> Any:

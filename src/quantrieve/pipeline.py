@@ -6,7 +6,6 @@ command line, the demo, the benchmarks and the tests all run the same code.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,10 +196,3 @@ def search_index(
             hits.append(SearchHit(rank, int(i), index.ids[i], float(d), names))
         out.append(hits)
     return out
-
-
-def write_json(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=2) + "\n")
-    return path

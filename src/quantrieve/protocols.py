@@ -261,7 +261,7 @@ def load_or_make_query_split(
     npz, meta_path = folder / "splits.npz", folder / "splits.json"
     n, expected_ids = len(ids), ids_checksum(ids)
     assert protocol.num_queries is not None
-    if npz.exists() or meta_path.exists():
+    if meta_path.exists():  # written last: without it the split was never completed
         split = load_split(folder)  # verifies the checksum
         meta = json.loads(meta_path.read_text())
         problems = []

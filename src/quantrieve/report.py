@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from rich.table import Table
 
+from quantrieve.atomic import atomic_write_json
 from quantrieve.data import ImageSet
 from quantrieve.evaluate import RetrievalResult
 from quantrieve.progress import console, stdout
@@ -119,7 +120,6 @@ def run_demo(
         evaluate_distances,
         evaluate_index,
         train_run,
-        write_json,
     )
 
     start = time.perf_counter()
@@ -176,7 +176,7 @@ def run_demo(
         },
         "seconds": time.perf_counter() - start,
     }
-    write_json(summary, out / "results.json")
+    atomic_write_json(summary, out / "results.json")
     stdout.print(results_table(rows, "Fashion-MNIST, 10,000 queries x 60,000 database"))
     console.print(
         f"outputs in {out}/: results.json, retrieval_grid.png, pr_curve.png, index/, train/"

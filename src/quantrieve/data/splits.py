@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quantrieve.atomic import atomic_path, atomic_write_json
 from quantrieve.data.base import DataError
 
 
@@ -45,14 +46,15 @@ def validation_split(num_train: int, num_val_queries: int, seed: int) -> dict[st
 def save_split(split: dict[str, np.ndarray], folder: str | Path, info: dict | None = None) -> Path:
     """Write ``splits.npz`` and ``splits.json`` (checksum, sizes, how it was made)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "splits.npz", **{k: np.asarray(v, dtype=np.int64) for k, v in split.items()})
+    with atomic_path(folder / "splits.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **{k: np.asarray(v, dtype=np.int64) for k, v in split.items()})
     meta = {
         "sha256": split_checksum(split),
         "sizes": {k: len(v) for k, v in split.items()},
         **(info or {}),
     }
-    (folder / "splits.json").write_text(json.dumps(meta, indent=2) + "\n")
+    # Written last: a split counts as saved only once its checksum file exists.
+    atomic_write_json(meta, folder / "splits.json")
     return folder / "splits.npz"
 
 
@@ -62,9 +64,12 @@ def load_split(folder: str | Path) -> dict[str, np.ndarray]:
     npz, meta_path = folder / "splits.npz", folder / "splits.json"
     if not npz.is_file() or not meta_path.is_file():
         raise DataError(f"{folder}: no saved split (splits.npz + splits.json)")
-    with np.load(npz) as data:
-        split = {k: data[k] for k in data.files}
-    expected = json.loads(meta_path.read_text())["sha256"]
+    try:
+        with np.load(npz) as data:
+            split = {k: data[k] for k in data.files}
+        expected = json.loads(meta_path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{folder}: unreadable saved split ({type(exc).__name__}: {exc})") from None
     if split_checksum(split) != expected:
         raise DataError(f"{npz}: checksum does not match {meta_path}; the split was altered")
     return split
@@ -75,7 +80,7 @@ def load_or_make_split(
 ) -> dict[str, np.ndarray]:
     """Reuse the split saved in ``folder`` if there is one, else make and save it."""
     folder = Path(folder)
-    if (folder / "splits.npz").is_file():
+    if (folder / "splits.json").is_file():
         split = load_split(folder)
         total = sum(len(v) for v in split.values())
         if total != num_train or len(split["val_query"]) != num_val_queries:

@@ -1,35 +1,38 @@
-"""Atomic checkpoint files: write to a temporary file in the same folder, then rename."""
+"""Checkpoint files: written atomically, read back as plain tensors and containers."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from quantrieve.atomic import atomic_path
+
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` so that a crash leaves either the old or the new file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`atomic_save` onto the CPU."""
+    """Load a checkpoint or model file onto the CPU.
+
+    Only tensors and plain containers are unpickled (``weights_only=True``), so a file from an
+    untrusted index directory cannot run code. Errors name the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"{path}: not a readable quantrieve checkpoint ({first})") from None
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a quantrieve checkpoint (holds {type(payload).__name__})")
+    return payload
