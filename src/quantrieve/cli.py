@@ -78,6 +78,17 @@ def _model_image_size(model_file: Path) -> int:
     return RetrievalModel.load(model_file).image_size
 
 
+def _positive_ints(text: str, option: str) -> list[int]:
+    """Parse a comma-separated list of integers >= 1, naming the option on error."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{option} values must be >= 1, got '{text}'")
+    return values
+
+
 def _read_part(dataset: str, root: str, part: str, image_size: int | None = None) -> ImageSet:
     parts = read_dataset(dataset, root, image_size, CountingProgress("decoding images"))
     if part not in parts:
@@ -208,6 +219,8 @@ def search(
     """Top-k database items for query images, by ADC with a per-query look-up table."""
     from quantrieve.pipeline import embed_queries, search_index
 
+    if k < 1:
+        raise ConfigError(f"-k must be >= 1, got {k}")
     index = PQIndex.load(index_dir)
     query_images, query_ids, _ = _queries(index_dir, images, dataset, data_dir, part, items)
     f = embed_queries(index_dir, query_images, device, show_progress=len(query_images) > 5000)
@@ -254,7 +267,9 @@ def evaluate(
     queries = _read_part(dataset, root, part, _model_image_size(model_path(index_dir)))
     if queries.labels is None:
         raise DataError(f"{dataset}/{part} has no labels; evaluation needs labelled queries")
-    cuts = [int(n) for n in precision_at.split(",") if n.strip()]
+    cuts = _positive_ints(precision_at, "--precision-at")
+    if topk < 1:
+        raise ConfigError(f"--topk must be >= 1, got {topk}")
     f = embed_queries(index_dir, queries.images, device)
     result = evaluate_index(index, f, queries.labels, topk, cuts, distance)
     if plot is not None:
@@ -296,8 +311,9 @@ def baseline(
     from quantrieve.pipeline import evaluate_distances
 
     root = data_dir or RunConfig().data.root
-    parts = read_dataset(dataset, root)
-    database, queries = parts["train"], parts["test"]
+    database, queries = _read_part(dataset, root, "train"), _read_part(dataset, root, "test")
+    if queries.labels is None or database.labels is None:
+        raise DataError(f"{dataset} at {root} is unlabelled; a baseline needs labels to be scored")
     books = num_books_for_bits(bits, num_codewords)
     fitted = fit_baseline(method, database.images, queries.images, books, num_codewords, distance)
     result = evaluate_distances(fitted.distances, queries.labels, database.labels, topk)
@@ -406,6 +422,7 @@ def benchmark(
             folder,
             root=data_dir,
             overrides=overrides or [],
+            force=force,
         )
     stdout.print(map_table(folder))
     console.print(f"report: {folder / 'report.md'}, {folder / 'report.json'}")

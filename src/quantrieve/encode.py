@@ -47,6 +47,8 @@ class RetrievalModel(nn.Module):
         self.channels = channels
         self.normalize = Normalize(mean, std)
         self.encoder = QuantizationEncoder(config, channels)
+        # Filled when loaded from a file: the epoch and validation mAP the weights come from.
+        self.training_info: dict[str, Any] = {}
 
     @property
     def quantizer(self):
@@ -91,6 +93,7 @@ class RetrievalModel(nn.Module):
             config, payload["image_size"], payload["channels"], payload["mean"], payload["std"]
         )
         model.load_state_dict(payload["state_dict"])
+        model.training_info = {k: payload[k] for k in ("epoch", "val_map") if k in payload}
         return model.eval()
 
     @classmethod

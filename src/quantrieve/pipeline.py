@@ -6,6 +6,7 @@ command line, the demo, the benchmarks and the tests all run the same code.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from quantrieve.index.search import ADCScorer, lookup_tables
 from quantrieve.index.store import IndexFormatError, PQIndex, model_path
 from quantrieve.progress import CountingProgress, bar
 from quantrieve.train.device import resolve_device
-from quantrieve.train.run_info import package_versions
+from quantrieve.train.run_info import git_commit, package_versions
 from quantrieve.train.trainer import ProgressFactory, Trainer
 
 
@@ -89,7 +90,7 @@ def encode_index(
     model.to(dev)
     f = _embed(model, database.images, dev, "database", show_progress)
     codes = model.quantizer.encode(f.to(dev)).cpu().numpy()
-    payload = torch.load(model_file, map_location="cpu", weights_only=False)
+    run_config = model_file.parent / "config.json"
     index = PQIndex(
         codebooks=model.quantizer.codebooks.detach().cpu().numpy(),
         codes=codes,
@@ -99,9 +100,10 @@ def encode_index(
         class_names=list(database.class_names),
         meta={
             "source": source or {},
-            "model": model.metadata()
-            | {"epoch": payload.get("epoch"), "val_map": payload.get("val_map")},
+            "model": model.metadata() | model.training_info,
+            "training_config": json.loads(run_config.read_text()) if run_config.is_file() else None,
             "versions": package_versions(),
+            "git_commit": git_commit(),
         },
     )
     index.save(out_dir, model_file=model_file)
@@ -156,6 +158,11 @@ def evaluate_index(
     """mAP@K, precision@N and PR curve of queries against a labelled index (ADC ranking)."""
     if index.labels is None:
         raise IndexFormatError("the index has no labels, so retrieval cannot be scored")
+    if np.asarray(query_labels).shape[1] != index.labels.shape[1]:
+        raise IndexFormatError(
+            f"queries have {np.asarray(query_labels).shape[1]} label columns, the index "
+            f"{index.labels.shape[1]}: they come from different label sets"
+        )
     codebooks = torch.from_numpy(index.codebooks)
     scorer = ADCScorer(torch.from_numpy(np.asarray(index.codes)), index.num_codewords)
     dist = distance or index.distance

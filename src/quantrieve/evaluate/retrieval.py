@@ -108,6 +108,13 @@ def evaluate_retrieval(
     num_q, num_db = len(query_labels), len(db_labels)
     if num_q == 0 or num_db == 0:
         raise ValueError("evaluation needs at least one query and one database item")
+    if k < 1 or any(n < 1 for n in precision_at):
+        raise ValueError(f"K and the precision cut-offs must be >= 1, got {k}, {precision_at}")
+    if query_labels.shape[1] != db_labels.shape[1]:
+        raise ValueError(
+            f"query labels have {query_labels.shape[1]} classes, database labels "
+            f"{db_labels.shape[1]}"
+        )
     depth = min(max([k, *precision_at]), num_db)
     ap_sum = 0.0
     prec_sum = dict.fromkeys(precision_at, 0.0)

@@ -35,6 +35,24 @@ INDEX_FORMAT = "quantrieve-pq-index"
 INDEX_VERSION = 1
 
 
+RESERVED_META = frozenset(
+    {
+        "format",
+        "version",
+        "num_items",
+        "num_books",
+        "num_codewords",
+        "codeword_dim",
+        "bits",
+        "distance",
+        "has_labels",
+        "has_model",
+        "class_names",
+        "created",
+    }
+)
+
+
 class IndexFormatError(ValueError):
     """An index directory is missing, malformed or from a newer version."""
 
@@ -76,8 +94,11 @@ class PQIndex:
             raise IndexFormatError(f"{len(self.labels)} label rows for {len(self.codes)} codes")
         if self.distance not in DISTANCES:
             raise IndexFormatError(f"distance must be one of {DISTANCES}, got '{self.distance}'")
-        if any("\n" in i for i in self.ids):
-            raise IndexFormatError("item ids may not contain newlines")
+        if any("\n" in i or "\r" in i for i in self.ids):
+            raise IndexFormatError("item ids may not contain line breaks")
+        clash = RESERVED_META & set(self.meta)
+        if clash:
+            raise IndexFormatError(f"metadata keys {sorted(clash)} are reserved by the format")
 
     @property
     def num_books(self) -> int:
@@ -114,7 +135,7 @@ class PQIndex:
         try:
             np.save(tmp / "codebooks.npy", self.codebooks)
             np.save(tmp / "codes.npy", self.codes)
-            (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids))
+            (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
             if self.labels is not None:
                 np.save(tmp / "labels.npy", self.labels.astype(bool))
             if model_file is not None:
@@ -160,11 +181,13 @@ class PQIndex:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:
             raise IndexFormatError(f"{meta_path}: invalid JSON ({exc})") from None
-        if meta.get("format") != INDEX_FORMAT:
-            raise IndexFormatError(
-                f"{meta_path}: format is {meta.get('format')!r}, not {INDEX_FORMAT}"
-            )
-        if int(meta.get("version", 0)) > INDEX_VERSION:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        if not isinstance(meta, dict) or found != INDEX_FORMAT:
+            raise IndexFormatError(f"{meta_path}: format is {found!r}, not {INDEX_FORMAT}")
+        version = meta.get("version")
+        if not isinstance(version, int):
+            raise IndexFormatError(f"{meta_path}: 'version' must be an integer, got {version!r}")
+        if version > INDEX_VERSION:
             raise IndexFormatError(
                 f"{meta_path}: index version {meta['version']} is newer than this quantrieve "
                 f"(reads up to {INDEX_VERSION})"
@@ -173,35 +196,25 @@ class PQIndex:
         try:
             codebooks = np.load(path / "codebooks.npy")
             codes = np.load(path / "codes.npy", mmap_mode=mode)
-            ids = (path / "ids.txt").read_text().splitlines()
+            text = (path / "ids.txt").read_text(encoding="utf-8")
+            ids = text[:-1].split("\n") if text else []
             labels = (
                 np.load(path / "labels.npy", mmap_mode=mode) if meta.get("has_labels") else None
             )
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: cannot read index files ({exc})") from None
-        reserved = {
-            "format",
-            "version",
-            "num_items",
-            "num_books",
-            "num_codewords",
-            "codeword_dim",
-            "bits",
-            "distance",
-            "has_labels",
-            "has_model",
-            "class_names",
-            "created",
-        }
-        index = cls(
-            codebooks=codebooks,
-            codes=codes,
-            ids=ids,
-            labels=labels,
-            distance=meta.get("distance", "l2"),
-            class_names=meta.get("class_names", []),
-            meta={k: v for k, v in meta.items() if k not in reserved},
-        )
+        try:
+            index = cls(
+                codebooks=codebooks,
+                codes=codes,
+                ids=ids,
+                labels=labels,
+                distance=meta.get("distance", "l2"),
+                class_names=meta.get("class_names", []),
+                meta={k: v for k, v in meta.items() if k not in RESERVED_META},
+            )
+        except IndexFormatError as exc:
+            raise IndexFormatError(f"{path}: {exc}") from None
         if len(index) != meta.get("num_items", len(index)):
             raise IndexFormatError(
                 f"{meta_path}: says {meta['num_items']} items, codes.npy has {len(index)}"
