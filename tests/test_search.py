@@ -222,3 +222,39 @@ def test_matches_faiss_index_pq(books: int, dim: int) -> None:
 
     top_d, _ = search_codes(q, codebooks, ours, 10, "sqeuclidean")
     np.testing.assert_allclose(top_d.numpy(), faiss_d[:, :10], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("num_books", "nbits"), [(4, 4), (3, 4), (5, 8), (3, 2)])
+def test_faiss_code_packing_round_trips_and_matches_faiss(num_books: int, nbits: int) -> None:
+    """Our packing equals faiss' own compute_codes layout, and unpacking inverts it."""
+    import faiss
+
+    from quantrieve.index.faiss_export import pack_codes, unpack_codes
+
+    rng = np.random.default_rng(0)
+    dsub = 2
+    pq = faiss.ProductQuantizer(num_books * dsub, num_books, nbits)
+    centroids = rng.normal(size=(num_books, 2**nbits, dsub)).astype(np.float32)
+    faiss.copy_array_to_vector(centroids.ravel(), pq.centroids)
+    codes = rng.integers(0, 2**nbits, size=(50, num_books)).astype(np.uint8)
+    decoded = centroids[np.arange(num_books), codes].reshape(50, -1)
+    np.testing.assert_array_equal(pack_codes(codes, nbits), pq.compute_codes(decoded))
+    np.testing.assert_array_equal(unpack_codes(pack_codes(codes, nbits), num_books, nbits), codes)
+
+
+def test_faiss_export_keeps_codes_of_near_duplicate_codewords() -> None:
+    """IndexPQ export must not re-encode: codewords closer than float noise keep their codes."""
+    import faiss
+
+    from quantrieve.index import PQIndex
+    from quantrieve.index.faiss_export import to_faiss, unpack_codes
+
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(2, 1, 4)).astype(np.float32)
+    codebooks = base + 1e-7 * rng.normal(size=(2, 16, 4)).astype(np.float32)
+    codes = rng.integers(0, 16, size=(40, 2)).astype(np.uint8)
+    index = PQIndex(codebooks=codebooks, codes=codes, ids=[str(i) for i in range(40)])
+    exported = to_faiss(index)
+    stored = faiss.rev_swig_ptr(exported.codes.data(), exported.ntotal * exported.code_size)
+    packed = np.array(stored, dtype=np.uint8).reshape(exported.ntotal, exported.code_size)
+    np.testing.assert_array_equal(unpack_codes(packed, 2, 4), codes)

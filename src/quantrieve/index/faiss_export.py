@@ -2,8 +2,9 @@
 
 faiss ranks by squared L2 (standard ADC), which equals our ``sqeuclidean`` distance; the papers'
 ``l2`` (sum of non-squared sub-space distances) has no faiss equivalent and can rank slightly
-differently. Codes are carried over exactly: the decoded vectors are re-encoded by faiss, and
-the nearest codeword of a codeword is itself.
+differently. ``IndexPQ`` receives our codes as they are, packed into faiss' layout (book m's
+bits start at bit m * nbits, least significant bit first). ``IndexPQFastScan`` only accepts
+vectors, so the decoded vectors are re-encoded and the result is checked against our codes.
 """
 
 from __future__ import annotations
@@ -30,12 +31,38 @@ def to_faiss(index: PQIndex, fast_scan: bool = False) -> faiss.Index:
         out = faiss.IndexPQ(dim, m, nbits)
     faiss.copy_array_to_vector(index.codebooks.ravel(), out.pq.centroids)
     out.is_trained = True
-    out.add(decode_all(index))
+    codes = np.asarray(index.codes)
+    if not fast_scan:
+        out.add_sa_codes(pack_codes(codes, nbits))
+        return out
+    decoded = decode_all(index)
+    reencoded = unpack_codes(out.pq.compute_codes(decoded), m, nbits)
+    if not np.array_equal(reencoded, codes):
+        bad = int((reencoded != codes).any(1).sum())
+        raise IndexFormatError(
+            f"{bad} items would change code in IndexPQFastScan (near-duplicate codewords); "
+            "export without --fast-scan to keep the codes exactly"
+        )
+    out.add(decoded)
     return out
 
 
+def pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
+    """(N, M) codes to faiss' packed bytes: book m at bits [m*nbits, (m+1)*nbits), LSB first."""
+    shifts = np.arange(nbits, dtype=np.uint8)
+    bits = (codes[:, :, None] >> shifts) & 1  # (N, M, nbits), least significant first
+    return np.packbits(bits.reshape(len(codes), -1), axis=1, bitorder="little")
+
+
+def unpack_codes(packed: np.ndarray, num_books: int, nbits: int) -> np.ndarray:
+    """Inverse of :func:`pack_codes`: packed bytes to (N, M) uint8 codes."""
+    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : num_books * nbits]
+    weights = (1 << np.arange(nbits)).astype(np.uint16)
+    return (bits.reshape(len(packed), num_books, nbits) * weights).sum(-1).astype(np.uint8)
+
+
 def decode_all(index: PQIndex, chunk: int = 65536) -> np.ndarray:
-    """Codewords of every item, concatenated: float32 (N, M*d)."""
+    """Codewords of every item, concatenated: float32 (N, M*d), in chunks (bounded memory)."""
     m = index.num_books
     out = np.empty((len(index), m * index.codebooks.shape[2]), dtype=np.float32)
     books = np.arange(m)
