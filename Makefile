@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# CPU wheel by default; on a CUDA machine run e.g. `make TORCH_SPEC="torch==2.13.0" venv`
-# against the CUDA index, or install torch into .venv yourself before `make`.
+# torch is installed first, alone, so nothing else can pull a different build. On this
+# project's machines pip finds the CPU wheel of torch 2.13.0 locally; elsewhere pass the CPU
+# index, e.g. `make TORCH_INDEX=https://download.pytorch.org/whl/cpu`, or install the torch
+# you want (CUDA build on a GPU machine) into .venv before running make.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
@@ -13,7 +16,8 @@ DEMO_DIR ?= runs/demo
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)" \
+	  $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

@@ -20,6 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from quantrieve.index.search import DISTANCES
+
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key."""
@@ -219,9 +221,6 @@ class TrainConfig:
             "train.device",
             "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
         )
-
-
-DISTANCES = ("l2", "sqeuclidean")
 
 
 @dataclass

@@ -112,24 +112,29 @@ def embed_images(
     batch_size: int = 1024,
     amp: bool = True,
     progress: Any = None,
+    indices: np.ndarray | None = None,
 ) -> Tensor:
     """Continuous embeddings f (N, M*d) of uint8 images (N, H, W, C), on the CPU, float32.
 
     Args:
         progress: optional callable ``progress(n_done)`` called after every batch.
+        indices: embed only ``images[indices]``, gathered batch by batch (a memory-mapped
+            array is never copied whole).
     """
     model.check_images(images)
+    order = np.arange(len(images)) if indices is None else np.asarray(indices)
     was_training = model.training
     model.eval()
     out = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = torch.from_numpy(np.ascontiguousarray(images[rows]))
         x = model.normalize(to_float_images(batch.to(device)))
         with autocast(device, amp):
             f = model.encoder.embed(x)
         out.append(f.float().cpu())
         if progress is not None:
-            progress(min(start + batch_size, len(images)))
+            progress(start + len(rows))
     model.train(was_training)
     if not out:
         return torch.zeros(0, model.config.embed_dim)
@@ -137,9 +142,17 @@ def embed_images(
 
 
 def channel_stats(images: np.ndarray, sample: int = 10_000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units, from up to ``sample`` evenly spaced images."""
-    step = max(1, len(images) // sample)
-    x = np.asarray(images[::step], dtype=np.float32) / 255.0
-    mean = x.mean(axis=(0, 1, 2))
-    std = x.std(axis=(0, 1, 2)).clip(min=1e-3)
+    """Per-channel mean and std in [0, 1] units, from up to ``sample`` evenly spaced images,
+    accumulated in chunks (memory stays bounded for large images)."""
+    rows = np.arange(0, len(images), max(1, len(images) // sample))
+    total = np.zeros(images.shape[-1])
+    total_sq = np.zeros(images.shape[-1])
+    count = 0
+    for start in range(0, len(rows), 512):
+        x = np.asarray(images[rows[start : start + 512]], dtype=np.float64) / 255.0
+        total += x.sum(axis=(0, 1, 2))
+        total_sq += (x**2).sum(axis=(0, 1, 2))
+        count += x.shape[0] * x.shape[1] * x.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0)).clip(min=1e-3)
     return mean.tolist(), std.tolist()

@@ -52,10 +52,7 @@ def resolve_model_file(path: str | Path) -> Path:
     """A model file, or a run directory / index directory holding ``model.pt``."""
     path = Path(path)
     if path.is_dir():
-        candidate = path / "model.pt"
-        if not candidate.is_file():
-            raise FileNotFoundError(f"{path}: no model.pt (train first, or point at the file)")
-        return candidate
+        return model_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model not found: {path}")
     return path

@@ -223,10 +223,10 @@ class PQIndex:
 
 
 def model_path(index_dir: str | Path) -> Path:
-    """The encoder stored with an index, or a clear error if it has none."""
+    """The ``model.pt`` in an index or run directory, or an error saying it is missing."""
     path = Path(index_dir) / "model.pt"
     if not path.is_file():
         raise IndexFormatError(
-            f"{index_dir}: the index has no model.pt, so it cannot embed query images"
+            f"{index_dir}: no model.pt here (train first), so images cannot be embedded"
         )
     return path

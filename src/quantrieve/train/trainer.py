@@ -295,8 +295,8 @@ class Trainer:
         images, labels = self.train_set.images, torch.from_numpy(self.train_set.labels)
         q_idx, db_idx = self.split["val_query"], self.split["val_database"]
         amp = self.config.train.amp
-        queries = embed_images(self.model, images[q_idx], self.device, amp=amp)
-        db = embed_images(self.model, images[db_idx], self.device, amp=amp)
+        queries = embed_images(self.model, images, self.device, amp=amp, indices=q_idx)
+        db = embed_images(self.model, images, self.device, amp=amp, indices=db_idx)
         codebooks = self.model.quantizer.codebooks.detach().float().cpu()
         codes = self.model.quantizer.encode(db.to(self.device)).cpu()
         result = evaluate_retrieval(
