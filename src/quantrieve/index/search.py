@@ -43,8 +43,8 @@ def lookup_tables(queries: Tensor, codebooks: Tensor, distance: str = "l2") -> T
         parts.pow(2).sum(-1, keepdim=True)
         - 2 * torch.bmm(parts, books.transpose(1, 2))
         + books.pow(2).sum(-1).unsqueeze(1)
-    ).clamp_min_(0)  # (M, Q, K)
-    table = sq.sqrt_() if distance == "l2" else sq
+    ).clamp_min(0)  # (M, Q, K)
+    table = sq.sqrt() if distance == "l2" else sq
     return table.transpose(0, 1).contiguous()
 
 

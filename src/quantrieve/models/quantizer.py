@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from quantrieve.index.search import lookup_tables
+
 
 class ProductQuantizer(nn.Module):
     """Trainable product quantizer.
@@ -63,15 +65,12 @@ class ProductQuantizer(nn.Module):
         return f.reshape(*f.shape[:-1], self.num_books, self.codeword_dim)
 
     def squared_distances(self, f: Tensor) -> Tensor:
-        """||f_m - c_mk||^2 for every book and codeword: (B, M*d) -> (B, M, K)."""
-        parts = self.split(f).transpose(0, 1)  # (M, B, d)
-        books = self.codebooks.to(parts.dtype)
-        dist = (
-            parts.pow(2).sum(-1, keepdim=True)
-            - 2 * torch.bmm(parts, books.transpose(1, 2))
-            + books.pow(2).sum(-1).unsqueeze(1)
-        )
-        return dist.clamp_min(0).transpose(0, 1)
+        """||f_m - c_mk||^2 for every book and codeword: (B, M*d) -> (B, M, K), in float32.
+
+        The same computation as a search's look-up tables, so training and retrieval agree.
+        """
+        self.split(f)  # shape check with a clear message
+        return lookup_tables(f, self.codebooks, "sqeuclidean")
 
     def soft_assign(self, f: Tensor) -> Tensor:
         """Soft assignment a_mk = softmax_k(-||f_m - c_mk||^2 / tau_sq): (B, M, K)."""
