@@ -490,3 +490,17 @@ def test_registry_keeps_old_entries_and_adds_readers() -> None:
         "coco",
         "image-folder",
     } <= set(DATASETS)
+
+
+def test_read_dataset_passes_image_size_and_reports_decoding(tmp_path: Path) -> None:
+    """The registry hands a decoding reader the configured size and a progress callback."""
+    from quantrieve.data import read_dataset
+
+    root = tmp_path / "folder"
+    for name, colour in (("a", (255, 0, 0)), ("b", (0, 0, 255))):
+        (root / name).mkdir(parents=True)
+        _save(root / name / "x.png", colour)
+    seen: list[tuple[int, int]] = []
+    parts = read_dataset("image-folder", root, 16, lambda done, total: seen.append((done, total)))
+    assert parts["all"].images.shape == (2, 16, 16, 3)
+    assert seen and seen[-1] == (2, 2)
