@@ -1,8 +1,10 @@
 """Part consistent quantization terms of HQC [Wu et al., BMVC 2023, part-level terms]:
 part neighbour consistency L_pn and codeword diversity L_cd.
 
-Both are computed for all M books at once with batched matrix products (M, 2B, 2B) instead of
-a Python loop over books; ``benchmarks/loss_speed.py`` measures the difference.
+Both are computed for all M books at once with batched matrix products instead of a Python
+loop over books. ``benchmarks/loss_speed.py`` measures both against a loop: on a 2-core CPU the
+batched L_cd is several times faster, while L_pn costs about the same either way (its top-N and
+log-sum-exp touch the same M x 2B x 2B similarities in both forms).
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from quantrieve.losses.contrastive import twin_index
 
 
 def _books(x: Tensor, num_books: int) -> Tensor:
@@ -47,11 +47,9 @@ def part_neighbour_consistency(
         raise ValueError("in-batch candidates need a batch of at least 2 images")
     z = _books(torch.cat([z_a, z_b]), num_books)  # (M, 2B, d)
     sims = torch.bmm(z, z.transpose(1, 2)) / temperature  # (M, 2B, 2B)
-    rows = torch.arange(2 * batch, device=z.device)
-    excluded = torch.zeros(2 * batch, 2 * batch, dtype=torch.bool, device=z.device)
-    excluded[rows, rows] = True
-    excluded[rows, twin_index(batch, z.device)] = True
-    sims = sims.masked_fill(excluded, float("-inf"))
+    # Exclude self (main diagonal) and twin (diagonals at +-B) in place: 6B entries per book.
+    for offset in (0, batch, -batch):
+        sims.diagonal(offset=offset, dim1=1, dim2=2).fill_(float("-inf"))
     n = min(top_n, 2 * batch - 2)
     positives = torch.logsumexp(sims.topk(n, dim=-1).values, dim=-1)
     return (torch.logsumexp(sims, dim=-1) - positives).mean()
