@@ -179,3 +179,16 @@ def test_user_errors_are_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert message in " ".join(err.split())
     assert "Traceback" not in err
+
+
+def test_demo_writes_table_grid_and_curves(tiny_fashion: Path, tmp_path: Path) -> None:
+    sets = [x for item in TINY for x in ("--set", item)]
+    out = tmp_path / "demo"
+    printed = _invoke("demo", "--data-dir", str(tiny_fashion), "--out", str(out), *sets)
+    assert "HQC" in printed and "faiss PQ on raw pixels" in printed
+    summary = json.loads((out / "results.json").read_text())
+    assert [row["bits"] for row in summary["rows"]] == [16, 16]
+    assert all(0 <= row["map"] <= 1 for row in summary["rows"])
+    for name in ("retrieval_grid.png", "pr_curve.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    assert (out / "index" / "codes.npy").is_file()

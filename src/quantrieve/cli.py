@@ -357,11 +357,14 @@ def demo(
     data_dir: DataDirOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
     preset: Annotated[str, typer.Option(help="Training preset.")] = "fashion-mnist-demo",
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Config override, e.g. train.epochs=2.")
+    ] = None,
 ) -> None:
     """Short HQC run on Fashion-MNIST: train, encode, evaluate, top-10 grid, PQ comparison."""
     from quantrieve.report import run_demo
 
-    run_demo(out, preset, data_dir)
+    run_demo(out, preset, data_dir, overrides)
 
 
 @app.command()

@@ -92,7 +92,8 @@ def _relevant(queries: ImageSet, database: ImageSet, q: int, item: int) -> bool 
 def results_table(rows: list[dict], title: str) -> Table:
     """A rich table of method / bits / mAP@K / precision@N / seconds rows."""
     table = Table(title=title)
-    for column in ("method", "bits", "mAP@1000", "P@10", "P@100", "eval s"):
+    k = rows[0]["k"] if rows else 1000
+    for column in ("method", "bits", f"mAP@{k}", "P@10", "P@100", "eval s"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for row in rows:
         table.add_row(
@@ -107,7 +108,10 @@ def results_table(rows: list[dict], title: str) -> Table:
 
 
 def run_demo(
-    out: str | Path, preset: str = "fashion-mnist-demo", data_dir: str | None = None
+    out: str | Path,
+    preset: str = "fashion-mnist-demo",
+    data_dir: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict:
     """Train HQC briefly on Fashion-MNIST, index the 60,000 training images, evaluate the
     10,000 test queries (mAP@1000), draw a top-10 grid and compare with faiss PQ on pixels."""
@@ -124,8 +128,8 @@ def run_demo(
 
     start = time.perf_counter()
     out = Path(out)
-    overrides = [f"data.root={data_dir}"] if data_dir else []
-    config = load_config(preset, overrides=overrides)
+    extra = ([f"data.root={data_dir}"] if data_dir else []) + list(overrides or [])
+    config = load_config(preset, overrides=extra)
     parts = read_dataset(config.data.dataset, config.data.root)
     train, test = parts["train"], parts["test"]
     run_dir = out / "train"
@@ -133,7 +137,7 @@ def run_demo(
     console.rule(f"1/4 training ({preset}, {config.model.bits} bits)")
     train_run(config, run_dir, resume=resume, train_set=train)
 
-    console.rule("2/4 encoding the 60,000 training images as the database")
+    console.rule(f"2/4 encoding the {len(train):,} training images as the database")
     index = encode_index(
         run_dir / "model.pt",
         train,
@@ -141,11 +145,11 @@ def run_demo(
         config.eval.distance,
         source={"dataset": config.data.dataset, "root": config.data.root, "part": "train"},
     )
-    console.rule("3/4 evaluating the 10,000 test queries")
+    console.rule(f"3/4 evaluating the {len(test):,} test queries")
     f = embed_queries(out / "index", test.images)
     hqc = evaluate_index(index, f, test.labels, 1000, [10, 100, 1000])
     rng = np.random.default_rng(0)
-    shown = np.sort(rng.choice(len(test), size=8, replace=False))
+    shown = np.sort(rng.choice(len(test), size=min(8, len(test)), replace=False))
     _, neighbours = index.search(f[shown], k=10)
     grid = plot_retrieval_grid(
         test.subset(shown), train, neighbours.numpy(), out / "retrieval_grid.png"
@@ -164,7 +168,8 @@ def run_demo(
         _row("faiss PQ on raw pixels", pq.bits, pq_result),
     ]
     summary = {
-        "protocol": "fashion-mnist: 10,000 test queries vs 60,000 training images, mAP@1000",
+        "protocol": f"{config.data.dataset}: {len(test):,} test queries vs {len(train):,} "
+        f"training images, mAP@{hqc.k}",
         "rows": rows,
         "hqc": hqc.to_dict(),
         "pq_pixels": pq_result.to_dict(),
@@ -177,7 +182,7 @@ def run_demo(
         "seconds": time.perf_counter() - start,
     }
     atomic_write_json(summary, out / "results.json")
-    stdout.print(results_table(rows, "Fashion-MNIST, 10,000 queries x 60,000 database"))
+    stdout.print(results_table(rows, f"{len(test):,} queries x {len(train):,} database items"))
     console.print(
         f"outputs in {out}/: results.json, retrieval_grid.png, pr_curve.png, index/, train/"
     )
@@ -190,6 +195,7 @@ def _row(method: str, bits: int, result: RetrievalResult) -> dict:
         "method": method,
         "bits": bits,
         "map": result.map_at_k,
+        "k": result.k,
         "precision_at": {str(n): v for n, v in result.precision_at.items()},
         "eval_seconds": result.seconds,
     }
