@@ -1,4 +1,4 @@
-"""Loss terms against slow, loop-based float64 references written from METHOD.md."""
+"""Loss terms against slow, loop-based float64 references written from docs/method.md."""
 
 from __future__ import annotations
 
@@ -434,7 +434,7 @@ def test_objective_presets(preset: str, terms: set[str]) -> None:
 
 
 def test_hqc_preset_weights_match_method() -> None:
-    """METHOD.md: w_icf = w_icz = 1, 0.4 L_cc, 0.1 L_pn, 0.2 L_cd."""
+    """docs/method.md: w_icf = w_icz = 1, 0.4 L_cc, 0.1 L_pn, 0.2 L_cd."""
     config = LossConfig()
     apply_loss_preset(config, "hqc")
     weights = {name: getattr(config, f"w_{name}") for name in TERMS}

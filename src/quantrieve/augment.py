@@ -1,6 +1,6 @@
 """Two-view augmentation in batch on the tensor's device (kornia).
 
-The views follow METHOD.md (SimCLR-style): random resized crop, horizontal flip, colour jitter,
+The views follow docs/method.md (SimCLR-style): random resized crop, horizontal flip, colour jitter,
 random grayscale and Gaussian blur. For single-channel images the colour-only operations
 (saturation, hue, grayscale) are skipped, so the same config serves grayscale and RGB data.
 """

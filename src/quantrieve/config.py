@@ -62,7 +62,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Two-view augmentation, applied in batch on the tensor's device (METHOD.md, views)."""
+    """Two-view augmentation, applied in batch on the tensor's device (docs/method.md, views)."""
 
     crop_scale_min: float = 0.08
     crop_scale_max: float = 1.0
@@ -101,7 +101,7 @@ BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
 
 @dataclass
 class ModelConfig:
-    """Encoder and product quantizer (METHOD.md, Model).
+    """Encoder and product quantizer (docs/method.md, Model).
 
     Code length in bits is ``num_books * log2(num_codewords)``.
     """
@@ -141,7 +141,7 @@ FUSIONS = ("sum", "concat", "embedding", "quantized")
 
 @dataclass
 class LossConfig:
-    """Weights and temperatures of the objective (METHOD.md, Objective).
+    """Weights and temperatures of the objective (docs/method.md, Objective).
 
     ``preset`` names the weight set the section started from (``hqc`` or ``spq``); explicit
     keys in the same section override it.
@@ -176,7 +176,7 @@ class LossConfig:
 
 
 LOSS_PRESETS: dict[str, dict[str, float]] = {
-    # HQC, BMVC 2023: all five terms, instance-contrastive weights 1 (METHOD.md).
+    # HQC, BMVC 2023: all five terms, instance-contrastive weights 1 (docs/method.md).
     "hqc": {"w_icf": 1.0, "w_icz": 1.0, "w_cc": 0.4, "w_pn": 0.1, "w_cd": 0.2, "w_xqc": 0.0},
     # The reference implementation's defaults: instance-contrastive terms off.
     "hqc-ref": {"w_icf": 0.0, "w_icz": 0.0, "w_cc": 0.4, "w_pn": 0.1, "w_cd": 0.2, "w_xqc": 0.0},
@@ -187,7 +187,7 @@ LOSS_PRESETS: dict[str, dict[str, float]] = {
 
 @dataclass
 class TrainConfig:
-    """Optimisation (METHOD.md, Training recipe): Adam, linear warm-up, cosine decay."""
+    """Optimisation (docs/method.md, Training recipe): Adam, linear warm-up, cosine decay."""
 
     epochs: int = 20
     batch_size: int = 256
@@ -225,7 +225,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    """Retrieval evaluation (METHOD.md, protocol). ``l2`` is the papers' sum of non-squared
+    """Retrieval evaluation (docs/method.md, protocol). ``l2`` is the papers' sum of non-squared
     sub-space distances, ``sqeuclidean`` the standard ADC of faiss."""
 
     topk: int = 1000

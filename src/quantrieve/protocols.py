@@ -1,7 +1,7 @@
 """Evaluation protocols as data: which images train, which form the database, which query.
 
 A :class:`Protocol` states, for one dataset, how the field evaluates unsupervised retrieval
-(METHOD.md, "Retrieval and evaluation protocol"): the query set, the database, whether the
+(docs/method.md, "Retrieval and evaluation protocol"): the query set, the database, whether the
 unlabelled training set is the database, K of mAP@K and the usual code lengths.
 :func:`materialize` turns a protocol and a dataset folder into the three image sets.
 

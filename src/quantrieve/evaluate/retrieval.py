@@ -1,6 +1,6 @@
 """Retrieval quality: mAP@K, precision@N and a precision-recall curve, in one chunked pass.
 
-Definitions (METHOD.md, protocol):
+Definitions (docs/method.md, protocol):
 
 - Relevance: a database item is relevant to a query when they share at least one label
   (single-label data is the special case of one-hot labels).

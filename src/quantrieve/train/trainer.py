@@ -1,4 +1,4 @@
-"""Unsupervised training of the quantization encoder (METHOD.md, Training recipe).
+"""Unsupervised training of the quantization encoder (docs/method.md, Training recipe).
 
 Per step: two views of each image are drawn on the device, both go through the network in one
 forward pass, and the objective's terms are summed. After every epoch a checkpoint is written
