@@ -31,7 +31,7 @@ from quantrieve.data import ImageSet
 from quantrieve.data.splits import load_or_make_split
 from quantrieve.encode import RetrievalModel, channel_stats, embed_images
 from quantrieve.evaluate import evaluate_retrieval
-from quantrieve.index.search import adc_distances, lookup_tables
+from quantrieve.index.search import ADCScorer, lookup_tables
 from quantrieve.losses import Objective
 from quantrieve.train.checkpoint import atomic_save, load_checkpoint
 from quantrieve.train.device import autocast, needs_grad_scaler, resolve_device
@@ -299,8 +299,9 @@ class Trainer:
         db = embed_images(self.model, images, self.device, amp=amp, indices=db_idx)
         codebooks = self.model.quantizer.codebooks.detach().float().cpu()
         codes = self.model.quantizer.encode(db.to(self.device)).cpu()
+        scorer = ADCScorer(codes, self.config.model.num_codewords)
         result = evaluate_retrieval(
-            lambda s: adc_distances(lookup_tables(queries[s], codebooks, e.distance), codes),
+            lambda s: scorer(lookup_tables(queries[s], codebooks, e.distance)),
             labels[q_idx],
             labels[db_idx],
             k=min(e.topk, len(db_idx)),
