@@ -1,4 +1,4 @@
-"""Product quantizer with trainable codebooks (docs/method.md, Model; SPQ ICCV 2021 / HQC BMVC 2023).
+"""Product quantizer with trainable codebooks (docs/method.md, Model; SPQ 2021, HQC 2023).
 
 An embedding f of dimension M*d is cut into M sub-vectors f_m. Each book m has K codewords
 c_mk (codebooks of shape (M, K, d), all trainable). Soft quantization:
