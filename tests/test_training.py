@@ -160,3 +160,16 @@ def test_unlabelled_images_train_without_validation(tiny_fashion: Path, tmp_path
     assert summaries[0].val_map is None
     assert (tmp_path / "run" / "model.pt").is_file()
     assert not (tmp_path / "run" / "splits.npz").exists()
+
+
+def test_resume_accepts_checkpoint_without_newer_config_keys(
+    tiny_fashion: Path, tmp_path: Path
+) -> None:
+    """A checkpoint written before a config key existed resumes with that key's default."""
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    config = tiny_config(tiny_fashion, "train.epochs=1", "train.warmup_epochs=0")
+    Trainer(config, train, tmp_path / "run").fit()
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    del state["config"]["data"]["image_size"]
+    atomic_save(state, tmp_path / "run" / "last.pt")
+    assert Trainer(config, train, tmp_path / "run", resume=True).epoch == 1
