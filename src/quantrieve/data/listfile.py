@@ -23,6 +23,7 @@ default in ``root/.quantrieve-cache`` and fall back to memory if it is not writa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -384,74 +385,45 @@ def read_list_dataset(
     )
 
 
-def read_flickr25k(
-    root: str | Path,
-    *,
-    image_size: int = SPQ_IMAGE_SIZE,
-    image_root: str | Path | None = None,
-    cache: bool = True,
-    cache_dir: str | Path | None = None,
-    progress: Progress | None = None,
-) -> dict[str, ImageSet]:
-    """MIRFLICKR-25K with its 24 labels; arguments as in :func:`read_list_dataset`."""
-    return read_list_dataset(
-        root,
-        24,
-        image_size=image_size,
-        image_root=image_root,
-        cache=cache,
-        cache_dir=cache_dir,
-        progress=progress,
-        class_names=FLICKR25K_CLASSES,
-        name="flickr25k",
-    )
+def _named_list_reader(
+    name: str, num_classes: int, description: str, class_names: list[str] | None = None
+) -> Callable[..., dict[str, ImageSet]]:
+    """A reader for one named list-file dataset: :func:`read_list_dataset` with its label count."""
+
+    def read(
+        root: str | Path,
+        *,
+        image_size: int = SPQ_IMAGE_SIZE,
+        image_root: str | Path | None = None,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, ImageSet]:
+        return read_list_dataset(
+            root,
+            num_classes,
+            image_size=image_size,
+            image_root=image_root,
+            cache=cache,
+            cache_dir=cache_dir,
+            progress=progress,
+            class_names=class_names,
+            name=name,
+        )
+
+    read.__name__ = f"read_{name}"
+    read.__doc__ = f"{description}; arguments as in :func:`read_list_dataset`."
+    return read
 
 
-def read_nuswide21(
-    root: str | Path,
-    *,
-    image_size: int = SPQ_IMAGE_SIZE,
-    image_root: str | Path | None = None,
-    cache: bool = True,
-    cache_dir: str | Path | None = None,
-    progress: Progress | None = None,
-) -> dict[str, ImageSet]:
-    """NUS-WIDE, the 21 most frequent concepts; arguments as in :func:`read_list_dataset`.
-
-    Column names are ``label_0`` ... unless ``root/classes.txt`` gives them.
-    """
-    return read_list_dataset(
-        root,
-        21,
-        image_size=image_size,
-        image_root=image_root,
-        cache=cache,
-        cache_dir=cache_dir,
-        progress=progress,
-        name="nuswide21",
-    )
-
-
-def read_coco(
-    root: str | Path,
-    *,
-    image_size: int = SPQ_IMAGE_SIZE,
-    image_root: str | Path | None = None,
-    cache: bool = True,
-    cache_dir: str | Path | None = None,
-    progress: Progress | None = None,
-) -> dict[str, ImageSet]:
-    """MS-COCO with 80 labels; arguments as in :func:`read_list_dataset`.
-
-    Column names are ``label_0`` ... unless ``root/classes.txt`` gives them.
-    """
-    return read_list_dataset(
-        root,
-        80,
-        image_size=image_size,
-        image_root=image_root,
-        cache=cache,
-        cache_dir=cache_dir,
-        progress=progress,
-        name="coco",
-    )
+read_flickr25k = _named_list_reader(
+    "flickr25k", 24, "MIRFLICKR-25K with its 24 labels", FLICKR25K_CLASSES
+)
+read_nuswide21 = _named_list_reader(
+    "nuswide21",
+    21,
+    "NUS-WIDE, the 21 most frequent concepts (columns label_0... unless root/classes.txt)",
+)
+read_coco = _named_list_reader(
+    "coco", 80, "MS-COCO with 80 labels (columns label_0... unless root/classes.txt)"
+)
