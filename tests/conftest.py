@@ -12,6 +12,19 @@ import torch
 
 torch.set_num_threads(1)
 
+# A deep run small enough for a test: a 4-channel CNN, a few steps of 32 images per epoch.
+TINY_RUN = [
+    "model.width=4",
+    "model.proj_hidden=16",
+    "model.codeword_dim=4",
+    "train.batch_size=32",
+    "train.epochs=2",
+    "train.warmup_epochs=1",
+    "train.max_steps_per_epoch=4",
+    "data.val_queries=40",
+    "augment.crop_scale_min=0.5",
+]
+
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
     """Write a uint8 array in the IDX format (big-endian header), gzipped or raw."""

@@ -7,25 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RUN
 from typer.testing import CliRunner
 
 from quantrieve import benchmark
 from quantrieve.benchmark import BenchmarkError, run_benchmark, training_stats, write_report
 from quantrieve.cli import app, main
 
-# A tiny deep run (see tests/test_end_to_end.py); bits set model.num_books (8 bits = 2 x 16).
-TINY = [
-    "model.width=4",
-    "model.proj_hidden=16",
-    "model.num_codewords=16",
-    "model.codeword_dim=4",
-    "train.batch_size=32",
-    "train.epochs=2",
-    "train.warmup_epochs=1",
-    "train.max_steps_per_epoch=4",
-    "data.val_queries=40",
-    "augment.crop_scale_min=0.5",
-]
+# A tiny deep run; bits set model.num_books (8 bits = 2 books of 16 codewords).
+TINY = [*TINY_RUN, "model.num_codewords=16"]
 GRID = {"methods": ["hqc", "pq", "exact"], "bits_list": [8], "preset": "fashion-mnist-cpu"}
 
 

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_RUN
 from typer.testing import CliRunner
 
 from quantrieve.cli import app, main
@@ -17,20 +18,7 @@ from quantrieve.index import PQIndex
 from quantrieve.index.faiss_export import to_faiss
 from quantrieve.pipeline import embed_queries
 
-TINY = [
-    "model.width=4",
-    "model.proj_hidden=16",
-    "model.num_books=4",
-    "model.codeword_dim=4",
-    "train.batch_size=32",
-    "train.epochs=2",
-    "train.warmup_epochs=1",
-    "train.max_steps_per_epoch=4",
-    "data.val_queries=40",
-    "augment.crop_scale_min=0.5",
-    "eval.topk=50",
-    "eval.precision_at=[5]",
-]
+TINY = [*TINY_RUN, "model.num_books=4", "eval.topk=50", "eval.precision_at=[5]"]
 
 
 def _invoke(*args: str) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_RUN
 
 from quantrieve.config import load_config
 from quantrieve.data import ImageSet, read_dataset
@@ -17,16 +18,9 @@ from quantrieve.train.schedule import learning_rate
 from quantrieve.train.trainer import Trainer, TrainingError
 
 TINY = [
-    "model.width=4",
-    "model.proj_hidden=16",
+    *TINY_RUN,
     "model.num_books=2",
-    "model.codeword_dim=4",
-    "train.batch_size=32",
-    "train.epochs=2",
-    "train.warmup_epochs=1",
     "train.max_steps_per_epoch=3",
-    "data.val_queries=40",
-    "augment.crop_scale_min=0.5",
     "eval.topk=50",
     "eval.precision_at=[5]",
 ]
