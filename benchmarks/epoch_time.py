@@ -31,9 +31,12 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50_000, help="images per epoch")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--set", action="append", default=[], help="config override key=value")
     args = parser.parse_args()
     h, w, c = (int(v) for v in args.shape.split(","))
-    config = load_config(args.preset, overrides=["data.val_queries=0", "train.eval_every=0"])
+    config = load_config(
+        args.preset, overrides=["data.val_queries=0", "train.eval_every=0", *args.set]
+    )
     batch = config.train.batch_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=((args.steps + 2) * batch, h, w, c), dtype=np.uint8)
@@ -50,6 +53,7 @@ def main() -> None:
     steps_per_epoch = args.images // batch
     result = {
         "preset": args.preset,
+        "overrides": args.set,
         "image_shape": [h, w, c],
         "batch_size": batch,
         "threads": torch.get_num_threads(),

@@ -207,6 +207,17 @@ def test_backbones_output_shape(name: str, in_channels: int, shape: tuple, out_d
     assert torch.isfinite(out).all()
 
 
+def test_small_cnn_stages_set_depth_and_output_width() -> None:
+    """Each extra small_cnn stage halves the resolution and doubles the output width."""
+    for stages, out_dim in ((1, 4), (3, 16), (4, 32)):
+        net = build_backbone("small_cnn", 1, width=4, stages=stages).eval()
+        assert net.out_dim == out_dim
+        with torch.no_grad():
+            assert net(torch.randn(2, 1, 28, 28)).shape == (2, out_dim)
+    with pytest.raises(ValueError, match="stages"):
+        build_backbone("small_cnn", 1, width=4, stages=0)
+
+
 def test_build_backbone_rejects_bad_arguments() -> None:
     """Unknown names and non-positive channel counts raise ValueError."""
     with pytest.raises(ValueError):

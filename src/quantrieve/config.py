@@ -108,11 +108,13 @@ class ModelConfig:
 
     backbone: str = "small_cnn"
     width: int = 32
+    stages: int = 3
     proj_hidden: int = 512
     num_books: int = 8
     num_codewords: int = 16
     codeword_dim: int = 16
     tau_sq: float = 0.2
+    channels_last: bool = True
 
     @property
     def bits(self) -> int:
@@ -125,6 +127,7 @@ class ModelConfig:
     def validate(self) -> None:
         _check(self.backbone in BACKBONES, "model.backbone", f"one of {BACKBONES}")
         _check(self.width >= 4, "model.width", "must be >= 4")
+        _check(1 <= self.stages <= 5, "model.stages", "small_cnn stages must be in [1, 5]")
         _check(self.proj_hidden >= 1, "model.proj_hidden", "must be >= 1")
         _check(self.num_books >= 1, "model.num_books", "must be >= 1")
         _check(

@@ -102,16 +102,20 @@ class ResNet(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Three conv stages (width, 2*width, 4*width), each two 3x3 conv-BN-ReLU, for CPU training.
+    """Conv stages of width, 2*width, 4*width, ..., each two 3x3 conv-BN-ReLU, for CPU training.
 
-    On 28x28 inputs the stages see 28, 14 and 7 pixels; output is 4*width after average pooling.
+    A 2x2 max-pool precedes every stage but the first. With the default three stages, 28x28
+    inputs are seen at 28, 14 and 7 pixels and the output is 4*width; a fourth stage adds a 3x3
+    level and doubles the output to 8*width for little extra compute.
     """
 
-    def __init__(self, in_channels: int, width: int = 32) -> None:
+    def __init__(self, in_channels: int, width: int = 32, stages: int = 3) -> None:
         super().__init__()
+        if stages < 1:
+            raise ValueError(f"stages must be >= 1, got {stages}")
         layers: list[nn.Module] = []
         channels = in_channels
-        for stage, out in enumerate((width, 2 * width, 4 * width)):
+        for stage, out in enumerate(width * 2**i for i in range(stages)):
             if stage > 0:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(2):
@@ -129,12 +133,12 @@ class SmallCNN(nn.Module):
         return self.pool(self.features(x)).flatten(1)
 
 
-def build_backbone(name: str, in_channels: int, width: int = 32) -> nn.Module:
-    """Backbone by name; ``width`` applies to ``small_cnn`` only. Has ``out_dim``."""
+def build_backbone(name: str, in_channels: int, width: int = 32, stages: int = 3) -> nn.Module:
+    """Backbone by name; ``width`` and ``stages`` apply to ``small_cnn`` only. Has ``out_dim``."""
     if in_channels < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels}")
     if name == "small_cnn":
-        return SmallCNN(in_channels, width)
+        return SmallCNN(in_channels, width, stages)
     if name == "resnet18_cifar":
         return ResNet(BasicBlock, [2, 2, 2, 2], in_channels, small_input=True)
     if name == "resnet18":
