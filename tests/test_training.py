@@ -167,3 +167,11 @@ def test_resume_accepts_checkpoint_without_newer_config_keys(
     del state["config"]["data"]["image_size"]
     atomic_save(state, tmp_path / "run" / "last.pt")
     assert Trainer(config, train, tmp_path / "run", resume=True).epoch == 1
+
+
+def test_demo_preset_is_the_cpu_preset_shortened() -> None:
+    """`make demo` trains the documented CPU preset, only with fewer epochs."""
+    cpu = load_config("fashion-mnist-cpu").to_dict()
+    demo = load_config("fashion-mnist-demo").to_dict()
+    assert demo["train"].pop("epochs") < cpu["train"].pop("epochs")
+    assert demo == cpu
