@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from quantrieve.data import DATASETS, DataError, read_dataset
+from quantrieve.data import DATASETS, DataError, ImageSet, IndexedImages, read_dataset
 from quantrieve.data import cache as cache_module
 from quantrieve.data.cache import cached_images, load_images
 from quantrieve.data.cifar import read_cifar10, read_cifar100
@@ -504,3 +505,52 @@ def test_read_dataset_passes_image_size_and_reports_decoding(tmp_path: Path) -> 
     parts = read_dataset("image-folder", root, 16, lambda done, total: seen.append((done, total)))
     assert parts["all"].images.shape == (2, 16, 16, 3)
     assert seen and seen[-1] == (2, 2)
+
+
+# ---------------------------------------------------------------- subsets of a decode cache
+
+
+def test_subset_of_a_memory_map_reads_rows_on_demand(tmp_path: Path) -> None:
+    """A subset of a memory-mapped cache is a lazy view, equal to the copied subset."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "cache.npy", pixels)
+    mapped = np.load(tmp_path / "cache.npy", mmap_mode="r")
+    labels = rng.random((20, 5)) < 0.5
+    full = ImageSet(mapped, labels, [f"im{i}" for i in range(20)])
+    sub = full.subset([7, 2, 19, 2])
+    assert isinstance(sub.images, IndexedImages)
+    assert sub.images.shape == (4, 4, 4, 3) and len(sub) == 4 and sub.image_shape == (4, 4, 3)
+    np.testing.assert_array_equal(np.asarray(sub.images), pixels[[7, 2, 19, 2]])
+    np.testing.assert_array_equal(sub.images[1], pixels[2])
+    np.testing.assert_array_equal(sub.images[1:3], pixels[[2, 19]])
+    np.testing.assert_array_equal(sub.images[np.array([3, 0])], pixels[[2, 7]])
+    assert sub.ids == ["im7", "im2", "im19", "im2"]
+    np.testing.assert_array_equal(sub.labels, labels[[7, 2, 19, 2]])
+    nested = sub.subset([2, 0])  # still a view of the same file, not a copy
+    assert isinstance(nested.images, IndexedImages) and nested.images.base is mapped
+    np.testing.assert_array_equal(np.asarray(nested.images), pixels[[19, 7]])
+    in_memory = ImageSet(pixels, labels, full.ids).subset([7, 2])
+    assert isinstance(in_memory.images, np.ndarray)
+    np.testing.assert_array_equal(in_memory.images, pixels[[7, 2]])
+    with pytest.raises(DataError, match="out of range"):
+        full.subset([20])
+
+
+def test_training_and_encoding_run_on_a_lazy_subset(tmp_path: Path) -> None:
+    """Channel statistics and embeddings of a lazy subset equal those of a copied one."""
+    from quantrieve.config import ModelConfig
+    from quantrieve.encode import RetrievalModel, channel_stats, embed_images
+
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8)
+    np.save(tmp_path / "c.npy", pixels)
+    lazy = ImageSet(np.load(tmp_path / "c.npy", mmap_mode="r"), None, list("abcdefghijkl"))
+    lazy = lazy.subset([5, 1, 9, 3, 0])
+    copied = ImageSet(pixels, None, list("abcdefghijkl")).subset([5, 1, 9, 3, 0])
+    assert channel_stats(lazy.images) == channel_stats(copied.images)
+    model = RetrievalModel(ModelConfig(width=4, num_books=2, codeword_dim=4), 8, 1, [0.5], [0.25])
+    torch.manual_seed(0)
+    a = embed_images(model, lazy.images, torch.device("cpu"), batch_size=2)
+    b = embed_images(model, copied.images, torch.device("cpu"), batch_size=2)
+    torch.testing.assert_close(a, b)

@@ -28,7 +28,8 @@ BASELINES = ("pq", "opq", "itq", "exact")
 
 def flatten_pixels(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, C) to float32 (N, H*W*C) in [0, 1]."""
-    return np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.float32) / 255.0
+    flat = np.asarray(images).reshape(len(images), -1)
+    return np.ascontiguousarray(flat, dtype=np.float32) / 255.0
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from quantrieve.data.base import DataError, ImageSet, one_hot
+from quantrieve.data.base import DataError, ImageSet, IndexedImages, one_hot
 from quantrieve.data.cifar import read_cifar10, read_cifar100
 from quantrieve.data.folder import read_image_folder
 from quantrieve.data.idx import read_fashion_mnist, read_mnist
@@ -56,4 +56,4 @@ def read_dataset(
     return DATASETS[name](root, **options)
 
 
-__all__ = ["DATASETS", "DataError", "ImageSet", "one_hot", "read_dataset"]
+__all__ = ["DATASETS", "DataError", "ImageSet", "IndexedImages", "one_hot", "read_dataset"]

@@ -1,8 +1,9 @@
 """The one interface every dataset reader returns: :class:`ImageSet`.
 
-Images are uint8 arrays of shape (N, H, W, C) (in memory or memory-mapped), labels a boolean
-multi-hot matrix (N, num_classes) so that single-label data is the special case of "at least one
-shared label" relevance. Readers return named parts, e.g. ``{"train": ..., "test": ...}``.
+Images are uint8 arrays of shape (N, H, W, C) (in memory or memory-mapped, or rows of a
+memory-mapped array: :class:`IndexedImages`), labels a boolean multi-hot matrix
+(N, num_classes) so that single-label data is the special case of "at least one shared label"
+relevance. Readers return named parts, e.g. ``{"train": ..., "test": ...}``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,49 @@ class DataError(ValueError):
     """A data file is missing or malformed; the message names the file (and line)."""
 
 
+class IndexedImages:
+    """Rows ``index`` of a (memory-mapped) uint8 image array, read only when indexed.
+
+    A subset of a large decoded cache (e.g. the NUS-WIDE database at 224x224) stays on disk:
+    ``images[i]``, ``images[a:b]`` and ``images[int_array]`` read just those rows, which is all
+    training, encoding and evaluation do. ``np.asarray`` reads every row (pixel baselines).
+    """
+
+    def __init__(self, base: np.ndarray, index: Sequence[int] | np.ndarray) -> None:
+        idx = np.asarray(index, dtype=np.int64)
+        if idx.ndim != 1:
+            raise DataError(f"an image index must be one-dimensional, got shape {idx.shape}")
+        if idx.size and (idx.min() < 0 or idx.max() >= len(base)):
+            raise DataError(f"image index out of range [0, {len(base)}): {idx.min()}..{idx.max()}")
+        self.base = base
+        self.index = idx
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.base.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return self.base.ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.base.dtype
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
+        rows = self.index[key]
+        if np.ndim(rows) == 0:
+            return np.asarray(self.base[int(rows)])
+        return np.asarray(self.base[rows])
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
 @dataclass
 class ImageSet:
     """Images with optional multi-hot labels and stable item ids.
@@ -28,7 +72,7 @@ class ImageSet:
         class_names: names of the label columns.
     """
 
-    images: np.ndarray
+    images: np.ndarray | IndexedImages
     labels: np.ndarray | None
     ids: list[str]
     class_names: list[str] = field(default_factory=list)
@@ -53,10 +97,22 @@ class ImageSet:
         return tuple(self.images.shape[1:])  # type: ignore[return-value]
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
-        """The images at ``indices``, in that order (copies into memory)."""
+        """The images at ``indices``, in that order.
+
+        In-memory images are copied; memory-mapped ones (a decode cache) are not: the subset
+        holds an :class:`IndexedImages` view that reads rows from disk when they are used.
+        """
         idx = np.asarray(indices, dtype=np.int64)
+        if isinstance(self.images, IndexedImages):
+            images: np.ndarray | IndexedImages = IndexedImages(
+                self.images.base, self.images.index[idx]
+            )
+        elif isinstance(self.images, np.memmap):
+            images = IndexedImages(self.images, idx)
+        else:
+            images = np.ascontiguousarray(self.images[idx])
         return ImageSet(
-            images=np.ascontiguousarray(self.images[idx]),
+            images=images,
             labels=None if self.labels is None else self.labels[idx],
             ids=[self.ids[i] for i in idx],
             class_names=list(self.class_names),
