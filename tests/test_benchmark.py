@@ -11,7 +11,14 @@ from conftest import TINY_RUN
 from typer.testing import CliRunner
 
 from quantrieve import benchmark
-from quantrieve.benchmark import BenchmarkError, run_benchmark, training_stats, write_report
+from quantrieve.benchmark import (
+    BenchmarkError,
+    benchmark_commands,
+    grid_cells,
+    run_benchmark,
+    training_stats,
+    write_report,
+)
 from quantrieve.cli import app, main
 
 # A tiny deep run; bits set model.num_books (8 bits = 2 books of 16 codewords).
@@ -185,6 +192,28 @@ def test_cli_errors_are_one_line(
     assert exit_info.value.code == 2
     err = " ".join(capsys.readouterr().err.split())
     assert message in err and "Traceback" not in err
+
+
+def test_commands_and_missing_cells_follow_the_cells_asked_for(
+    finished: Path, tmp_path: Path
+) -> None:
+    """Ablations asked for at one code length are not reported missing at the others."""
+    out = tmp_path / "mixed"
+    (out / "cells").mkdir(parents=True)
+    setup = json.loads((finished / "benchmark.json").read_text())
+    setup.update(out=str(out), methods=["hqc", "pq", "exact", "hqc-no-cc"], bits=[8, 16])
+    setup["cells"] = [*grid_cells(["hqc", "pq", "exact"], [8, 16]), "hqc-no-cc-8"]
+    assert setup["cells"][:5] == ["hqc-8", "hqc-16", "pq-8", "pq-16", "exact-full"]
+    commands = benchmark_commands(setup)
+    assert len(commands) == 2
+    assert "--methods hqc,pq,exact --bits 8,16" in commands[0]
+    assert "--methods hqc-no-cc --bits 8 " in commands[1]
+    (out / "benchmark.json").write_text(json.dumps(setup))
+    for name in ("hqc-8", "pq-8", "exact-full"):
+        (out / "cells" / f"{name}.json").write_text(
+            (finished / "cells" / f"{name}.json").read_text()
+        )
+    assert write_report(out)["missing"] == ["hqc-16", "pq-16", "hqc-no-cc-8"]
 
 
 def test_report_of_a_partial_grid_lists_missing_cells(finished: Path, tmp_path: Path) -> None:

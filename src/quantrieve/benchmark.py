@@ -219,19 +219,18 @@ def _read_json(path: Path) -> Any:
         raise BenchmarkError(f"{path}: invalid JSON ({exc}); delete it to recompute") from None
 
 
-def benchmark_command(setup: dict[str, Any]) -> str:
-    """The ``quantrieve benchmark`` command line that reproduces a setup."""
+def grid_cells(methods: Sequence[str], bits_list: Sequence[int]) -> list[str]:
+    """Cell names of a methods x bits grid (``exact`` contributes one ``exact-full`` cell)."""
+    names = [cell_name(m, b) for m in methods for b in ([0] if m == "exact" else bits_list)]
+    return list(dict.fromkeys(names))
+
+
+def _command(setup: dict[str, Any], methods: list[str], bits: list[int]) -> str:
     protocol = setup["protocol"]
-    args = [
-        "quantrieve",
-        "benchmark",
-        "--protocol",
-        protocol["name"],
-        "--methods",
-        ",".join(setup["methods"]),
-        "--bits",
-        ",".join(str(b) for b in setup["bits"]),
-    ]
+    args = ["quantrieve", "benchmark", "--protocol", protocol["name"]]
+    args += ["--methods", ",".join(methods)]
+    if bits:
+        args += ["--bits", ",".join(str(b) for b in bits)]
     if setup.get("preset"):
         args += ["--preset", setup["preset"]]
     args += ["--out", setup["out"]]
@@ -240,6 +239,29 @@ def benchmark_command(setup: dict[str, Any]) -> str:
     for item in setup["overrides"]:
         args += ["--set", item]
     return shlex.join(args)
+
+
+def benchmark_commands(setup: dict[str, Any]) -> list[str]:
+    """The ``quantrieve benchmark`` command lines that reproduce a setup's cells.
+
+    Methods asked for at the same code lengths share one command, so a grid with ablations at
+    32 bits only gives two lines; ``exact`` joins the first.
+    """
+    cells = setup.get("cells") or grid_cells(setup["methods"], setup["bits"])
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for method in setup["methods"]:
+        if method == "exact":
+            continue
+        bits = tuple(b for b in setup["bits"] if cell_name(method, b) in cells)
+        if bits:
+            groups.setdefault(bits, []).append(method)
+    lines = [(methods, list(bits)) for bits, methods in groups.items()]
+    if "exact-full" in cells:
+        if lines:
+            lines[0][0].append("exact")
+        else:
+            lines.append((["exact"], []))
+    return [_command(setup, methods, bits) for methods, bits in lines]
 
 
 def _merge_setup(out_dir: Path, setup: dict[str, Any]) -> dict[str, Any]:
@@ -258,10 +280,12 @@ def _merge_setup(out_dir: Path, setup: dict[str, Any]) -> dict[str, Any]:
                     f"({before!r}, now {now!r}); use another --out or the same "
                     "--protocol, --preset and --set values"
                 )
+        old_cells = old.get("cells") or grid_cells(old["methods"], old["bits"])
+        setup["cells"] = list(dict.fromkeys([*old_cells, *setup["cells"]]))
         setup["methods"] = list(dict.fromkeys([*old["methods"], *setup["methods"]]))
         setup["bits"] = sorted(set(old["bits"]) | set(setup["bits"]))
         setup["commands"] = [*old.get("commands", []), *setup["commands"]]
-    setup["command"] = benchmark_command(setup)
+    setup["command"] = "\n".join(benchmark_commands(setup))
     atomic_write_json(setup, path)
     return setup
 
@@ -433,6 +457,7 @@ def run_benchmark(
             "out": str(out_dir),
             "methods": methods,
             "bits": bits_list,
+            "cells": grid_cells(methods, bits_list),
             "commands": [" ".join(sys.argv)],
         },
     )
@@ -648,7 +673,7 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
         "## Command",
         "",
         "```bash",
-        setup["command"],
+        "\n".join(benchmark_commands(setup)),
         "```",
         "",
         "## Environment",
@@ -680,14 +705,12 @@ def write_report(out_dir: str | Path) -> dict[str, Any]:
     setup = _read_json(setup_path)
     cells = _ordered_cells(setup, load_cells(out_dir))
     done = {c["cell"] for c in cells}
-    expected = [
-        cell_name(m, b) for m in setup["methods"] for b in ([0] if m == "exact" else setup["bits"])
-    ]
+    expected = setup.get("cells") or grid_cells(setup["methods"], setup["bits"])
     device = next((c["device"] for c in cells if c.get("kind") == "deep"), None)
     report = {
         "protocol": setup["protocol"],
         "setup": setup,
-        "command": setup["command"],
+        "command": "\n".join(benchmark_commands(setup)),
         "environment": environment(device),
         "cells": cells,
         "missing": [name for name in expected if name not in done],
