@@ -1,7 +1,8 @@
 """Two-view augmentation in batch on the tensor's device (kornia).
 
 The views follow docs/method.md (SimCLR-style): random resized crop, horizontal flip, colour jitter,
-random grayscale and Gaussian blur. For single-channel images the colour-only operations
+random grayscale and Gaussian blur; optionally a random rotation and random erasing (off by
+default). For single-channel images the colour-only operations
 (saturation, hue, grayscale) are skipped, so the same config serves grayscale and RGB data.
 """
 
@@ -71,6 +72,10 @@ class TwoViewAugment(nn.Module):
                     (3, 3), (config.blur_sigma_min, config.blur_sigma_max), p=config.blur_p
                 )
             )
+        if config.rotate_p > 0:
+            ops.append(K.RandomRotation(config.rotate_degrees, p=config.rotate_p))
+        if config.erase_p > 0:
+            ops.append(K.RandomErasing(scale=(0.02, config.erase_scale_max), p=config.erase_p))
         self.pipeline = K.AugmentationSequential(*ops)
 
     @torch.no_grad()

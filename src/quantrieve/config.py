@@ -76,6 +76,12 @@ class AugmentConfig:
     blur_p: float = 0.5
     blur_sigma_min: float = 0.1
     blur_sigma_max: float = 2.0
+    # Off by default (docs/method.md's views have neither); shape-level augmentations for small
+    # grayscale images (e.g. Fashion-MNIST), where colour jitter has little to change.
+    rotate_p: float = 0.0
+    rotate_degrees: float = 15.0
+    erase_p: float = 0.0
+    erase_scale_max: float = 0.25
 
     def validate(self) -> None:
         _check(
@@ -83,7 +89,7 @@ class AugmentConfig:
             "augment.crop_scale_min",
             "need 0 < crop_scale_min <= crop_scale_max <= 1",
         )
-        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p"):
+        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "rotate_p", "erase_p"):
             value = getattr(self, name)
             _check(0 <= value <= 1, f"augment.{name}", f"a probability in [0, 1], got {value}")
         for name in ("brightness", "contrast", "saturation"):
@@ -93,6 +99,16 @@ class AugmentConfig:
             0 < self.blur_sigma_min <= self.blur_sigma_max,
             "augment.blur_sigma_min",
             "need 0 < blur_sigma_min <= blur_sigma_max",
+        )
+        _check(
+            0 <= self.rotate_degrees <= 180,
+            "augment.rotate_degrees",
+            f"must be in [0, 180], got {self.rotate_degrees}",
+        )
+        _check(
+            0.02 < self.erase_scale_max < 1,
+            "augment.erase_scale_max",
+            f"must be in (0.02, 1), got {self.erase_scale_max}",
         )
 
 

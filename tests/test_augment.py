@@ -1,0 +1,71 @@
+"""Two-view augmentation: shapes, ranges, channel handling, optional operations, validation."""
+
+from __future__ import annotations
+
+import kornia.augmentation as K
+import pytest
+import torch
+
+from quantrieve.augment import TwoViewAugment
+from quantrieve.config import AugmentConfig, ConfigError
+
+
+def _op_types(augment: TwoViewAugment) -> list[type]:
+    return [type(op) for op in augment.pipeline.children()]
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_views_keep_shape_range_and_channels(channels: int) -> None:
+    config = AugmentConfig(rotate_p=1.0, erase_p=1.0)
+    augment = TwoViewAugment(config, image_size=28, channels=channels)
+    images = torch.rand(6, channels, 28, 28)
+    view = augment(images)
+    assert view.shape == images.shape
+    assert view.dtype == torch.float32
+    assert float(view.min()) >= 0.0 and float(view.max()) <= 1.0
+
+
+def test_two_calls_differ_and_a_seed_repeats_them() -> None:
+    augment = TwoViewAugment(AugmentConfig(), image_size=28, channels=1)
+    images = torch.rand(4, 1, 28, 28)
+    torch.manual_seed(3)
+    first, second = augment(images), augment(images)
+    assert not torch.allclose(first, second)
+    torch.manual_seed(3)
+    assert torch.equal(augment(images), first)
+
+
+def test_grayscale_images_skip_colour_only_operations() -> None:
+    config = AugmentConfig(grayscale_p=1.0)
+    gray = TwoViewAugment(config, image_size=28, channels=1)
+    rgb = TwoViewAugment(config, image_size=28, channels=3)
+    assert K.RandomGrayscale not in _op_types(gray)
+    assert K.RandomGrayscale in _op_types(rgb)
+
+
+def test_rotation_and_erasing_only_when_enabled() -> None:
+    default = _op_types(TwoViewAugment(AugmentConfig(), image_size=28, channels=1))
+    assert K.RandomRotation not in default and K.RandomErasing not in default
+    enabled = _op_types(
+        TwoViewAugment(AugmentConfig(rotate_p=0.5, erase_p=0.5), image_size=28, channels=1)
+    )
+    assert K.RandomRotation in enabled and K.RandomErasing in enabled
+
+
+def test_erasing_blanks_part_of_every_image() -> None:
+    config = AugmentConfig(
+        crop_scale_min=1.0, hflip_p=0.0, jitter_p=0.0, blur_p=0.0, erase_p=1.0, erase_scale_max=0.2
+    )
+    augment = TwoViewAugment(config, image_size=16, channels=1)
+    view = augment(torch.ones(8, 1, 16, 16))
+    erased = (view == 0).flatten(1).float().mean(1)
+    assert bool((erased > 0).all()) and bool((erased <= 0.2 + 1e-6).all())
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("rotate_p", 1.5), ("erase_p", -0.1), ("rotate_degrees", 200.0), ("erase_scale_max", 1.0)],
+)
+def test_invalid_values_name_their_key(key: str, value: float) -> None:
+    with pytest.raises(ConfigError, match=f"augment.{key}"):
+        AugmentConfig(**{key: value}).validate()
