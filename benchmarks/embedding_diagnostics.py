@@ -1,5 +1,6 @@
 """Where retrieval quality is lost: the same validation queries ranked by PQ codes (both
-distances), by the continuous embedding f, and by the backbone features before the head.
+distances), by the continuous embedding f, and by the backbone features before the head; then,
+for the codes (``l2``), mAP per query class and which classes fill the top 10 of each class.
 
     .venv/bin/python benchmarks/embedding_diagnostics.py RUN_DIR [--out FILE.json]
 
@@ -23,7 +24,13 @@ from quantrieve.data import read_dataset
 from quantrieve.data.splits import load_split
 from quantrieve.encode import RetrievalModel, embed_images
 from quantrieve.evaluate import evaluate_retrieval
-from quantrieve.index.search import ADCScorer, lookup_tables, squared_l2_distances
+from quantrieve.index.search import (
+    ADCScorer,
+    lookup_tables,
+    query_chunks,
+    squared_l2_distances,
+    topk_smallest,
+)
 
 
 @torch.no_grad()
@@ -73,9 +80,56 @@ def main() -> None:
     for name, fn in rankings.items():
         result[f"map_{name}"] = evaluate_retrieval(fn, q_labels, db_labels, args.topk).map_at_k
         print(f"{name:24s} mAP@{args.topk} = {result[f'map_{name}']:.4f}", flush=True)
+    code_distances = rankings["pq_codes_l2"]
+    result.update(per_class(code_distances, q_labels, db_labels, args.topk, train.class_names))
+    for name, row in result["per_class"].items():
+        mistakes = ", ".join(f"{other} {share:.2f}" for other, share in row["top10_wrong"])
+        print(f"  {name:14s} mAP@{args.topk} = {row['map']:.4f}; wrong top-10 from: {mistakes}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def per_class(
+    distances, q_labels: torch.Tensor, db_labels: torch.Tensor, topk: int, names: list[str]
+) -> dict:
+    """mAP@topk of each query class, and the share of its top-10 neighbours from each other class.
+
+    Single-label data only (every query has exactly one label).
+    """
+    q_class, db_class = q_labels.float().argmax(1), db_labels.float().argmax(1)
+    num_classes = q_labels.shape[1]
+    names = names or [str(c) for c in range(num_classes)]
+    neighbours = torch.cat(
+        [
+            db_class[topk_smallest(distances(s), 10)[1]]
+            for s in query_chunks(len(q_class), len(db_class))
+        ]
+    )
+    confusion = torch.zeros(num_classes, num_classes)
+    confusion.index_put_(
+        (q_class.repeat_interleave(10), neighbours.flatten()),
+        torch.ones(neighbours.numel()),
+        accumulate=True,
+    )
+    confusion /= confusion.sum(1, keepdim=True).clamp_min(1)
+    rows = {}
+    for c in range(num_classes):
+        members = (q_class == c).nonzero().squeeze(1)
+        if len(members) == 0:
+            continue
+        class_map = evaluate_retrieval(
+            lambda s, m=members: distances(m[s]), q_labels[members], db_labels, topk
+        ).map_at_k
+        wrong = [(names[o], float(confusion[c, o])) for o in range(num_classes) if o != c]
+        wrong = [w for w in sorted(wrong, key=lambda w: -w[1]) if w[1] >= 0.01][:3]
+        rows[names[c]] = {
+            "queries": len(members),
+            "map": class_map,
+            "top10_same_class": float(confusion[c, c]),
+            "top10_wrong": wrong,
+        }
+    return {"per_class": rows, "top10_confusion": confusion.tolist()}
 
 
 if __name__ == "__main__":
