@@ -216,6 +216,27 @@ def test_commands_and_missing_cells_follow_the_cells_asked_for(
     assert write_report(out)["missing"] == ["hqc-16", "pq-16", "hqc-no-cc-8"]
 
 
+def test_report_rows_follow_the_method_list_not_the_run_order(
+    finished: Path, tmp_path: Path
+) -> None:
+    """Cells run as exact, pq, hqc are reported as hqc, pq, exact, each with its description."""
+    out = tmp_path / "reordered"
+    (out / "cells").mkdir(parents=True)
+    setup = json.loads((finished / "benchmark.json").read_text())
+    setup.update(out=str(out), methods=["exact", "pq", "hqc"])
+    (out / "benchmark.json").write_text(json.dumps(setup))
+    for name in ("exact-full", "pq-8", "hqc-8"):
+        (out / "cells" / f"{name}.json").write_text(
+            (finished / "cells" / f"{name}.json").read_text()
+        )
+    report = write_report(out)
+    assert [c["cell"] for c in report["cells"]] == ["hqc-8", "pq-8", "exact-full"]
+    md = (out / "report.md").read_text()
+    rows = [line.split(" | ")[0] for line in md.splitlines() if line.startswith("| ")]
+    assert rows[1:4] == ["| hqc", "| pq", "| exact"]
+    assert "- `pq`: faiss PQ on raw pixels" in md
+
+
 def test_report_of_a_partial_grid_lists_missing_cells(finished: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     (partial / "cells").mkdir(parents=True)

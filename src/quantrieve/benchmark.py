@@ -505,9 +505,14 @@ def load_cells(out_dir: str | Path) -> list[dict[str, Any]]:
     return [_read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
 
+def _method_rank(method: str) -> int:
+    """Position in ``METHODS`` (HQC, SPQ, ablations, pixel baselines), whatever the run order."""
+    order = list(METHODS)
+    return order.index(method) if method in order else len(order)
+
+
 def _ordered_cells(setup: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    order = {m: i for i, m in enumerate([*setup["methods"], *METHODS])}
-    return sorted(cells, key=lambda c: (order.get(c["method"], len(order)), c["bits"]))
+    return sorted(cells, key=lambda c: (_method_rank(c["method"]), c["bits"]))
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -574,7 +579,9 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
     val_queries = deep["config"]["data"]["val_queries"] if deep else protocol["val_queries"]
     bits_cols = setup["bits"]
     by_key = {(c["method"], c["bits"]): c for c in cells}
-    methods = list(dict.fromkeys([*setup["methods"], *(c["method"] for c in cells)]))
+    methods = sorted(
+        dict.fromkeys([*setup["methods"], *(c["method"] for c in cells)]), key=_method_rank
+    )
     lines = [
         f"# Benchmark: {protocol['name']}",
         "",
@@ -615,6 +622,7 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
             cell = by_key.get((method, 0)) if method == "exact" else None
             row.append(_fmt(cell["result"]["map_at_k"]) if cell else "–")
         lines.append("| " + " | ".join(row) + " |")
+    lines += [""] + [f"- `{m}`: {METHODS[m].description}" for m in methods if m in METHODS]
     missing = report["missing"]
     if missing:
         lines += ["", f"Not yet computed: {', '.join(missing)} (rerun the command to resume)."]
