@@ -95,20 +95,25 @@ def per_class(
 ) -> dict:
     """mAP@topk of each query class, and the share of its top-10 neighbours from each other class.
 
-    Single-label data only (every query has exactly one label).
+    Single-label data only: returns an empty result when some image has not exactly one label.
     """
+    if not (bool((q_labels.sum(1) == 1).all()) and bool((db_labels.sum(1) == 1).all())):
+        print("  per-class breakdown skipped: the labels are not single-label")
+        return {"per_class": {}, "top10_confusion": []}
+    depth = min(10, len(db_labels))
     q_class, db_class = q_labels.float().argmax(1), db_labels.float().argmax(1)
     num_classes = q_labels.shape[1]
-    names = names or [str(c) for c in range(num_classes)]
+    if len(names) != num_classes:
+        names = [str(c) for c in range(num_classes)]
     neighbours = torch.cat(
         [
-            db_class[topk_smallest(distances(s), 10)[1]]
+            db_class[topk_smallest(distances(s), depth)[1]]
             for s in query_chunks(len(q_class), len(db_class))
         ]
     )
     confusion = torch.zeros(num_classes, num_classes)
     confusion.index_put_(
-        (q_class.repeat_interleave(10), neighbours.flatten()),
+        (q_class.repeat_interleave(depth), neighbours.flatten()),
         torch.ones(neighbours.numel()),
         accumulate=True,
     )

@@ -511,7 +511,7 @@ def _method_rank(method: str) -> int:
     return order.index(method) if method in order else len(order)
 
 
-def _ordered_cells(setup: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _ordered_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(cells, key=lambda c: (_method_rank(c["method"]), c["bits"]))
 
 
@@ -711,7 +711,7 @@ def write_report(out_dir: str | Path) -> dict[str, Any]:
     if not setup_path.is_file():
         raise BenchmarkError(f"{out_dir}: no {SETUP_FILE}; run `quantrieve benchmark` first")
     setup = _read_json(setup_path)
-    cells = _ordered_cells(setup, load_cells(out_dir))
+    cells = _ordered_cells(load_cells(out_dir))
     done = {c["cell"] for c in cells}
     expected = setup.get("cells") or grid_cells(setup["methods"], setup["bits"])
     device = next((c["device"] for c in cells if c.get("kind") == "deep"), None)

@@ -106,9 +106,9 @@ class AugmentConfig:
             f"must be in [0, 180], got {self.rotate_degrees}",
         )
         _check(
-            0.02 < self.erase_scale_max < 1,
+            0.02 <= self.erase_scale_max <= 1,
             "augment.erase_scale_max",
-            f"must be in (0.02, 1), got {self.erase_scale_max}",
+            f"must be in [0.02, 1], got {self.erase_scale_max}",
         )
 
 
