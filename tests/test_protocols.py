@@ -145,3 +145,20 @@ def test_unusable_parts_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(protocols, "read_dataset", lambda name, root, *options: unlabelled)
     with pytest.raises(DataError, match="queries of protocol 'cifar10' have no labels"):
         materialize("cifar10", "somewhere", tmp_path)
+
+
+@pytest.mark.parametrize("name", sorted(PROTOCOLS))
+def test_every_protocol_has_a_cpu_preset_for_its_dataset(name: str) -> None:
+    """Each protocol ships a CPU preset that resolves, validates and trains on that protocol's
+    dataset with a CPU-sized backbone; the GPU recipes of the paper's protocols exist too."""
+    from quantrieve.config import load_config, preset_names
+
+    names = preset_names()
+    assert f"{name}-cpu" in names
+    cpu = load_config(f"{name}-cpu")
+    assert cpu.data.dataset == name
+    assert cpu.model.backbone == "small_cnn"
+    if name != "fashion-mnist":
+        gpu = load_config(f"{name}-gpu")
+        assert gpu.data.dataset == name
+        assert gpu.model.backbone.startswith("resnet")
