@@ -158,7 +158,9 @@ def test_every_protocol_has_a_cpu_preset_for_its_dataset(name: str) -> None:
     cpu = load_config(f"{name}-cpu")
     assert cpu.data.dataset == name
     assert cpu.model.backbone == "small_cnn"
+    assert cpu.eval.topk == PROTOCOLS[name].topk
     if name != "fashion-mnist":
         gpu = load_config(f"{name}-gpu")
         assert gpu.data.dataset == name
         assert gpu.model.backbone.startswith("resnet")
+        assert gpu.eval.topk == PROTOCOLS[name].topk
