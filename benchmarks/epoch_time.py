@@ -4,8 +4,11 @@
 
 Times ``--steps`` optimisation steps (after two warm-up steps) of the full objective with the
 preset's model, batch, augmentation and AMP, and extrapolates to one epoch over ``--images``
-images and to the preset's schedule. Throughput does not depend on pixel values, so random
-images stand in for data that is not on this machine. Validation passes are not included.
+images (or ``train.max_steps_per_epoch`` steps, when the preset caps an epoch) and to the
+preset's schedule. Throughput does not depend on pixel values, so random
+images stand in for data that is not on this machine. With ``--validate``, one validation pass
+(embedding, coding and mAP@K of the preset's validation queries against the other ``--images``
+random images with random labels) is timed too and added once per ``train.eval_every`` epochs.
 """
 
 from __future__ import annotations
@@ -32,25 +35,52 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="also time one validation pass over --images labelled images (the preset's "
+        "data.val_queries against the rest, its eval.topk)",
+    )
+    parser.add_argument("--classes", type=int, default=10, help="label count (with --validate)")
+    parser.add_argument(
+        "--labels-per-image", type=int, default=1, help="labels each image has (with --validate)"
+    )
     args = parser.parse_args()
     h, w, c = (int(v) for v in args.shape.split(","))
-    config = load_config(
-        args.preset, overrides=["data.val_queries=0", "train.eval_every=0", *args.set]
-    )
+    overrides = ["train.eval_every=0", *args.set]
+    if not args.validate:
+        overrides.insert(0, "data.val_queries=0")
+    config = load_config(args.preset, overrides=overrides)
     batch = config.train.batch_size
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=((args.steps + 2) * batch, h, w, c), dtype=np.uint8)
-    data = ImageSet(images, None, [str(i) for i in range(len(images))])
+    count = (
+        max(args.images, (args.steps + 2) * batch) if args.validate else (args.steps + 2) * batch
+    )
+    images = rng.integers(0, 256, size=(count, h, w, c), dtype=np.uint8)
+    labels = None
+    if args.validate:
+        scores = rng.random((count, args.classes))
+        top = np.argsort(scores, axis=1)[:, : args.labels_per_image]
+        labels = np.zeros((count, args.classes), dtype=bool)
+        np.put_along_axis(labels, top, True, axis=1)
+    data = ImageSet(images, labels, [str(i) for i in range(len(images))])
+    validation_seconds = None
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, data, run_dir)
-        order = torch.arange(len(images)).view(-1, batch)
+        order = torch.arange((args.steps + 2) * batch).view(-1, batch)
         for step in range(2):
             trainer.train_step(torch.from_numpy(images[order[step].numpy()]), step)
         start = time.perf_counter()
         for step in range(2, args.steps + 2):
             trainer.train_step(torch.from_numpy(images[order[step].numpy()]), step)
         per_step = (time.perf_counter() - start) / args.steps
+        if args.validate:
+            start = time.perf_counter()
+            trainer.validate()
+            validation_seconds = time.perf_counter() - start
     steps_per_epoch = args.images // batch
+    if config.train.max_steps_per_epoch > 0:
+        steps_per_epoch = min(steps_per_epoch, config.train.max_steps_per_epoch)
     result = {
         "preset": args.preset,
         "overrides": args.set,
@@ -59,6 +89,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "seconds_per_step": per_step,
         "images_per_second": batch / per_step,
+        "steps_per_epoch": steps_per_epoch,
         "epoch_minutes": per_step * steps_per_epoch / 60,
         "schedule_epochs": config.train.epochs,
         "schedule_minutes_without_validation": per_step
@@ -66,6 +97,22 @@ def main() -> None:
         * config.train.epochs
         / 60,
     }
+    if validation_seconds is not None:
+        # The preset's own validation interval (the timing runs override it to 0).
+        eval_every = load_config(args.preset, overrides=args.set).train.eval_every
+        validations = config.train.epochs // eval_every if eval_every else 0
+        result["validation"] = {
+            "queries": config.data.val_queries,
+            "database": count - config.data.val_queries,
+            "topk": config.eval.topk,
+            "classes": args.classes,
+            "labels_per_image": args.labels_per_image,
+            "seconds": validation_seconds,
+            "passes_in_schedule": validations,
+        }
+        result["schedule_minutes_with_validation"] = (
+            result["schedule_minutes_without_validation"] + validations * validation_seconds / 60
+        )
     print(json.dumps(result, indent=2))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
