@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -132,6 +133,32 @@ def test_other_setup_in_same_folder_is_refused(finished: Path, tiny_fashion: Pat
             root=tiny_fashion,
             overrides=[*TINY, "train.epochs=3"],
             progress=False,
+        )
+
+
+def test_finished_cell_of_another_config_is_refused(
+    finished: Path, tiny_fashion: Path, tmp_path: Path
+) -> None:
+    """A preset edited since a cell finished must not mix configs in one report."""
+    out = tmp_path / "fm"
+    shutil.copytree(finished, out)
+    path = out / "cells" / "hqc-8.json"
+    cell = json.loads(path.read_text())
+    cell["config"]["data"]["root"] = "/elsewhere"  # where the data lies does not matter
+    path.write_text(json.dumps(cell))
+    grid = {**GRID, "methods": ["hqc"]}
+    run_benchmark(
+        "fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY, progress=False
+    )
+    cell["config"]["augment"]["brightness"] = 0.123
+    path.write_text(json.dumps(cell))
+    with pytest.raises(
+        BenchmarkError,
+        match=r"hqc-8.json was finished with a different config "
+        r"\(keys differ: augment.brightness\)",
+    ):
+        run_benchmark(
+            "fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY, progress=False
         )
 
 

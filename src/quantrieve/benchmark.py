@@ -39,7 +39,7 @@ import torch
 
 from quantrieve.atomic import atomic_write_json
 from quantrieve.baselines import fit_baseline
-from quantrieve.config import RunConfig, load_config, num_books_for_bits
+from quantrieve.config import RunConfig, config_differences, load_config, num_books_for_bits
 from quantrieve.evaluate import RetrievalResult, evaluate_retrieval
 from quantrieve.pipeline import embed_queries, encode_index, evaluate_index, train_run
 from quantrieve.progress import bar, console
@@ -217,6 +217,27 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise BenchmarkError(f"{path}: invalid JSON ({exc}); delete it to recompute") from None
+
+
+# Where the data lies and which device trained a cell do not change what a cell measures.
+_LOCATION_KEYS = frozenset({"data.root", "train.device"})
+
+
+def _check_finished_config(path: Path, finished: dict[str, Any], config: RunConfig) -> None:
+    """Refuse to keep a finished deep cell whose config is not the one the grid now resolves.
+
+    Otherwise a changed preset or ``--set`` would silently mix configs in one report.
+    """
+    saved = finished.get("config")
+    if not isinstance(saved, dict):
+        raise BenchmarkError(f"{path}: finished cell without its config; delete it to recompute")
+    changed = [key for key in config_differences(saved, config) if key not in _LOCATION_KEYS]
+    if changed:
+        raise BenchmarkError(
+            f"{path} was finished with a different config (keys differ: {', '.join(changed)}); "
+            f"use another --out, or delete it and its run folder "
+            f"({path.parent.parent / 'runs' / path.stem}) to recompute it"
+        )
 
 
 def grid_cells(methods: Sequence[str], bits_list: Sequence[int]) -> list[str]:
@@ -469,7 +490,9 @@ def run_benchmark(
         name = cell_name(method, bits)
         path = out_dir / "cells" / f"{name}.json"
         if path.is_file() and not force:
-            _read_json(path)
+            finished = _read_json(path)
+            if config is not None:
+                _check_finished_config(path, finished, config)
             if progress:
                 console.print(f"{name}: finished earlier, kept ({path})")
             continue

@@ -364,6 +364,21 @@ def config_from_dict(values: dict[str, Any], base: RunConfig | None = None) -> R
     return config
 
 
+def config_differences(saved: dict[str, Any], current: RunConfig) -> list[str]:
+    """The ``section.key`` names whose values differ between a saved config and ``current``.
+
+    ``saved`` is a nested dict as written by :meth:`RunConfig.save`; keys added to the config
+    since it was written take their defaults before comparing.
+    """
+    before, now = config_from_dict(saved).to_dict(), current.to_dict()
+    return sorted(
+        f"{section}.{key}"
+        for section in now
+        for key in now[section]
+        if before.get(section, {}).get(key) != now[section][key]
+    )
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
     """Parse ``section.key=value`` strings into a nested dict (values stay strings)."""
     nested: dict[str, dict[str, Any]] = {}

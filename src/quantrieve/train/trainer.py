@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from quantrieve.augment import TwoViewAugment, to_float_images
-from quantrieve.config import RunConfig, config_from_dict
+from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
 from quantrieve.data.splits import load_or_make_split
 from quantrieve.encode import RetrievalModel, channel_stats, embed_images
@@ -159,17 +159,9 @@ class Trainer:
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
-        saved, current = state.get("config"), self.config.to_dict()
-        if saved is not None:
-            # Keys added to the config after the checkpoint was written take their defaults.
-            saved = config_from_dict(saved).to_dict()
-        if saved is not None and saved != current:
-            changed = sorted(
-                f"{s}.{k}"
-                for s in current
-                for k in current[s]
-                if saved.get(s, {}).get(k) != current[s][k]
-            )
+        saved = state.get("config")
+        changed = config_differences(saved, self.config) if saved is not None else []
+        if changed:
             raise TrainingError(
                 f"{self.run_dir / 'last.pt'} was trained with a different config "
                 f"(keys differ: {', '.join(changed)}); resume with the saved config.json"
