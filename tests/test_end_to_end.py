@@ -141,6 +141,10 @@ def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
         (["train", "--set", "train.epochs=zero"], "config key 'train.epochs': expected int"),
         (["train", "--set", "model.colour=1"], "unknown config key 'model.colour'"),
         (["train", "--preset", "nope"], "unknown preset 'nope'"),
+        (
+            ["train", "--preset", "fashion-mnist-cpu", "--resume"],
+            "--resume continues with the run's saved config.json; drop --preset / --config",
+        ),
         (["train", "--bits", "30"], "--bits 30 is not a multiple of log2(K) = 4"),
         (["evaluate", "/nonexistent/index"], "/nonexistent/index: not an index directory"),
         (

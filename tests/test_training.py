@@ -97,6 +97,13 @@ def test_resume_after_interruption_reproduces_uninterrupted_weights(
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
     assert resumed.best_val_map == straight.best_val_map
 
+    def records(run: str) -> list[tuple]:
+        lines = (tmp_path / run / "log.jsonl").read_text().splitlines()
+        return [(r["kind"], r["epoch"], r.get("step")) for r in map(json.loads, lines)]
+
+    # The interrupted epoch's step records are dropped on resume, not logged twice.
+    assert records("resumed") == records("straight")
+
 
 def test_run_directory_records_everything(tiny_fashion: Path, tmp_path: Path) -> None:
     train = read_dataset("fashion-mnist", tiny_fashion)["train"]

@@ -121,6 +121,11 @@ def train(
     from quantrieve.pipeline import train_run
 
     if resume:
+        if preset is not None or config_file is not None:
+            raise TrainingError(
+                "--resume continues with the run's saved config.json; drop --preset / --config "
+                "(or start a new run in another --out)"
+            )
         saved = out / "config.json"
         if not saved.is_file():
             raise TrainingError(f"--resume given but {saved} does not exist")

@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from quantrieve.atomic import atomic_write_json
 from quantrieve.index.search import DISTANCES
 
 
@@ -277,7 +278,7 @@ class RunConfig:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(self.to_dict(), path)
 
 
 SECTIONS = {f.name: f.type for f in fields(RunConfig)}

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantrieve.atomic import atomic_write_json, atomic_write_text
 from quantrieve.augment import TwoViewAugment, to_float_images
 from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
@@ -136,7 +137,7 @@ class Trainer:
                 str(self.device),
                 {"train_images": len(train_set), "image_shape": [h, w, c]},
             )
-            (self.run_dir / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_json(record, self.run_dir / "run.json")
 
     # ---------------------------------------------------------------- setup and state
     def _validation_split(self) -> dict[str, np.ndarray] | None:
@@ -172,6 +173,17 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best_val_map = state["best_val_map"]
         self.best_epoch = state["best_epoch"]
+        self._drop_unfinished_epoch_records()
+
+    def _drop_unfinished_epoch_records(self) -> None:
+        """Remove log records of the epoch that was interrupted: it is trained again."""
+        path = self.run_dir / "log.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines()
+        kept = [line for line in lines if line and json.loads(line).get("epoch", 0) <= self.epoch]
+        if len(kept) != len(lines):
+            atomic_write_text("".join(line + "\n" for line in kept), path)
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "log.jsonl", "a") as handle:
