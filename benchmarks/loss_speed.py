@@ -1,7 +1,7 @@
 """Loss timing: all M books at once vs a Python loop over books, and the cost of a full HQC
 training step relative to an NT-Xent-only step on the same batch.
 
-    .venv/bin/python benchmarks/loss_speed.py [--batch 256] [--books 8] [--repeats 20]
+    .venv/bin/python benchmarks/loss_speed.py [--batch 256] [--books 8] [--repeats 200]
 
 Prints a table and writes benchmarks/results/loss_speed.json.
 """
