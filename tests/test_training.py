@@ -87,6 +87,8 @@ def test_resume_after_interruption_reproduces_uninterrupted_weights(
     with pytest.raises(KeyboardInterrupt):
         interrupted.fit()  # dies in the middle of epoch 2; epoch 1 is on disk
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    with open(tmp_path / "resumed" / "log.jsonl", "a") as log:
+        log.write('{"kind": "step", "epo')  # a record cut short by the interruption
     resumed = Trainer(config, train, tmp_path / "resumed", resume=True)
     assert resumed.epoch == 1
     resumed.fit()

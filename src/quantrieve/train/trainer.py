@@ -176,12 +176,20 @@ class Trainer:
         self._drop_unfinished_epoch_records()
 
     def _drop_unfinished_epoch_records(self) -> None:
-        """Remove log records of the epoch that was interrupted: it is trained again."""
+        """Remove log records of the epoch that was interrupted (it is trained again), and a
+        last line cut short by the interruption."""
         path = self.run_dir / "log.jsonl"
         if not path.is_file():
             return
         lines = path.read_text().splitlines()
-        kept = [line for line in lines if line and json.loads(line).get("epoch", 0) <= self.epoch]
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("epoch", 0) <= self.epoch:
+                kept.append(line)
         if len(kept) != len(lines):
             atomic_write_text("".join(line + "\n" for line in kept), path)
 
