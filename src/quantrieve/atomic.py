@@ -27,6 +27,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent
     )
     os.close(fd)
+    # mkstemp makes the file 0600; give it the mode a plain open() would (umask respected), so
+    # that an index or run can be read by another account (e.g. a service user).
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield Path(tmp)
         with open(tmp, "rb") as handle:
@@ -35,6 +38,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:

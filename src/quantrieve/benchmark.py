@@ -45,6 +45,7 @@ from quantrieve.pipeline import embed_queries, encode_index, evaluate_index, tra
 from quantrieve.progress import bar, console
 from quantrieve.protocols import Protocol, ProtocolData, get_protocol, materialize
 from quantrieve.report import plot_pr_curves
+from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.train.device import resolve_device
 from quantrieve.train.run_info import git_commit, package_versions
 
@@ -53,6 +54,7 @@ SETUP_KEYS = ("protocol", "preset", "overrides")
 # What makes two protocols the same for resuming (descriptions may be reworded).
 PROTOCOL_KEYS = ("name", "dataset", "topk", "num_queries", "train_is_database", "split_seed")
 BASELINE_DISTANCE = "sqeuclidean"
+BENCHMARK_KIND = OutputKind("benchmark folder", SETUP_FILE)
 
 
 class BenchmarkError(ValueError):
@@ -348,6 +350,7 @@ def _deep_cell(
         config.train.device,
         source={"protocol": protocol.name, "dataset": protocol.dataset, "part": "database"},
         show_progress=progress,
+        overwrite=True,  # the cell's own index, inside the benchmark's own folder
     )
     queries = embed_queries(
         run_dir / "index", data.queries.images, config.train.device, show_progress=progress
@@ -450,6 +453,7 @@ def run_benchmark(
     preset = preset or protocol.default_preset
     overrides = list(overrides)
     out_dir = Path(out_dir)
+    refuse_foreign(out_dir, BENCHMARK_KIND, hint=f"runs/benchmark-{protocol.name}")
     base_config = load_config(preset, overrides=[*_protocol_overrides(protocol), *overrides])
     root = str(root if root is not None else base_config.data.root)
 

@@ -25,6 +25,7 @@ from quantrieve.config import (
     preset_names,
 )
 from quantrieve.data import DataError, ImageSet, read_dataset
+from quantrieve.errors import QuantrieveError
 from quantrieve.index.store import IndexFormatError, PQIndex
 from quantrieve.progress import CountingProgress, console, stdout
 from quantrieve.train.trainer import TrainingError
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 
 USER_ERRORS = (
+    QuantrieveError,
     ConfigError,
     DataError,
     IndexFormatError,
@@ -150,10 +152,15 @@ def encode(
     part: Annotated[str, typer.Option(help="Dataset part to encode as the database.")] = "train",
     distance: Annotated[str, typer.Option(help=f"Default ranking distance: {DISTANCES}.")] = "l2",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing index at --out.")
+    ] = False,
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels)."""
+    from quantrieve.index.store import check_index_output
     from quantrieve.pipeline import encode_index, resolve_model_file
 
+    check_index_output(out, overwrite)
     root = data_dir or RunConfig().data.root
 
     database = _read_part(dataset, root, part, _model_image_size(resolve_model_file(model)))
@@ -164,6 +171,7 @@ def encode(
         distance,
         device,
         source={"dataset": dataset, "root": str(root), "part": part},
+        overwrite=overwrite,
     )
     console.print(
         f"index of {len(index)} items, {index.bits} bits ({index.num_books} x "
@@ -260,8 +268,15 @@ def evaluate(
     plot: Annotated[Path | None, typer.Option(help="Write the PR curve PNG here.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
     as_json: JsonOpt = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --plot file.")
+    ] = False,
 ) -> None:
     """mAP@K, precision@N and PR curve of labelled queries against an index."""
+    from quantrieve.runtime.outputs import check_new_file
+
+    if plot is not None:
+        check_new_file(plot, overwrite, "PR curve")
     from quantrieve.pipeline import embed_queries, evaluate_index
     from quantrieve.report import plot_pr_curves
 
@@ -335,12 +350,16 @@ def export_faiss_cmd(
     index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
     out: Annotated[Path, typer.Argument(help="faiss index file to write.")],
     fast_scan: Annotated[bool, typer.Option("--fast-scan", help="IndexPQFastScan (K=16).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing faiss index file.")
+    ] = False,
 ) -> None:
     """Export codebooks and codes to a faiss index (squared-L2 ADC, like --distance sqeuclidean)."""
-    from quantrieve.index.faiss_export import export_faiss
+    from quantrieve.index.faiss_export import check_faiss_output, export_faiss
 
+    check_faiss_output(out, overwrite)
     index = PQIndex.load(index_dir)
-    export_faiss(index, out, fast_scan)
+    export_faiss(index, out, fast_scan, overwrite)
     console.print(
         f"faiss {'IndexPQFastScan' if fast_scan else 'IndexPQ'} of {len(index)} items -> {out}"
     )
@@ -392,7 +411,7 @@ def benchmark(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output folder (default benchmarks/results/P)."),
+        typer.Option("--out", "-o", help="Output folder (default runs/benchmark-PROTOCOL)."),
     ] = None,
     data_dir: Annotated[
         str | None,
@@ -418,7 +437,7 @@ def benchmark(
     from quantrieve.protocols import get_protocol
 
     spec = get_protocol(protocol)
-    folder = out or Path("benchmarks/results") / spec.name
+    folder = out or Path("runs") / f"benchmark-{spec.name}"
     if report_only:
         write_report(folder)
     else:

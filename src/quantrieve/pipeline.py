@@ -20,7 +20,7 @@ from quantrieve.data import ImageSet, read_dataset
 from quantrieve.encode import RetrievalModel, embed_images
 from quantrieve.evaluate import RetrievalResult, evaluate_retrieval
 from quantrieve.index.search import ADCScorer, lookup_tables
-from quantrieve.index.store import IndexFormatError, PQIndex, model_path
+from quantrieve.index.store import IndexFormatError, PQIndex, check_index_output, model_path
 from quantrieve.progress import CountingProgress, bar
 from quantrieve.train.device import resolve_device
 from quantrieve.train.run_info import git_commit, package_versions
@@ -79,8 +79,13 @@ def encode_index(
     device: str = "auto",
     source: dict[str, Any] | None = None,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> PQIndex:
-    """Encode a database into an index directory (codes, codebooks, ids, labels, model)."""
+    """Encode a database into an index directory (codes, codebooks, ids, labels, model).
+
+    ``out_dir`` must be new, empty, or (with ``overwrite``) an index; it is checked before
+    anything is embedded."""
+    check_index_output(out_dir, overwrite)
     model_file = resolve_model_file(model_file)
     model = RetrievalModel.load(model_file)
     dev = resolve_device(device)
@@ -103,7 +108,7 @@ def encode_index(
             "git_commit": git_commit(),
         },
     )
-    index.save(out_dir, model_file=model_file)
+    index.save(out_dir, model_file=model_file, overwrite=overwrite)
     return index
 
 

@@ -16,6 +16,9 @@ from quantrieve.atomic import atomic_write_json
 from quantrieve.data import ImageSet
 from quantrieve.evaluate import RetrievalResult
 from quantrieve.progress import console, stdout
+from quantrieve.runtime.outputs import OutputKind, refuse_foreign
+
+DEMO_KIND = OutputKind("demo folder", "demo.json")
 
 
 def plot_pr_curves(results: dict[str, RetrievalResult], path: str | Path) -> Path:
@@ -130,6 +133,9 @@ def run_demo(
     out = Path(out)
     extra = ([f"data.root={data_dir}"] if data_dir else []) + list(overrides or [])
     config = load_config(preset, overrides=extra)
+    # The demo folder is the demo's own: a rerun continues it, any other folder is refused.
+    refuse_foreign(out, DEMO_KIND, hint="runs/demo")
+    atomic_write_json({"preset": preset, "overrides": extra}, out / DEMO_KIND.marker)
     parts = read_dataset(config.data.dataset, config.data.root)
     train, test = parts["train"], parts["test"]
     run_dir = out / "train"
@@ -144,6 +150,7 @@ def run_demo(
         out / "index",
         config.eval.distance,
         source={"dataset": config.data.dataset, "root": config.data.root, "part": "train"},
+        overwrite=True,
     )
     console.rule(f"3/4 evaluating the {len(test):,} test queries")
     f = embed_queries(out / "index", test.images)

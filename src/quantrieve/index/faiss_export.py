@@ -15,7 +15,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from quantrieve.atomic import atomic_path
+from quantrieve.errors import OutputError
 from quantrieve.index.store import IndexFormatError, PQIndex
+from quantrieve.runtime.outputs import check_new_file
 
 
 def to_faiss(index: PQIndex, fast_scan: bool = False) -> faiss.Index:
@@ -72,9 +75,29 @@ def decode_all(index: PQIndex, chunk: int = 65536) -> np.ndarray:
     return out
 
 
-def export_faiss(index: PQIndex, path: str | Path, fast_scan: bool = False) -> Path:
-    """Write the faiss index file (``faiss.read_index`` loads it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    faiss.write_index(to_faiss(index, fast_scan), str(path))
+FAISS_MAGIC_PREFIX = b"I"  # every faiss index file starts with a four-letter code "I..."
+
+
+def check_faiss_output(path: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an existing file unless ``overwrite`` and it is a faiss index file itself."""
+    path = check_new_file(path, overwrite, "faiss index")
+    if path.exists():
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if len(head) < 4 or not head.startswith(FAISS_MAGIC_PREFIX) or not head.isalnum():
+            raise OutputError(f"{path} is not a faiss index file; it is left as it is")
+    return path
+
+
+def export_faiss(
+    index: PQIndex, path: str | Path, fast_scan: bool = False, overwrite: bool = False
+) -> Path:
+    """Write the faiss index file (``faiss.read_index`` loads it), atomically.
+
+    An existing file is replaced only with ``overwrite`` and only if it is a faiss index.
+    """
+    path = check_faiss_output(path, overwrite)
+    built = to_faiss(index, fast_scan)
+    with atomic_path(path) as tmp:
+        faiss.write_index(built, str(tmp))
     return path

@@ -12,15 +12,14 @@ Format ``quantrieve-pq-index``, version 1. A directory holding::
     model.pt        the encoder (optional), to embed query images
 
 An index is written into a temporary sibling directory and renamed into place, so a crash never
-leaves a half-written index under the final name and an existing index is replaced whole.
+leaves a half-written index under the final name. An existing index is replaced (whole) only when
+asked; a folder that is not an index is never written into (:mod:`quantrieve.runtime.outputs`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,10 +28,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from quantrieve.errors import OutputError
 from quantrieve.index.search import DISTANCES, search_codes
+from quantrieve.runtime.outputs import OutputKind, folder_state, refuse_foreign, replace_folder
 
 INDEX_FORMAT = "quantrieve-pq-index"
 INDEX_VERSION = 1
+# Every file an index directory may hold: replacing an index removes these names only.
+INDEX_FILES = ("index.json", "codebooks.npy", "codes.npy", "ids.txt", "labels.npy", "model.pt")
+
+
+def _is_index(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "index.json").read_text()).get("format") == INDEX_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+INDEX_KIND = OutputKind("quantrieve index", "index.json", _is_index)
 
 
 RESERVED_META = frozenset(
@@ -127,19 +140,24 @@ class PQIndex:
             distance or self.distance,
         )
 
-    def save(self, path: str | Path, model_file: str | Path | None = None) -> Path:
-        """Write the index directory atomically (see module docstring)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+    def save(
+        self, path: str | Path, model_file: str | Path | None = None, overwrite: bool = False
+    ) -> Path:
+        """Write the index directory (see module docstring).
+
+        A new or empty folder is written; an existing index is replaced only with
+        ``overwrite``, whole (the new one is complete before the old one is removed); any
+        other folder or file is refused (:class:`~quantrieve.errors.OutputError`).
+        """
+
+        def write(tmp: Path) -> None:
             np.save(tmp / "codebooks.npy", self.codebooks)
             np.save(tmp / "codes.npy", self.codes)
             (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
             if self.labels is not None:
                 np.save(tmp / "labels.npy", self.labels.astype(bool))
             if model_file is not None:
-                shutil.copy2(model_file, tmp / "model.pt")
+                shutil.copyfile(model_file, tmp / "model.pt")
             meta = {
                 "format": INDEX_FORMAT,
                 "version": INDEX_VERSION,
@@ -156,19 +174,8 @@ class PQIndex:
                 **self.meta,
             }
             (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return path
+
+        return replace_folder(path, INDEX_KIND, write, overwrite, INDEX_FILES)
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = False) -> PQIndex:
@@ -220,6 +227,19 @@ class PQIndex:
                 f"{meta_path}: says {meta['num_items']} items, codes.npy has {len(index)}"
             )
         return index
+
+
+def check_index_output(path: str | Path, overwrite: bool = False) -> None:
+    """Fail before any work if ``path`` cannot take a new index (see :meth:`PQIndex.save`)."""
+    path = Path(path)
+    state = folder_state(path, INDEX_KIND)
+    if state == "other":
+        refuse_foreign(path, INDEX_KIND, hint=f"{path / 'index'}")
+    if state == "own" and not overwrite:
+        raise OutputError(
+            f"{path} already holds a quantrieve index; pass --overwrite to replace it (the new "
+            "one is written completely before the old one is removed)"
+        )
 
 
 def model_path(index_dir: str | Path) -> Path:

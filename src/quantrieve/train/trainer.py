@@ -34,12 +34,24 @@ from quantrieve.encode import RetrievalModel, channel_stats, embed_images
 from quantrieve.evaluate import evaluate_retrieval
 from quantrieve.index.search import ADCScorer, lookup_tables
 from quantrieve.losses import Objective
+from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.train.checkpoint import atomic_save, load_checkpoint
 from quantrieve.train.device import autocast, needs_grad_scaler, resolve_device
 from quantrieve.train.run_info import run_record
 from quantrieve.train.schedule import learning_rate
 
 LOG_EVERY = 10
+
+
+def _is_run(folder: Path) -> bool:
+    try:
+        record = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "seed" in record and "versions" in record
+
+
+RUN_KIND = OutputKind("training run", "run.json", _is_run)
 
 
 class TrainingError(RuntimeError):
@@ -103,6 +115,9 @@ class Trainer:
             )
         if resume and not checkpoint_path.exists():
             raise TrainingError(f"--resume given but {checkpoint_path} does not exist")
+        # A folder of anything but a run (the user's files, an index, a parent of runs) is
+        # never written into: config.json, model.pt, ... could replace files of the same name.
+        refuse_foreign(self.run_dir, RUN_KIND, hint=f"{self.run_dir / 'run'}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
 
         self.split = self._validation_split()
