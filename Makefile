@@ -38,6 +38,7 @@ demo: venv data
 
 test: venv
 	$(PY) -m ruff check src tests benchmarks
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: venv

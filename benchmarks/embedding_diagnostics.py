@@ -18,13 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from quantrieve.augment import to_float_images
 from quantrieve.config import config_from_dict
 from quantrieve.data import read_dataset
 from quantrieve.data.splits import load_split
-from quantrieve.encode import RetrievalModel, embed_images
 from quantrieve.evaluate import evaluate_retrieval
-from quantrieve.index.search import (
+from quantrieve.models.retrieval import RetrievalModel, embed_images, to_float_images
+from quantrieve.pq import (
     ADCScorer,
     lookup_tables,
     query_chunks,

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from quantrieve.evaluate import evaluate_retrieval
-from quantrieve.index.search import ADCScorer, lookup_tables
+from quantrieve.pq import ADCScorer, lookup_tables
 
 
 def main() -> None:

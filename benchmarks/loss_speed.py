@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from quantrieve.config import LossConfig, load_config
-from quantrieve.encode import RetrievalModel
 from quantrieve.losses import Objective, codeword_diversity, part_neighbour_consistency
 from quantrieve.losses.contrastive import twin_index
-from quantrieve.train.device import autocast
+from quantrieve.models.retrieval import RetrievalModel
+from quantrieve.runtime.device import autocast
 
 
 def pn_loop(z_a, z_b, num_books, top_n, tau):

@@ -11,8 +11,9 @@ import pytest
 from conftest import TINY_RUN
 from typer.testing import CliRunner
 
-from quantrieve import benchmark
-from quantrieve.benchmark import (
+from quantrieve.cli import app, main
+from quantrieve.experiments import benchmark
+from quantrieve.experiments.benchmark import (
     BenchmarkError,
     benchmark_commands,
     grid_cells,
@@ -20,7 +21,6 @@ from quantrieve.benchmark import (
     training_stats,
     write_report,
 )
-from quantrieve.cli import app, main
 
 # A tiny deep run; bits set model.num_books (8 bits = 2 books of 16 codewords).
 TINY = [*TINY_RUN, "model.num_codewords=16"]
@@ -30,9 +30,7 @@ GRID = {"methods": ["hqc", "pq", "exact"], "bits_list": [8], "preset": "fashion-
 @pytest.fixture(scope="module")
 def finished(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "fm"
-    run_benchmark(
-        "fashion-mnist", **GRID, out_dir=out, root=tiny_fashion, overrides=TINY, progress=False
-    )
+    run_benchmark("fashion-mnist", **GRID, out_dir=out, root=tiny_fashion, overrides=TINY)
     return out
 
 
@@ -85,11 +83,9 @@ def test_rerun_keeps_finished_cells(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(benchmark, "train_run", refuse)
+    monkeypatch.setattr(benchmark.Retriever, "fit", refuse)
     monkeypatch.setattr(benchmark, "fit_baseline", refuse)
-    run_benchmark(
-        "fashion-mnist", **GRID, out_dir=finished, root=tiny_fashion, overrides=TINY, progress=False
-    )
+    run_benchmark("fashion-mnist", **GRID, out_dir=finished, root=tiny_fashion, overrides=TINY)
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (finished / "cells").glob("*.json")}
 
 
@@ -97,13 +93,13 @@ def test_unfinished_deep_cell_resumes_its_run(
     finished: Path, tiny_fashion: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[bool] = []
-    real = benchmark.train_run
+    real = benchmark.Retriever.fit
 
-    def spy(config, run_dir, resume=False, **kwargs):
+    def spy(self, images, run_dir=None, resume=False, **kwargs):
         seen.append(resume)
-        return real(config, run_dir, resume=resume, **kwargs)
+        return real(self, images, run_dir, resume=resume, **kwargs)
 
-    monkeypatch.setattr(benchmark, "train_run", spy)
+    monkeypatch.setattr(benchmark.Retriever, "fit", spy)
     before = _cell(finished, "hqc-8")
     (finished / "cells" / "hqc-8.json").unlink()
     run_benchmark(
@@ -114,7 +110,6 @@ def test_unfinished_deep_cell_resumes_its_run(
         finished,
         root=tiny_fashion,
         overrides=TINY,
-        progress=False,
     )
     assert seen == [True]
     after = _cell(finished, "hqc-8")
@@ -132,7 +127,6 @@ def test_other_setup_in_same_folder_is_refused(finished: Path, tiny_fashion: Pat
             finished,
             root=tiny_fashion,
             overrides=[*TINY, "train.epochs=3"],
-            progress=False,
         )
 
 
@@ -147,9 +141,7 @@ def test_finished_cell_of_another_config_is_refused(
     cell["config"]["data"]["root"] = "/elsewhere"  # where the data lies does not matter
     path.write_text(json.dumps(cell))
     grid = {**GRID, "methods": ["hqc"]}
-    run_benchmark(
-        "fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY, progress=False
-    )
+    run_benchmark("fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY)
     cell["config"]["augment"]["brightness"] = 0.123
     path.write_text(json.dumps(cell))
     with pytest.raises(
@@ -157,16 +149,14 @@ def test_finished_cell_of_another_config_is_refused(
         match=r"hqc-8.json was finished with a different config "
         r"\(keys differ: augment.brightness\)",
     ):
-        run_benchmark(
-            "fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY, progress=False
-        )
+        run_benchmark("fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY)
 
 
 def test_unknown_method_and_bad_bits_are_named(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkError, match="unknown method 'hqcc'; available: hqc, spq"):
-        run_benchmark("fashion-mnist", ["hqc", "hqcc"], [8], None, tmp_path, progress=False)
+        run_benchmark("fashion-mnist", ["hqc", "hqcc"], [8], None, tmp_path)
     with pytest.raises(ValueError, match="--bits 10 is not a multiple of log2"):
-        run_benchmark("fashion-mnist", ["pq"], [10], None, tmp_path, progress=False)
+        run_benchmark("fashion-mnist", ["pq"], [10], None, tmp_path)
     assert not any(tmp_path.iterdir())
 
 

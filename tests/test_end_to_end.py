@@ -13,10 +13,10 @@ import torch
 from conftest import TINY_RUN
 from typer.testing import CliRunner
 
+from quantrieve import Retriever
 from quantrieve.cli import app, main
 from quantrieve.index import PQIndex
 from quantrieve.index.faiss_export import to_faiss
-from quantrieve.pipeline import embed_queries
 
 TINY = [*TINY_RUN, "model.num_books=4", "eval.topk=50", "eval.precision_at=[5]"]
 
@@ -130,9 +130,9 @@ def test_faiss_export_ranks_like_sqeuclidean_adc(trained: dict[str, Path], tmp_p
 
 def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
     images = np.zeros((3, 12, 12, 1), dtype=np.uint8)
-    a = embed_queries(trained["index"], images, show_progress=False)
-    b = embed_queries(trained["index"], images, show_progress=False)
-    torch.testing.assert_close(a, b)
+    a = Retriever.load(trained["index"]).embed(images)
+    b = Retriever.load(trained["index"]).embed(images)
+    np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
@@ -146,7 +146,8 @@ def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
             "--resume continues with the run's saved config.json; drop --preset / --config",
         ),
         (["train", "--bits", "30"], "--bits 30 is not a multiple of log2(K) = 4"),
-        (["evaluate", "/nonexistent/index"], "/nonexistent/index: not an index directory"),
+        (["evaluate", "/nonexistent/index"], "/nonexistent/index: not found"),
+        (["evaluate", "/tmp"], "/tmp: not an index directory"),
         (
             ["train", "--data-dir", "/nonexistent/data"],
             "/nonexistent/data: dataset folder not found",

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantrieve import protocols
 from quantrieve.data import DataError, ImageSet
-from quantrieve.protocols import (
+from quantrieve.experiments import protocols
+from quantrieve.experiments.protocols import (
     PROTOCOLS,
     ProtocolError,
     describe,

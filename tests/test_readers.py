@@ -540,7 +540,7 @@ def test_subset_of_a_memory_map_reads_rows_on_demand(tmp_path: Path) -> None:
 def test_training_and_encoding_run_on_a_lazy_subset(tmp_path: Path) -> None:
     """Channel statistics and embeddings of a lazy subset equal those of a copied one."""
     from quantrieve.config import ModelConfig
-    from quantrieve.encode import RetrievalModel, channel_stats, embed_images
+    from quantrieve.models.retrieval import RetrievalModel, channel_stats, embed_images
 
     rng = np.random.default_rng(1)
     pixels = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from quantrieve.index.search import (
+from quantrieve.models import ProductQuantizer
+from quantrieve.pq import (
     adc_distances,
     lookup_tables,
     query_chunks,
@@ -16,7 +17,6 @@ from quantrieve.index.search import (
     squared_l2_distances,
     topk_smallest,
 )
-from quantrieve.models import ProductQuantizer
 
 
 def _gen(seed: int) -> torch.Generator:

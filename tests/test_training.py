@@ -13,7 +13,7 @@ from conftest import TINY_RUN
 
 from quantrieve.config import load_config
 from quantrieve.data import ImageSet, read_dataset
-from quantrieve.train.checkpoint import atomic_save, load_checkpoint
+from quantrieve.runtime.checkpoint import atomic_save, load_checkpoint
 from quantrieve.train.schedule import learning_rate
 from quantrieve.train.trainer import Trainer, TrainingError
 
@@ -57,21 +57,14 @@ def test_atomic_save_replaces_whole_file(tmp_path: Path) -> None:
 
 
 class _Interrupt:
-    """Progress stand-in that raises KeyboardInterrupt after ``after`` steps."""
+    """``progress(done, total)`` callback that raises KeyboardInterrupt after ``after`` steps."""
 
     def __init__(self, after: int) -> None:
-        self.after, self.seen = after, 0
+        self.after = after
 
-    def __call__(self, total: int, description: str) -> _Interrupt:
-        return self
-
-    def update(self, advance: int = 1, **fields: object) -> None:
-        self.seen += advance
-        if self.seen >= self.after:
+    def __call__(self, done: int, total: int) -> None:
+        if done >= self.after:
             raise KeyboardInterrupt
-
-    def close(self) -> None:
-        pass
 
 
 def test_resume_after_interruption_reproduces_uninterrupted_weights(

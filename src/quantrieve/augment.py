@@ -15,25 +15,6 @@ from torch import nn
 from quantrieve.config import AugmentConfig
 
 
-def to_float_images(batch_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, H, W, C) to float (B, C, H, W) in [0, 1], on the batch's device."""
-    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-class Normalize(nn.Module):
-    """Per-channel standardisation with statistics of the training images."""
-
-    def __init__(self, mean: list[float], std: list[float]) -> None:
-        super().__init__()
-        if len(mean) != len(std) or any(s <= 0 for s in std):
-            raise ValueError(f"mean/std must have equal lengths and std > 0, got {mean}, {std}")
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
-
-
 class TwoViewAugment(nn.Module):
     """Draws one random augmentation per image; call twice for two independent views.
 

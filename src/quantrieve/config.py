@@ -20,11 +20,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from quantrieve.atomic import atomic_write_json
-from quantrieve.index.search import DISTANCES
+from quantrieve.errors import QuantrieveError
+from quantrieve.pq import DISTANCES
+from quantrieve.runtime.atomic import atomic_write_json
 
 
-class ConfigError(ValueError):
+class ConfigError(QuantrieveError, ValueError):
     """A configuration value or key is invalid; the message names the key."""
 
 

@@ -1,6 +1,10 @@
-"""Error classes. A :class:`QuantrieveError` is a problem the user can fix (a bad option, file,
-config key or dataset): the command line prints its message as one line. Any other exception is
-a bug and keeps its traceback."""
+"""Error and warning classes.
+
+A :class:`QuantrieveError` is a problem the user can fix (a bad option, file, config key or
+dataset): the command line prints its message as one line, with exit code 2. Any other exception
+is a bug and keeps its traceback. Each layer's error is a subclass, so ``except QuantrieveError``
+catches every user error and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -11,3 +15,11 @@ class QuantrieveError(Exception):
 
 class OutputError(QuantrieveError):
     """An output path that cannot be written without losing something already there."""
+
+
+class ModelFormatError(QuantrieveError, ValueError):
+    """A model or checkpoint file that is missing, unreadable or not quantrieve's."""
+
+
+class QuantrieveWarning(UserWarning):
+    """Something the user should know about their data or run (shown by the command line)."""

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from quantrieve.index.search import adc_distances, lookup_tables, squared_l2_distances
+from quantrieve.errors import QuantrieveError
+from quantrieve.pq import adc_distances, lookup_tables, squared_l2_distances
 
 BASELINES = ("pq", "opq", "itq", "exact")
 
@@ -72,7 +73,7 @@ def fit_baseline(
         distance: ADC distance for ``pq``/``opq``: ``sqeuclidean`` (faiss) or ``l2``.
     """
     if name not in BASELINES:
-        raise ValueError(f"unknown baseline '{name}'; one of {BASELINES}")
+        raise QuantrieveError(f"unknown baseline '{name}'; one of {BASELINES}")
     x, q = flatten_pixels(database), flatten_pixels(queries)
     nbits = int(math.log2(num_codewords))
     bits = num_books * nbits

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quantrieve.errors import QuantrieveError
 
-class DataError(ValueError):
+
+class DataError(QuantrieveError, ValueError):
     """A data file is missing or malformed; the message names the file (and line)."""
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantrieve.atomic import atomic_path, atomic_write_json
 from quantrieve.data.base import DataError
+from quantrieve.runtime.atomic import atomic_path, atomic_write_json
 
 
 def split_checksum(split: dict[str, np.ndarray]) -> str:

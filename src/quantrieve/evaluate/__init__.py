@@ -1,4 +1,4 @@
-"""Retrieval evaluation (mAP@K, precision@N, PR curve) and its plots."""
+"""Retrieval evaluation: mAP@K, precision@N and PR curves of rankings."""
 
 from quantrieve.evaluate.retrieval import (
     RetrievalResult,
@@ -6,5 +6,13 @@ from quantrieve.evaluate.retrieval import (
     evaluate_retrieval,
     relevance_matrix,
 )
+from quantrieve.evaluate.scoring import evaluate_codes, evaluate_distances
 
-__all__ = ["RetrievalResult", "average_precision_at_k", "evaluate_retrieval", "relevance_matrix"]
+__all__ = [
+    "RetrievalResult",
+    "average_precision_at_k",
+    "evaluate_codes",
+    "evaluate_distances",
+    "evaluate_retrieval",
+    "relevance_matrix",
+]

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from quantrieve.index.search import query_chunks, topk_smallest
+from quantrieve.pq import query_chunks, topk_smallest
 
 
 def relevance_matrix(query_labels: Tensor, db_labels: Tensor) -> Tensor:

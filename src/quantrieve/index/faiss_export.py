@@ -15,9 +15,9 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from quantrieve.atomic import atomic_path
 from quantrieve.errors import OutputError
 from quantrieve.index.store import IndexFormatError, PQIndex
+from quantrieve.runtime.atomic import atomic_path
 from quantrieve.runtime.outputs import check_new_file
 
 

@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from quantrieve.errors import OutputError
-from quantrieve.index.search import DISTANCES, search_codes
+from quantrieve.errors import OutputError, QuantrieveError
+from quantrieve.pq import DISTANCES, search_codes
 from quantrieve.runtime.outputs import OutputKind, folder_state, refuse_foreign, replace_folder
 
 INDEX_FORMAT = "quantrieve-pq-index"
@@ -66,7 +67,15 @@ RESERVED_META = frozenset(
 )
 
 
-class IndexFormatError(ValueError):
+class SavableModel(Protocol):
+    """What an index needs of a model to store it (the models layer's RetrievalModel)."""
+
+    training_info: dict[str, Any]
+
+    def save(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path: ...
+
+
+class IndexFormatError(QuantrieveError, ValueError):
     """An index directory is missing, malformed or from a newer version."""
 
 
@@ -105,6 +114,11 @@ class PQIndex:
             raise IndexFormatError(f"{len(self.ids)} ids for {len(self.codes)} codes")
         if self.labels is not None and len(self.labels) != len(self.codes):
             raise IndexFormatError(f"{len(self.labels)} label rows for {len(self.codes)} codes")
+        if self.class_names and (
+            self.labels is None or len(self.class_names) != self.labels.shape[1]
+        ):
+            columns = "no labels" if self.labels is None else f"{self.labels.shape[1]} columns"
+            raise IndexFormatError(f"{len(self.class_names)} class names for {columns} of labels")
         if self.distance not in DISTANCES:
             raise IndexFormatError(f"distance must be one of {DISTANCES}, got '{self.distance}'")
         if any("\n" in i or "\r" in i for i in self.ids):
@@ -128,12 +142,35 @@ class PQIndex:
     def __len__(self) -> int:
         return len(self.codes)
 
+    def label_names(self, item: int) -> list[str]:
+        """The class names of item ``item`` (empty when unlabelled or unnamed)."""
+        if self.labels is None or not self.class_names:
+            return []
+        return [self.class_names[c] for c in np.flatnonzero(self.labels[item])]
+
+    def add(self, codes: np.ndarray, ids: Sequence[str], labels: np.ndarray | None = None) -> None:
+        """Append items in memory (codes uint8 (n, M), their ids and, for a labelled index,
+        their labels in the index's class order); checked like a new index."""
+        codes = np.asarray(codes, dtype=np.uint8)
+        if (labels is None) != (self.labels is None):
+            raise IndexFormatError("labels must be given for a labelled index, and only for one")
+        grown = PQIndex(
+            self.codebooks,
+            np.concatenate([np.asarray(self.codes), codes]),
+            [*self.ids, *ids],
+            None if self.labels is None else np.concatenate([self.labels, labels]),
+            self.distance,
+            self.class_names,
+            self.meta,
+        )
+        self.codes, self.ids, self.labels = grown.codes, grown.ids, grown.labels
+
     def search(
-        self, queries: torch.Tensor, k: int = 10, distance: str | None = None
+        self, queries: torch.Tensor | np.ndarray, k: int = 10, distance: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k)."""
         return search_codes(
-            queries,
+            torch.as_tensor(queries),
             torch.from_numpy(self.codebooks),
             torch.from_numpy(self.codes),
             k,
@@ -141,9 +178,16 @@ class PQIndex:
         )
 
     def save(
-        self, path: str | Path, model_file: str | Path | None = None, overwrite: bool = False
+        self,
+        path: str | Path,
+        model_file: str | Path | None = None,
+        overwrite: bool = False,
+        model: SavableModel | None = None,
     ) -> Path:
         """Write the index directory (see module docstring).
+
+        The encoder goes in as ``model.pt``: copied from ``model_file``, or written by
+        ``model.save`` (an in-memory model).
 
         A new or empty folder is written; an existing index is replaced only with
         ``overwrite``, whole (the new one is complete before the old one is removed); any
@@ -158,6 +202,8 @@ class PQIndex:
                 np.save(tmp / "labels.npy", self.labels.astype(bool))
             if model_file is not None:
                 shutil.copyfile(model_file, tmp / "model.pt")
+            elif model is not None:
+                model.save(tmp / "model.pt", model.training_info)
             meta = {
                 "format": INDEX_FORMAT,
                 "version": INDEX_VERSION,
@@ -168,7 +214,7 @@ class PQIndex:
                 "bits": self.bits,
                 "distance": self.distance,
                 "has_labels": self.labels is not None,
-                "has_model": model_file is not None,
+                "has_model": model_file is not None or model is not None,
                 "class_names": self.class_names,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
                 **self.meta,

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from quantrieve.index.search import lookup_tables
+from quantrieve.pq import lookup_tables
 
 
 class ProductQuantizer(nn.Module):

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from quantrieve.atomic import current_umask
 from quantrieve.errors import OutputError
+from quantrieve.runtime.atomic import current_umask
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
 """Unsupervised training of the quantization encoder (docs/method.md, Training recipe).
 
 Per step: two views of each image are drawn on the device, both go through the network in one
-forward pass, and the objective's terms are summed. After every epoch a checkpoint is written
-atomically; every ``eval_every`` epochs the validation mAP (validation queries against the rest
-of the training side, never the test queries) decides which weights are kept as ``model.pt``.
+forward pass, and the objective's terms are summed. Every ``eval_every`` epochs the validation
+mAP (validation queries against the rest of the training side, never the test queries) decides
+which weights are kept as the best model.
 
-Run directory layout::
+With a run directory, everything is written there (a checkpoint after every epoch, atomically,
+so ``resume`` continues exactly); without one (``run_dir=None``), the run lives in memory and
+nothing is written. Run directory layout::
 
     config.json     resolved config        run.json      seed, versions, git commit, device
     splits.npz/json validation split       log.jsonl     every logged step and epoch
@@ -14,6 +16,7 @@ Run directory layout::
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -25,19 +28,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantrieve.atomic import atomic_write_json, atomic_write_text
-from quantrieve.augment import TwoViewAugment, to_float_images
+from quantrieve.augment import TwoViewAugment
 from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
-from quantrieve.data.splits import load_or_make_split
-from quantrieve.encode import RetrievalModel, channel_stats, embed_images
-from quantrieve.evaluate import evaluate_retrieval
-from quantrieve.index.search import ADCScorer, lookup_tables
+from quantrieve.data.splits import load_or_make_split, validation_split
+from quantrieve.errors import QuantrieveError
+from quantrieve.evaluate import evaluate_codes
 from quantrieve.losses import Objective
+from quantrieve.models.retrieval import (
+    RetrievalModel,
+    channel_stats,
+    embed_images,
+    to_float_images,
+)
+from quantrieve.runtime.atomic import atomic_write_json, atomic_write_text
+from quantrieve.runtime.checkpoint import atomic_save, load_checkpoint
+from quantrieve.runtime.device import needs_grad_scaler, resolve_device
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
-from quantrieve.train.checkpoint import atomic_save, load_checkpoint
-from quantrieve.train.device import autocast, needs_grad_scaler, resolve_device
-from quantrieve.train.run_info import run_record
+from quantrieve.runtime.progress import Progress, report
+from quantrieve.runtime.run_info import run_record
 from quantrieve.train.schedule import learning_rate
 
 LOG_EVERY = 10
@@ -54,20 +63,24 @@ def _is_run(folder: Path) -> bool:
 RUN_KIND = OutputKind("training run", "run.json", _is_run)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(QuantrieveError, RuntimeError):
     """Training cannot start or continue (bad run directory, diverged loss, ...)."""
 
 
 @dataclass
 class EpochSummary:
+    """One finished epoch: mean loss, time, and validation mAP when it was measured."""
+
     epoch: int
     loss: float
     seconds: float
     images_per_second: float
     val_map: float | None
+    best_epoch: int = 0
+    best_val_map: float | None = None
 
 
-ProgressFactory = Callable[[int, str], Any]
+EpochCallback = Callable[["EpochSummary"], None]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -82,24 +95,29 @@ class Trainer:
     Args:
         config: The resolved run config.
         train_set: Training images (labels, if any, are used only for validation mAP).
-        run_dir: Directory of this run; created if needed.
+        run_dir: Directory of this run; created if needed. ``None``: train in memory, write
+            nothing (the best weights are kept in :attr:`best_state`).
         resume: Continue from ``run_dir/last.pt``. Without it, a run directory that already
             holds a checkpoint is refused rather than overwritten.
-        progress: Optional factory ``progress(total_steps, description)`` returning an object
-            with ``update(advance, **fields)`` and ``close()``; used for the progress bar.
+        progress: ``progress(steps_done, total_steps)`` after every step of :meth:`fit`.
+        on_epoch: Called with each :class:`EpochSummary` (validation mAP, best epoch so far).
     """
 
     def __init__(
         self,
         config: RunConfig,
         train_set: ImageSet,
-        run_dir: str | Path,
+        run_dir: str | Path | None = None,
         resume: bool = False,
-        progress: ProgressFactory | None = None,
+        progress: Progress | None = None,
+        on_epoch: EpochCallback | None = None,
     ) -> None:
         self.config = config.validate()
-        self.run_dir = Path(run_dir)
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
+        self.on_epoch = on_epoch
+        self.log_records: list[dict[str, Any]] = []
+        self.best_state: dict[str, Any] | None = None
         self.device = resolve_device(config.train.device)
         h, w, c = train_set.image_shape
         if h != w:
@@ -107,18 +125,10 @@ class Trainer:
         if config.data.train_limit:
             train_set = train_set.subset(np.arange(min(config.data.train_limit, len(train_set))))
         self.train_set = train_set
-        checkpoint_path = self.run_dir / "last.pt"
-        if checkpoint_path.exists() and not resume:
-            raise TrainingError(
-                f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it "
-                "or choose another --out"
-            )
-        if resume and not checkpoint_path.exists():
-            raise TrainingError(f"--resume given but {checkpoint_path} does not exist")
-        # A folder of anything but a run (the user's files, an index, a parent of runs) is
-        # never written into: config.json, model.pt, ... could replace files of the same name.
-        refuse_foreign(self.run_dir, RUN_KIND, hint=f"{self.run_dir / 'run'}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.run_dir is not None:
+            self._check_run_dir(resume)
+        elif resume:
+            raise TrainingError("resume needs a run directory")
 
         self.split = self._validation_split()
         mean, std = channel_stats(train_set.images)
@@ -144,8 +154,9 @@ class Trainer:
         self.best_val_map = -math.inf
         self.best_epoch = 0
         if resume:
-            self._restore(load_checkpoint(checkpoint_path))
-        else:
+            assert self.run_dir is not None
+            self._restore(load_checkpoint(self.run_dir / "last.pt"))
+        elif self.run_dir is not None:
             config.save(self.run_dir / "config.json")
             record = run_record(
                 config.train.seed,
@@ -155,10 +166,27 @@ class Trainer:
             atomic_write_json(record, self.run_dir / "run.json")
 
     # ---------------------------------------------------------------- setup and state
+    def _check_run_dir(self, resume: bool) -> None:
+        assert self.run_dir is not None
+        checkpoint_path = self.run_dir / "last.pt"
+        if checkpoint_path.exists() and not resume:
+            raise TrainingError(
+                f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it "
+                "or choose another --out"
+            )
+        if resume and not checkpoint_path.exists():
+            raise TrainingError(f"--resume given but {checkpoint_path} does not exist")
+        # A folder of anything but a run (the user's files, an index, a parent of runs) is
+        # never written into: config.json, model.pt, ... could replace files of the same name.
+        refuse_foreign(self.run_dir, RUN_KIND, hint=f"{self.run_dir / 'run'}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
     def _validation_split(self) -> dict[str, np.ndarray] | None:
         data = self.config.data
         if data.val_queries == 0 or self.train_set.labels is None:
             return None
+        if self.run_dir is None:
+            return validation_split(len(self.train_set), data.val_queries, data.split_seed)
         return load_or_make_split(
             self.run_dir, len(self.train_set), data.val_queries, data.split_seed
         )
@@ -193,8 +221,8 @@ class Trainer:
     def _drop_unfinished_epoch_records(self) -> None:
         """Remove log records of the epoch that was interrupted (it is trained again), and a
         last line cut short by the interruption."""
-        path = self.run_dir / "log.jsonl"
-        if not path.is_file():
+        path = self.run_dir / "log.jsonl" if self.run_dir is not None else None
+        if path is None or not path.is_file():
             return
         lines = path.read_text().splitlines()
         kept = []
@@ -209,8 +237,19 @@ class Trainer:
             atomic_write_text("".join(line + "\n" for line in kept), path)
 
     def _log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is None:
+            self.log_records.append(record)
+            return
         with open(self.run_dir / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+
+    def _keep(self, extra: dict[str, Any]) -> None:
+        """Keep the current weights as the model of this run (``model.pt`` or in memory)."""
+        if self.run_dir is not None:
+            self.model.save(self.run_dir / "model.pt", extra)
+        else:
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        self.model.training_info = dict(extra)
 
     # ---------------------------------------------------------------- training
     @property
@@ -229,19 +268,16 @@ class Trainer:
         )
 
     def _views(self, batch_uint8: torch.Tensor) -> torch.Tensor:
+        """Two augmented views of a uint8 batch, stacked: float (2B, C, H, W) in [0, 1]."""
         x = to_float_images(batch_uint8.to(self.device, non_blocking=True))
-        views = torch.cat([self.augment(x), self.augment(x)])
-        return self.model.normalize(views)
+        return torch.cat([self.augment(x), self.augment(x)])
 
     def train_step(self, batch_uint8: torch.Tensor, step: int) -> dict[str, float]:
         """One optimisation step on a uint8 batch (B, H, W, C); returns the logged terms."""
         lr = self._lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        views = self._views(batch_uint8)
-        with autocast(self.device, self.config.train.amp):
-            f = self.model.encoder.embed(views)
-        f = f.float()
+        f = self.model.embed(self._views(batch_uint8), self.config.train.amp)
         z = self.model.quantizer(f)
         half = len(batch_uint8)
         terms = self.objective(
@@ -263,18 +299,14 @@ class Trainer:
             t.epochs if stop_after_epochs is None else min(t.epochs, self.epoch + stop_after_epochs)
         )
         summaries: list[EpochSummary] = []
-        bar = None
-        if self.progress is not None and last > self.epoch:
-            bar = self.progress((last - self.epoch) * self.steps_per_epoch, "training")
-        try:
-            while self.epoch < last:
-                summaries.append(self._train_epoch(bar))
-        finally:
-            if bar is not None:
-                bar.close()
+        first = self.epoch
+        while self.epoch < last:
+            summaries.append(self._train_epoch((first, last)))
+            if self.on_epoch is not None:
+                self.on_epoch(summaries[-1])
         return summaries
 
-    def _train_epoch(self, bar: Any) -> EpochSummary:
+    def _train_epoch(self, span: tuple[int, int]) -> EpochSummary:
         t = self.config.train
         epoch = self.epoch + 1
         torch.manual_seed(_epoch_seed(t.seed, epoch))
@@ -289,8 +321,8 @@ class Trainer:
             running += logged["loss"]
             if i % LOG_EVERY == 0 or i == self.steps_per_epoch - 1:
                 self._log({"kind": "step", "epoch": epoch, "step": step, **logged})
-            if bar is not None:
-                bar.update(1, epoch=epoch, loss=logged["loss"])
+            done = (epoch - 1 - span[0]) * self.steps_per_epoch + i + 1
+            report(self.progress, done, (span[1] - span[0]) * self.steps_per_epoch)
         seconds = time.perf_counter() - start
         self.epoch = epoch
         val_map = None
@@ -302,20 +334,35 @@ class Trainer:
             val_map = self.validate()
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
-                self.model.save(self.run_dir / "model.pt", {"epoch": epoch, "val_map": val_map})
+                self._keep({"epoch": epoch, "val_map": val_map})
         elif self.split is None or not t.eval_every:
             # No validation (unlabelled data or eval_every = 0): keep the latest weights.
-            self.model.save(self.run_dir / "model.pt", {"epoch": epoch})
+            self.best_epoch = epoch
+            self._keep({"epoch": epoch})
         summary = EpochSummary(
             epoch=epoch,
             loss=running / self.steps_per_epoch,
             seconds=seconds,
             images_per_second=self.steps_per_epoch * t.batch_size / seconds,
             val_map=val_map,
+            best_epoch=self.best_epoch,
+            best_val_map=self.best_val_map if self.best_val_map > -math.inf else None,
         )
-        self._log({"kind": "epoch", **summary.__dict__, "best_epoch": self.best_epoch})
-        atomic_save(self._state(), self.run_dir / "last.pt")
+        record = {k: v for k, v in summary.__dict__.items() if k != "best_val_map"}
+        self._log({"kind": "epoch", **record})
+        if self.run_dir is not None:
+            atomic_save(self._state(), self.run_dir / "last.pt")
         return summary
+
+    def best_model(self) -> RetrievalModel:
+        """The kept model (best validation epoch, or the last one without validation), on the
+        CPU in eval mode; the live model is left as it is."""
+        model = copy.deepcopy(self.model).cpu()
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+        elif self.run_dir is not None and (self.run_dir / "model.pt").is_file():
+            return RetrievalModel.load(self.run_dir / "model.pt")
+        return model.eval()
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -329,13 +376,15 @@ class Trainer:
         db = embed_images(self.model, images, self.device, amp=amp, indices=db_idx)
         codebooks = self.model.quantizer.codebooks.detach().float().cpu()
         codes = self.model.quantizer.encode(db.to(self.device)).cpu()
-        scorer = ADCScorer(codes, self.config.model.num_codewords)
-        result = evaluate_retrieval(
-            lambda s: scorer(lookup_tables(queries[s], codebooks, e.distance)),
+        result = evaluate_codes(
+            queries,
+            codebooks,
+            codes,
             labels[q_idx],
             labels[db_idx],
-            k=min(e.topk, len(db_idx)),
-            precision_at=[min(n, len(db_idx)) for n in e.precision_at],
+            e.topk,
+            e.precision_at,
+            e.distance,
         )
         self._log({"kind": "validation", "epoch": self.epoch, **result.to_dict()})
         return result.map_at_k

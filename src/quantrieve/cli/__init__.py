@@ -1,34 +1,31 @@
 """The ``quantrieve`` command: train, encode, search, evaluate, baseline, export, demo.
 
-Errors a user can fix (a bad config key, a missing file, a malformed dataset) are printed as one
-line naming the file, line or key at fault, with exit code 2; no traceback.
+Argument parsing and printing over the Python API (:class:`quantrieve.Retriever`), nothing else.
+Errors a user can fix (:class:`~quantrieve.errors.QuantrieveError`: a bad config key, a missing
+file, a malformed dataset) are printed as one line naming the file, line or key at fault, with
+exit code 2; any other exception is a bug and shows its traceback. Warnings about the user's data
+or run (:class:`~quantrieve.errors.QuantrieveWarning`) are printed in yellow.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
 from rich.table import Table
 
-from quantrieve.config import (
-    DISTANCES,
-    LOSS_PRESETS,
-    ConfigError,
-    RunConfig,
-    load_config,
-    num_books_for_bits,
-    preset_names,
-)
+from quantrieve.api.retriever import Retriever
+from quantrieve.cli.terminal import console, progress_bar, stdout
+from quantrieve.config import DISTANCES, LOSS_PRESETS, ConfigError, load_config, preset_names
 from quantrieve.data import DataError, ImageSet, read_dataset
-from quantrieve.errors import QuantrieveError
-from quantrieve.index.store import IndexFormatError, PQIndex
-from quantrieve.progress import CountingProgress, console, stdout
-from quantrieve.train.trainer import TrainingError
+from quantrieve.errors import QuantrieveError, QuantrieveWarning
+from quantrieve.evaluate import RetrievalResult
+from quantrieve.train.trainer import EpochSummary, TrainingError
 
 app = typer.Typer(
     add_completion=False,
@@ -37,47 +34,16 @@ app = typer.Typer(
     help="Fully unsupervised image retrieval with learned product quantization (HQC).",
 )
 
-USER_ERRORS = (
-    QuantrieveError,
-    ConfigError,
-    DataError,
-    IndexFormatError,
-    TrainingError,
-    FileNotFoundError,
-    ValueError,
-)
-
 DataDirOpt = Annotated[
-    str | None, typer.Option("--data-dir", help="Dataset folder (default: the config's data.root).")
+    str | None,
+    typer.Option("--data-dir", help="Dataset folder (default: the run's or index's own)."),
+]
+DatasetOpt = Annotated[
+    str | None,
+    typer.Option("--dataset", help="Dataset reader (default: the run's or index's own)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _resolve_config(
-    preset: str | None,
-    config_file: Path | None,
-    overrides: list[str] | None,
-    bits: int | None,
-    method: str | None,
-    data_dir: str | None,
-) -> RunConfig:
-    extra = list(overrides or [])
-    if method is not None:
-        extra.insert(0, f"loss.preset={method}")
-    if data_dir is not None:
-        extra.insert(0, f"data.root={data_dir}")
-    config = load_config(preset, config_file, extra)
-    if bits is not None:
-        config.model.num_books = num_books_for_bits(bits, config.model.num_codewords)
-        config.validate()
-    return config
-
-
-def _model_image_size(model_file: Path) -> int:
-    """The square input size a model was trained on (datasets of image files are decoded to it)."""
-    from quantrieve.encode import RetrievalModel
-
-    return RetrievalModel.load(model_file).image_size
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
 
 
 def _positive_ints(text: str, option: str) -> list[int]:
@@ -91,13 +57,44 @@ def _positive_ints(text: str, option: str) -> list[int]:
     return values
 
 
+def _check_distance(distance: str | None) -> None:
+    if distance is not None and distance not in DISTANCES:
+        raise ConfigError(f"--distance must be one of {', '.join(DISTANCES)}, got '{distance}'")
+
+
 def _read_part(dataset: str, root: str, part: str, image_size: int | None = None) -> ImageSet:
-    parts = read_dataset(dataset, root, image_size, CountingProgress("decoding images"))
+    parts = read_dataset(dataset, root, image_size, progress_bar("decoding images"))
     if part not in parts:
         raise DataError(
             f"dataset '{dataset}' at {root} has no part '{part}' (has: {', '.join(parts)})"
         )
     return parts[part]
+
+
+def _data_source(retriever: Retriever, dataset: str | None, data_dir: str | None) -> dict:
+    """Dataset, folder and image size of a run or index, unless given on the command line."""
+    source: dict[str, Any] = {}
+    if retriever.index is not None:
+        source = dict(retriever.index.meta.get("source") or {})
+    data = retriever.config.data
+    image_size = retriever.model.image_size if retriever.model is not None else data.image_size
+    return {
+        "dataset": dataset or source.get("dataset") or data.dataset,
+        "root": data_dir or source.get("root") or data.root,
+        "image_size": image_size or None,
+    }
+
+
+def _print_epoch(summary: EpochSummary, total: int) -> None:
+    line = (
+        f"epoch {summary.epoch}/{total}  loss {summary.loss:.4f}  "
+        f"{summary.images_per_second:.0f} img/s"
+    )
+    if summary.val_map is not None:
+        line += f"  val mAP {summary.val_map:.4f}"
+    if summary.best_val_map is not None:
+        line += f"  (best {summary.best_val_map:.4f} @ epoch {summary.best_epoch})"
+    console.print(line)
 
 
 @app.command()
@@ -116,12 +113,29 @@ def train(
     method: Annotated[
         str | None, typer.Option(help=f"Loss preset: {', '.join(LOSS_PRESETS)}.")
     ] = None,
-    data_dir: DataDirOpt = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset reader, e.g. image-folder (data.dataset).")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Dataset folder (data.root).")
+    ] = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="Side images are decoded to, for image files (data.image_size)."),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
 ) -> None:
     """Train an encoder from scratch, without labels. Writes model.pt (best by validation mAP)."""
-    from quantrieve.pipeline import train_run
-
+    extra = list(overrides or [])
+    for key, value in (
+        ("data.dataset", dataset),
+        ("data.root", str(Path(data_dir).resolve()) if data_dir else None),
+        ("data.image_size", image_size),
+        ("train.epochs", epochs),
+    ):
+        if value is not None:
+            extra.insert(0, f"{key}={value}")
     if resume:
         if preset is not None or config_file is not None:
             raise TrainingError(
@@ -131,48 +145,66 @@ def train(
         saved = out / "config.json"
         if not saved.is_file():
             raise TrainingError(f"--resume given but {saved} does not exist")
-        config = _resolve_config(None, saved, overrides, bits, method, data_dir)
+        retriever = Retriever.from_preset(
+            None, bits=bits, method=method, config_file=saved, overrides=extra
+        )
     else:
-        config = _resolve_config(preset, config_file, overrides, bits, method, data_dir)
+        retriever = Retriever.from_preset(
+            preset, bits=bits, method=method, config_file=config_file, overrides=extra
+        )
+    config = retriever.config
     console.print(
         f"training {config.model.backbone} / {config.loss.preset}, {config.model.bits} bits "
         f"(M={config.model.num_books}, K={config.model.num_codewords}), "
-        f"{config.train.epochs} epochs -> {out}"
+        f"{config.train.epochs} epochs on {config.data.dataset} at {config.data.root} -> {out}"
     )
-    train_run(config, out, resume=resume)
+    parts = read_dataset(
+        config.data.dataset,
+        config.data.root,
+        config.data.image_size or None,
+        progress_bar("decoding images"),
+    )
+    train_set = parts["train"] if "train" in parts else parts[next(iter(parts))]
+    if resume and (out / "last.pt").is_file():
+        console.print(f"resuming {out} after its last finished epoch")
+    retriever.fit(
+        train_set,
+        run_dir=out,
+        resume=resume,
+        progress=progress_bar("training"),
+        on_epoch=lambda s: _print_epoch(s, config.train.epochs),
+    )
     console.print(f"done: model {out / 'model.pt'}, log {out / 'log.jsonl'}")
 
 
 @app.command()
 def encode(
-    model: Annotated[Path, typer.Argument(help="model.pt or a run directory.")],
+    model: Annotated[Path, typer.Argument(help="A run directory or its model.pt.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
-    dataset: Annotated[str, typer.Option(help="Dataset reader name.")] = "fashion-mnist",
+    dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     part: Annotated[str, typer.Option(help="Dataset part to encode as the database.")] = "train",
     distance: Annotated[str, typer.Option(help=f"Default ranking distance: {DISTANCES}.")] = "l2",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: DeviceOpt = "auto",
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing index at --out.")
     ] = False,
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels)."""
     from quantrieve.index.store import check_index_output
-    from quantrieve.pipeline import encode_index, resolve_model_file
 
+    _check_distance(distance)
     check_index_output(out, overwrite)
-    root = data_dir or RunConfig().data.root
-
-    database = _read_part(dataset, root, part, _model_image_size(resolve_model_file(model)))
-    index = encode_index(
-        model,
+    retriever = Retriever.load(model, device=device)
+    src = _data_source(retriever, dataset, data_dir)
+    database = _read_part(src["dataset"], src["root"], part, src["image_size"])
+    index = retriever.build_index(
         database,
-        out,
         distance,
-        device,
-        source={"dataset": dataset, "root": str(root), "part": part},
-        overwrite=overwrite,
+        source={"dataset": src["dataset"], "root": str(src["root"]), "part": part},
+        progress=progress_bar("embedding database"),
     )
+    retriever.save(out, overwrite=overwrite)
     console.print(
         f"index of {len(index)} items, {index.bits} bits ({index.num_books} x "
         f"{index.num_codewords} codewords, {index.codes.nbytes / 1e6:.2f} MB of codes) -> {out}"
@@ -180,45 +212,49 @@ def encode(
 
 
 def _queries(
-    index_dir: Path,
-    images: list[Path] | None,
+    retriever: Retriever,
+    images: list[Path],
     dataset: str | None,
     data_dir: str | None,
     part: str,
     items: str | None,
-) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+) -> ImageSet:
     from quantrieve.data.images import load_image_file
-    from quantrieve.encode import RetrievalModel
-    from quantrieve.index.store import model_path
 
     if images:
-        model = RetrievalModel.load(model_path(index_dir))
+        model = retriever.model
+        if model is None:
+            raise QuantrieveError("the index holds no model.pt, so images cannot be embedded")
         arrays = [load_image_file(p, model.image_size, model.channels) for p in images]
-        return np.stack(arrays), [str(p) for p in images], None
-    if dataset is None:
-        raise ConfigError("give query images with --image FILE, or --dataset (with --items)")
-    root = data_dir or RunConfig().data.root
-    source = _read_part(dataset, root, part, _model_image_size(model_path(index_dir)))
+        return ImageSet(np.stack(arrays), None, [str(p) for p in images])
+    if dataset is None and data_dir is None and items is None:
+        raise ConfigError(
+            "give query images (quantrieve search INDEX a.png b.png), or --items with the "
+            "dataset part to take them from"
+        )
+    src = _data_source(retriever, dataset, data_dir)
+    source = _read_part(src["dataset"], src["root"], part, src["image_size"])
     if items is None:
-        idx = np.arange(len(source))
-    else:
-        try:
-            idx = np.array([int(i) for i in items.split(",") if i.strip()])
-        except ValueError:
-            raise ConfigError(f"--items must be comma-separated integers, got '{items}'") from None
-        if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(source):
-            raise ConfigError(f"--items must lie in [0, {len(source)}) for {dataset}/{part}")
-    sub = source.subset(idx)
-    return sub.images, sub.ids, sub.labels
+        return source
+    try:
+        idx = np.array([int(i) for i in items.split(",") if i.strip()])
+    except ValueError:
+        raise ConfigError(f"--items must be comma-separated integers, got '{items}'") from None
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(source):
+        raise ConfigError(f"--items must lie in [0, {len(source)}) for {src['dataset']}/{part}")
+    return source.subset(idx)
 
 
 @app.command()
 def search(
     index_dir: Annotated[Path, typer.Argument(help="Index directory.")],
-    images: Annotated[
-        list[Path] | None, typer.Option("--image", help="Query image file(s).")
+    query_images: Annotated[
+        list[Path] | None, typer.Argument(help="Query image files (several, or a shell glob).")
     ] = None,
-    dataset: Annotated[str | None, typer.Option(help="Take queries from this dataset.")] = None,
+    images: Annotated[
+        list[Path] | None, typer.Option("--image", help="Query image file (repeatable).")
+    ] = None,
+    dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     part: Annotated[str, typer.Option(help="Dataset part of the queries.")] = "test",
     items: Annotated[str | None, typer.Option(help="Comma-separated item numbers.")] = None,
@@ -226,26 +262,27 @@ def search(
     distance: Annotated[
         str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Top-k database items for query images, by ADC with a per-query look-up table."""
-    from quantrieve.pipeline import embed_queries, search_index
-
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
-    index = PQIndex.load(index_dir)
-    query_images, query_ids, _ = _queries(index_dir, images, dataset, data_dir, part, items)
-    f = embed_queries(index_dir, query_images, device, show_progress=len(query_images) > 5000)
-    results = search_index(index, f, k, distance)
+    _check_distance(distance)
+    retriever = Retriever.load(index_dir, device=device, need_index=True)
+    queries = _queries(
+        retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, items
+    )
+    bar = progress_bar("embedding queries") if len(queries) > 5000 else None
+    results = retriever.search(queries, k, distance, progress=bar)
     if as_json:
         payload = [
             {"query": q, "results": [h.__dict__ for h in hits]}
-            for q, hits in zip(query_ids, results, strict=True)
+            for q, hits in zip(queries.ids, results.hits, strict=True)
         ]
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    for q, hits in zip(query_ids, results, strict=True):
+    for q, hits in zip(queries.ids, results.hits, strict=True):
         table = Table(title=f"query {q}")
         for column in ("rank", "item", "id", "distance", "labels"):
             table.add_column(column)
@@ -257,7 +294,7 @@ def search(
 @app.command()
 def evaluate(
     index_dir: Annotated[Path, typer.Argument(help="Labelled index directory (the database).")],
-    dataset: Annotated[str, typer.Option(help="Dataset of the queries.")] = "fashion-mnist",
+    dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     part: Annotated[str, typer.Option(help="Dataset part used as queries.")] = "test",
     topk: Annotated[int, typer.Option(help="K of mAP@K.")] = 1000,
@@ -266,7 +303,7 @@ def evaluate(
         str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the PR curve PNG here.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda.")] = "auto",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --plot file.")
@@ -277,22 +314,21 @@ def evaluate(
 
     if plot is not None:
         check_new_file(plot, overwrite, "PR curve")
-    from quantrieve.pipeline import embed_queries, evaluate_index
-    from quantrieve.report import plot_pr_curves
-
-    index = PQIndex.load(index_dir)
-    root = data_dir or RunConfig().data.root
-    from quantrieve.index.store import model_path
-
-    queries = _read_part(dataset, root, part, _model_image_size(model_path(index_dir)))
-    if queries.labels is None:
-        raise DataError(f"{dataset}/{part} has no labels; evaluation needs labelled queries")
     cuts = _positive_ints(precision_at, "--precision-at")
     if topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
-    f = embed_queries(index_dir, queries.images, device)
-    result = evaluate_index(index, f, queries.labels, topk, cuts, distance)
+    _check_distance(distance)
+    retriever = Retriever.load(index_dir, device=device, need_index=True)
+    src = _data_source(retriever, dataset, data_dir)
+    queries = _read_part(src["dataset"], src["root"], part, src["image_size"])
+    if queries.labels is None:
+        raise DataError(f"{src['dataset']}/{part} has no labels; evaluation needs labelled queries")
+    result = retriever.evaluate(queries, topk, cuts, distance, progress=progress_bar("evaluating"))
+    index = retriever.index
+    assert index is not None
     if plot is not None:
+        from quantrieve.experiments.figures import plot_pr_curves
+
         plot_pr_curves({f"{index.bits} bits": result}, plot)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
@@ -302,7 +338,7 @@ def evaluate(
         console.print(f"PR curve: {plot}")
 
 
-def _print_result(title: str, result) -> None:
+def _print_result(title: str, result: RetrievalResult) -> None:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -320,16 +356,19 @@ def baseline(
     bits: Annotated[int, typer.Option(help="Code length (M * log2(K)).")] = 32,
     num_codewords: Annotated[int, typer.Option("--codewords", help="K.")] = 16,
     dataset: Annotated[str, typer.Option(help="Dataset reader name.")] = "fashion-mnist",
-    data_dir: DataDirOpt = None,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Dataset folder (default: Fashion-MNIST's).")
+    ] = None,
     topk: Annotated[int, typer.Option(help="K of mAP@K.")] = 1000,
     distance: Annotated[str, typer.Option(help="ADC distance for pq/opq.")] = "sqeuclidean",
     as_json: JsonOpt = False,
 ) -> None:
     """A shallow baseline on raw pixels (train part = database, test part = queries)."""
-
     from quantrieve.baselines import fit_baseline
-    from quantrieve.pipeline import evaluate_distances
+    from quantrieve.config import RunConfig, num_books_for_bits
+    from quantrieve.evaluate import evaluate_distances
 
+    _check_distance(distance)
     root = data_dir or RunConfig().data.root
     database, queries = _read_part(dataset, root, "train"), _read_part(dataset, root, "test")
     if queries.labels is None or database.labels is None:
@@ -355,6 +394,7 @@ def export_faiss_cmd(
     ] = False,
 ) -> None:
     """Export codebooks and codes to a faiss index (squared-L2 ADC, like --distance sqeuclidean)."""
+    from quantrieve.index import PQIndex
     from quantrieve.index.faiss_export import check_faiss_output, export_faiss
 
     check_faiss_output(out, overwrite)
@@ -378,7 +418,9 @@ def presets() -> None:
 
 @app.command()
 def demo(
-    data_dir: DataDirOpt = None,
+    data_dir: Annotated[
+        str | None, typer.Option("--data-dir", help="Fashion-MNIST folder (default: Debian's).")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path("runs/demo"),
     preset: Annotated[str, typer.Option(help="Training preset.")] = "fashion-mnist-demo",
     overrides: Annotated[
@@ -386,9 +428,15 @@ def demo(
     ] = None,
 ) -> None:
     """Short HQC run on Fashion-MNIST: train, encode, evaluate, top-10 grid, PQ comparison."""
-    from quantrieve.report import run_demo
+    from quantrieve.experiments.demo import run_demo
+    from quantrieve.experiments.figures import results_table
 
-    run_demo(out, preset, data_dir, overrides)
+    summary = run_demo(out, preset, data_dir, overrides, stage=console.rule, progress=progress_bar)
+    stdout.print(results_table(summary["rows"], summary["table_title"]))
+    console.print(
+        f"outputs in {out}/: results.json, retrieval_grid.png, pr_curve.png, index/, train/"
+    )
+    console.print(f"total {summary['seconds'] / 60:.1f} min")
 
 
 @app.command()
@@ -426,7 +474,7 @@ def benchmark(
     force: Annotated[bool, typer.Option("--force", help="Recompute finished cells.")] = False,
 ) -> None:
     """Run a methods x bits grid under a protocol (resumable) and write report.md/json + PNGs."""
-    from quantrieve.benchmark import (
+    from quantrieve.experiments.benchmark import (
         check_methods,
         map_table,
         parse_bits,
@@ -434,7 +482,7 @@ def benchmark(
         run_benchmark,
         write_report,
     )
-    from quantrieve.protocols import get_protocol
+    from quantrieve.experiments.protocols import get_protocol
 
     spec = get_protocol(protocol)
     folder = out or Path("runs") / f"benchmark-{spec.name}"
@@ -450,6 +498,8 @@ def benchmark(
             root=data_dir,
             overrides=overrides or [],
             force=force,
+            log=console.print,
+            progress=progress_bar,
         )
     stdout.print(map_table(folder))
     console.print(f"report: {folder / 'report.md'}, {folder / 'report.json'}")
@@ -458,20 +508,30 @@ def benchmark(
 @app.command()
 def protocols() -> None:
     """List the evaluation protocols (queries, database, mAP@K) of `quantrieve benchmark`."""
-    from quantrieve.protocols import describe
+    from quantrieve.experiments.protocols import describe
 
     sys.stdout.write(describe() + "\n")
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    console.print(f"[yellow]warning:[/yellow] {message}")
+
+
 def main() -> None:
+    """Entry point of the ``quantrieve`` command."""
+    warnings.simplefilter("always", QuantrieveWarning)
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         app()
-    except USER_ERRORS as exc:
+    except QuantrieveError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/yellow]; finished epochs are saved, use --resume")
         raise SystemExit(130) from None
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

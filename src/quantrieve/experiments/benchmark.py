@@ -1,7 +1,7 @@
 """Benchmark grids: methods x code lengths under one protocol, resumable, with a report.
 
 ``run_benchmark`` evaluates every cell (method, bits) of a grid under a protocol
-(:mod:`quantrieve.protocols`) and writes, under ``out_dir``::
+(:mod:`quantrieve.experiments.protocols`) and writes, under ``out_dir``::
 
     benchmark.json        setup: protocol, preset, overrides, data root, methods, bits, commands
     split/                the protocol's saved random query split (when it has one)
@@ -28,26 +28,26 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from quantrieve.atomic import atomic_write_json
+from quantrieve.api.retriever import Retriever
 from quantrieve.baselines import fit_baseline
 from quantrieve.config import RunConfig, config_differences, load_config, num_books_for_bits
-from quantrieve.evaluate import RetrievalResult, evaluate_retrieval
-from quantrieve.pipeline import embed_queries, encode_index, evaluate_index, train_run
-from quantrieve.progress import bar, console
-from quantrieve.protocols import Protocol, ProtocolData, get_protocol, materialize
-from quantrieve.report import plot_pr_curves
+from quantrieve.errors import QuantrieveError
+from quantrieve.evaluate import RetrievalResult, evaluate_distances
+from quantrieve.experiments.figures import plot_pr_curves
+from quantrieve.experiments.protocols import Protocol, ProtocolData, get_protocol, materialize
+from quantrieve.runtime.atomic import atomic_write_json
+from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
-from quantrieve.train.device import resolve_device
-from quantrieve.train.run_info import git_commit, package_versions
+from quantrieve.runtime.progress import ProgressFactory
+from quantrieve.runtime.run_info import git_commit, package_versions
 
 SETUP_FILE = "benchmark.json"
 SETUP_KEYS = ("protocol", "preset", "overrides")
@@ -57,7 +57,7 @@ BASELINE_DISTANCE = "sqeuclidean"
 BENCHMARK_KIND = OutputKind("benchmark folder", SETUP_FILE)
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(QuantrieveError, ValueError):
     """A benchmark request or output folder that cannot be used; the message says why."""
 
 
@@ -329,35 +329,34 @@ def result_from_dict(data: dict[str, Any]) -> RetrievalResult:
 
 
 def _deep_cell(
-    config: RunConfig, data: ProtocolData, run_dir: Path, progress: bool
+    config: RunConfig,
+    data: ProtocolData,
+    run_dir: Path,
+    log: Callable[[str], Any],
+    step: ProgressFactory,
 ) -> dict[str, Any]:
     protocol = data.protocol
     resume = (run_dir / "last.pt").is_file()
-    if progress:
-        console.print(
-            f"{'resuming' if resume else 'training'} {run_dir.name}: {config.model.backbone}, "
-            f"{config.loss.preset}, {config.model.bits} bits, {config.train.epochs} epochs"
-        )
+    log(
+        f"{'resuming' if resume else 'training'} {run_dir.name}: {config.model.backbone}, "
+        f"{config.loss.preset}, {config.model.bits} bits, {config.train.epochs} epochs"
+    )
     start = time.perf_counter()
-    train_run(
-        config, run_dir, resume=resume, progress=bar if progress else None, train_set=data.train
-    )
-    index = encode_index(
-        run_dir / "model.pt",
+    retriever = Retriever(config, device=config.train.device)
+    retriever.fit(data.train, run_dir, resume=resume, progress=step("training"))
+    index = retriever.build_index(
         data.database,
-        run_dir / "index",
         config.eval.distance,
-        config.train.device,
         source={"protocol": protocol.name, "dataset": protocol.dataset, "part": "database"},
-        show_progress=progress,
-        overwrite=True,  # the cell's own index, inside the benchmark's own folder
+        progress=step("embedding database"),
     )
-    queries = embed_queries(
-        run_dir / "index", data.queries.images, config.train.device, show_progress=progress
-    )
-    assert data.queries.labels is not None
-    result = evaluate_index(
-        index, queries, data.queries.labels, protocol.topk, list(protocol.precision_at)
+    # The cell's own index, inside the benchmark's own folder.
+    retriever.save(run_dir / "index", overwrite=True)
+    result = retriever.evaluate(
+        data.queries,
+        protocol.topk,
+        list(protocol.precision_at),
+        progress=step("evaluating"),
     )
     stats = training_stats(run_dir / "log.jsonl")
     model = index.meta.get("model", {})
@@ -392,13 +391,12 @@ def _shallow_cell(
     )
     fit_seconds = time.perf_counter() - start
     assert data.queries.labels is not None and data.database.labels is not None
-    n = len(data.database)
-    result = evaluate_retrieval(
+    result = evaluate_distances(
         fitted.distances,
-        torch.from_numpy(np.asarray(data.queries.labels)),
-        torch.from_numpy(np.asarray(data.database.labels)),
-        k=min(protocol.topk, n),
-        precision_at=[min(c, n) for c in protocol.precision_at],
+        data.queries.labels,
+        data.database.labels,
+        protocol.topk,
+        protocol.precision_at,
     )
     return {
         "result": result.to_dict(),
@@ -421,21 +419,23 @@ def run_benchmark(
     out_dir: str | Path,
     root: str | Path | None = None,
     overrides: Sequence[str] = (),
-    progress: bool = True,
     force: bool = False,
+    log: Callable[[str], Any] | None = None,
+    progress: ProgressFactory | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a benchmark grid and write its report.
 
     Args:
-        protocol: A :class:`~quantrieve.protocols.Protocol` or a registered name.
+        protocol: A :class:`~quantrieve.experiments.protocols.Protocol` or a registered name.
         methods: Names in :data:`METHODS` (deep and shallow may be mixed).
         bits_list: Code lengths; ``exact`` ignores them (one ``exact-full`` cell).
         preset: Training preset of the deep methods (default: the protocol's).
         out_dir: Output folder (see the module docstring for its layout).
         root: Dataset folder (default: ``data.root`` from ``overrides``, else the protocol's).
         overrides: ``section.key=value`` config overrides for every deep cell.
-        progress: Show progress bars and one line per cell on stderr.
         force: Recompute finished cells (deep runs still resume from their ``last.pt``).
+        log: Called with one line per cell (started, kept, its mAP).
+        progress: Gives the ``progress(done, total)`` callback of a named step.
 
     Returns:
         The report (as written to ``report.json``).
@@ -446,6 +446,8 @@ def run_benchmark(
     """
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
+    say = log or (lambda _: None)
+    step = progress or (lambda _: None)
     methods = check_methods(list(methods))
     bits_list = parse_bits(list(bits_list))
     if not bits_list and any(m != "exact" for m in methods):
@@ -486,7 +488,13 @@ def run_benchmark(
             "commands": [" ".join(sys.argv)],
         },
     )
-    data = materialize(protocol, root, out_dir / "split", base_config.data.image_size or None)
+    data = materialize(
+        protocol,
+        root,
+        out_dir / "split",
+        base_config.data.image_size or None,
+        step("decoding images"),
+    )
     setup["data"] = data.summary()
     atomic_write_json(setup, out_dir / SETUP_FILE)
     device = str(resolve_device(base_config.train.device))
@@ -497,17 +505,15 @@ def run_benchmark(
             finished = _read_json(path)
             if config is not None:
                 _check_finished_config(path, finished, config)
-            if progress:
-                console.print(f"{name}: finished earlier, kept ({path})")
+            say(f"{name}: finished earlier, kept ({path})")
             continue
         if config is None:
-            if progress:
-                console.print(f"{name}: fitting on {len(data.database):,} database images")
+            say(f"{name}: fitting on {len(data.database):,} database images")
             body = _shallow_cell(
                 method, bits, base_config.model.num_codewords, base_config.train.seed, data
             )
         else:
-            body = _deep_cell(config, data, out_dir / "runs" / name, progress)
+            body = _deep_cell(config, data, out_dir / "runs" / name, say, step)
         cell = {
             "cell": name,
             "method": method,
@@ -520,9 +526,8 @@ def run_benchmark(
             "environment": environment(body.get("device", device)),
         }
         atomic_write_json(cell, path)
-        if progress:
-            result = cell["result"]
-            console.print(f"{name}: mAP@{result['k']} = {result['map_at_k']:.4f}")
+        result = cell["result"]
+        say(f"{name}: mAP@{result['k']} = {result['map_at_k']:.4f}")
     return write_report(out_dir)
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import torch
 
-from quantrieve.atomic import atomic_path
+from quantrieve.errors import ModelFormatError
+from quantrieve.runtime.atomic import atomic_path
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:
@@ -27,12 +28,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise ModelFormatError(f"{path}: file not found")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{path}: not a readable quantrieve checkpoint ({first})") from None
+        # torch's own message repeats the path and advises weights_only=False, which would
+        # run code from the file: say what it is instead.
+        reason = (
+            "truncated or damaged"
+            if isinstance(exc, EOFError | zipfile.BadZipFile)
+            else ("not a PyTorch file, or one holding more than tensors and plain containers")
+        )
+        raise ModelFormatError(f"{path}: not a readable quantrieve checkpoint ({reason})") from None
     if not isinstance(payload, dict):
-        raise ValueError(f"{path}: not a quantrieve checkpoint (holds {type(payload).__name__})")
+        raise ModelFormatError(
+            f"{path}: not a quantrieve checkpoint (holds {type(payload).__name__})"
+        )
     return payload

@@ -13,14 +13,34 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from quantrieve.augment import Normalize, to_float_images
 from quantrieve.config import ModelConfig, config_from_dict
+from quantrieve.errors import ModelFormatError, QuantrieveError
 from quantrieve.models import QuantizationEncoder
-from quantrieve.train.checkpoint import atomic_save, load_checkpoint
-from quantrieve.train.device import autocast
+from quantrieve.runtime.checkpoint import atomic_save, load_checkpoint
+from quantrieve.runtime.device import autocast
+from quantrieve.runtime.progress import Progress, report
 
 MODEL_FORMAT = "quantrieve-model"
 MODEL_VERSION = 1
+
+
+def to_float_images(batch_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, C) to float (B, C, H, W) in [0, 1], on the batch's device."""
+    return batch_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class Normalize(nn.Module):
+    """Per-channel standardisation with statistics of the training images."""
+
+    def __init__(self, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise ValueError(f"mean/std must have equal lengths and std > 0, got {mean}, {std}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 class RetrievalModel(nn.Module):
@@ -51,14 +71,25 @@ class RetrievalModel(nn.Module):
         self.training_info: dict[str, Any] = {}
 
     @property
-    def quantizer(self):
+    def quantizer(self) -> nn.Module:
         return self.encoder.quantizer
+
+    def embed(self, images: Tensor, amp: bool = False) -> Tensor:
+        """Continuous embeddings f (B, M*d), float32, of float images (B, C, H, W) in [0, 1].
+
+        The one forward pass of the model, shared by training, encoding and search: per-channel
+        normalisation, then backbone and projection head (under autocast when ``amp``).
+        """
+        x = self.normalize(images)
+        with autocast(images.device, amp):
+            f = self.encoder.embed(x)
+        return f.float()
 
     def check_images(self, images: np.ndarray | Tensor) -> None:
         """Raise a clear error if a uint8 batch does not match the trained geometry."""
         expected = (self.image_size, self.image_size, self.channels)
         if tuple(images.shape[1:]) != expected:
-            raise ValueError(
+            raise QuantrieveError(
                 f"images of shape (H, W, C) = {tuple(images.shape[1:])} do not match the model's "
                 f"{expected}; resize or convert them first"
             )
@@ -98,10 +129,12 @@ class RetrievalModel(nn.Module):
 
     @classmethod
     def load(cls, path: str | Path) -> RetrievalModel:
+        """Read a model file written by :meth:`save` (errors name the file once)."""
+        payload = load_checkpoint(path)
         try:
-            return cls.from_payload(load_checkpoint(path))
+            return cls.from_payload(payload)
         except (KeyError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+            raise ModelFormatError(f"{path}: {exc}") from None
 
 
 @torch.no_grad()
@@ -111,13 +144,13 @@ def embed_images(
     device: torch.device,
     batch_size: int = 1024,
     amp: bool = True,
-    progress: Any = None,
+    progress: Progress | None = None,
     indices: np.ndarray | None = None,
 ) -> Tensor:
     """Continuous embeddings f (N, M*d) of uint8 images (N, H, W, C), on the CPU, float32.
 
     Args:
-        progress: optional callable ``progress(n_done)`` called after every batch.
+        progress: ``progress(done, total)`` after every batch (:mod:`quantrieve.runtime.progress`).
         indices: embed only ``images[indices]``, gathered batch by batch (a memory-mapped
             array is never copied whole).
     """
@@ -129,12 +162,8 @@ def embed_images(
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         batch = torch.from_numpy(np.ascontiguousarray(images[rows]))
-        x = model.normalize(to_float_images(batch.to(device)))
-        with autocast(device, amp):
-            f = model.encoder.embed(x)
-        out.append(f.float().cpu())
-        if progress is not None:
-            progress(start + len(rows))
+        out.append(model.embed(to_float_images(batch.to(device)), amp).cpu())
+        report(progress, start + len(rows), len(order))
     model.train(was_training)
     if not out:
         return torch.zeros(0, model.config.embed_dim)

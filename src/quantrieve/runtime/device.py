@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from quantrieve.errors import QuantrieveError
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU; an explicit name is checked."""
@@ -13,7 +15,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device = '{name}' but CUDA is not available on this machine")
+        raise QuantrieveError(f"train.device = '{name}' but CUDA is not available on this machine")
     return device
 
 

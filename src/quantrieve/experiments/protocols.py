@@ -25,10 +25,11 @@ import numpy as np
 
 from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.splits import load_split, save_split
-from quantrieve.progress import CountingProgress
+from quantrieve.errors import QuantrieveError
+from quantrieve.runtime.progress import Progress
 
 
-class ProtocolError(ValueError):
+class ProtocolError(QuantrieveError, ValueError):
     """An unknown protocol, or a protocol that cannot be applied to the dataset given."""
 
 
@@ -306,6 +307,7 @@ def materialize(
     root: str | Path,
     split_dir: str | Path,
     image_size: int | None = None,
+    progress: Progress | None = None,
 ) -> ProtocolData:
     """Read the protocol's dataset from ``root`` and form training set, database and queries.
 
@@ -318,6 +320,8 @@ def materialize(
         protocol: A :class:`Protocol` or a registered name.
         root: Dataset folder.
         split_dir: Folder for the saved random split.
+        image_size: Side images are decoded to, for readers of image files.
+        progress: ``progress(done, total)`` while image files are decoded.
 
     Returns:
         The image sets and where they came from.
@@ -328,7 +332,7 @@ def materialize(
     """
     if isinstance(protocol, str):
         protocol = get_protocol(protocol)
-    parts = read_dataset(protocol.dataset, root, image_size, CountingProgress("decoding images"))
+    parts = read_dataset(protocol.dataset, root, image_size, progress)
     split_path: Path | None = None
     checksum: str | None = None
     if "test" in parts and ("database" in parts or "train" in parts):

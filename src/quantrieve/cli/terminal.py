@@ -1,4 +1,8 @@
-"""Progress bars with ETA (rich), and a silent stand-in for library use and tests."""
+"""The terminal: rich progress bars with ETA, and the consoles results and messages go to.
+
+Only the command line imports this module. Library code reports progress through the
+``progress(done, total)`` callback of :mod:`quantrieve.runtime.progress`; :func:`progress_bar`
+turns such calls into a bar."""
 
 from __future__ import annotations
 
@@ -50,14 +54,9 @@ class Bar:
         self._progress.stop()
 
 
-def bar(total: int, description: str) -> Bar:
-    """Factory with the signature the trainer expects."""
-    return Bar(total, description)
-
-
 class CountingProgress:
     """A ``progress(done, total)`` callback that opens a bar on first use and closes it when
-    ``done`` reaches ``total`` (used while image files are decoded into the cache)."""
+    ``done`` reaches ``total``; a later call opens a new bar."""
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -70,3 +69,8 @@ class CountingProgress:
         if done >= total:
             self._bar.close()
             self._bar = None
+
+
+def progress_bar(description: str) -> CountingProgress:
+    """A ``progress(done, total)`` callback drawing a bar named ``description``."""
+    return CountingProgress(description)

@@ -1,0 +1,46 @@
+"""quantrieve: fully unsupervised image retrieval with learned product quantization (HQC, SPQ).
+
+The public API, in full::
+
+    import quantrieve as qr
+
+    qr.Retriever        train, embed, index, search, evaluate, save and load
+    qr.PQIndex          PQ codes + codebooks + ids + labels, in memory and on disk
+    qr.read_dataset     a dataset folder as named parts (train, test, ...) of ImageSet
+    qr.ImageSet         uint8 images (N, H, W, C) with ids, labels and class names
+    qr.load_config      a preset or config file, with ``section.key=value`` overrides
+    qr.RunConfig        the typed run configuration
+    qr.QuantrieveError  every error a user can fix (bad input, file or option)
+
+Everything else is reachable through its layer (``quantrieve.pq``, ``quantrieve.models``, ...);
+``docs/architecture.md`` maps them.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from quantrieve.api.retriever import Retriever, SearchHit, SearchResult
+from quantrieve.config import RunConfig, load_config
+from quantrieve.data import ImageSet, read_dataset
+from quantrieve.errors import QuantrieveError, QuantrieveWarning
+from quantrieve.evaluate import RetrievalResult
+from quantrieve.index import PQIndex
+
+try:
+    __version__ = version("quantrieve")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "ImageSet",
+    "PQIndex",
+    "QuantrieveError",
+    "QuantrieveWarning",
+    "RetrievalResult",
+    "Retriever",
+    "RunConfig",
+    "SearchHit",
+    "SearchResult",
+    "__version__",
+    "load_config",
+    "read_dataset",
+]

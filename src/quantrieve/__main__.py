@@ -1,0 +1,5 @@
+"""``python -m quantrieve``: the command line."""
+
+from quantrieve.cli import main
+
+main()

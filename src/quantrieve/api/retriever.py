@@ -1,0 +1,403 @@
+"""One object for the whole pipeline: train -> embed -> index -> search -> evaluate, in memory.
+
+A :class:`Retriever` holds a run config, a trained :class:`RetrievalModel` and (once built or
+loaded) a :class:`PQIndex`. The command line, the demo, the benchmark and a notebook all go
+through it, so each step exists once::
+
+    import quantrieve as qr
+
+    parts = qr.read_dataset("fashion-mnist", "/usr/share/datasets/fashion-mnist")
+    retriever = qr.Retriever.from_preset("fashion-mnist-demo", bits=32)
+    retriever.fit(parts["train"])                 # unsupervised; labels only pick the epoch
+    retriever.build_index(parts["train"])
+    hits = retriever.search(parts["test"].images[:5], k=10)
+    print(retriever.evaluate(parts["test"]).map_at_k)
+    retriever.save("runs/my-index")               # an index directory, model included
+
+Nothing here prints; long steps report through ``progress(done, total)``
+(:mod:`quantrieve.runtime.progress`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantrieve.config import RunConfig, config_from_dict, load_config, num_books_for_bits
+from quantrieve.data import DataError, ImageSet
+from quantrieve.errors import QuantrieveError
+from quantrieve.evaluate import RetrievalResult, evaluate_codes
+from quantrieve.index.store import IndexFormatError, PQIndex, check_index_output
+from quantrieve.models.retrieval import RetrievalModel, embed_images
+from quantrieve.runtime.device import resolve_device
+from quantrieve.runtime.progress import Progress
+from quantrieve.runtime.run_info import git_commit, package_versions
+from quantrieve.train.trainer import EpochCallback, Trainer
+
+Images = ImageSet | np.ndarray
+
+
+@dataclass
+class SearchHit:
+    """One result: its rank (from 1), row in the index, id, distance and label names."""
+
+    rank: int
+    index: int
+    id: str
+    distance: float
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    """Top-k results of a batch of queries.
+
+    Attributes:
+        distances: float32 (Q, k), ascending per row (ties by index row).
+        indices: int64 (Q, k) rows of the index.
+        hits: per query, the k :class:`SearchHit` with ids and label names.
+    """
+
+    distances: np.ndarray
+    indices: np.ndarray
+    hits: list[list[SearchHit]]
+
+
+def _as_images(images: Images) -> np.ndarray:
+    """uint8 (N, H, W, C) from an ImageSet, a batch, or one image (H, W, C)."""
+    array = images.images if isinstance(images, ImageSet) else images
+    if isinstance(array, np.ndarray) and array.ndim == 3:
+        array = array[None]
+    if array.ndim != 4 or array.dtype != np.uint8:
+        raise DataError(
+            f"images must be uint8 (N, H, W, C) or one (H, W, C) image, got {array.dtype} "
+            f"{tuple(array.shape)}"
+        )
+    return array
+
+
+def _as_image_set(images: Images) -> ImageSet:
+    if isinstance(images, ImageSet):
+        return images
+    array = _as_images(images)
+    return ImageSet(array, None, [str(i) for i in range(len(array))])
+
+
+def align_labels(
+    query_labels: np.ndarray, query_names: Sequence[str], index: PQIndex
+) -> np.ndarray:
+    """Query labels with their columns in the index's class order, matched by class name.
+
+    Two folders with the same number of classes but other names would otherwise be scored
+    column by column, silently wrong. Raises when the names differ (listing them) or when one
+    side has no names and the column counts differ.
+    """
+    if index.labels is None:
+        raise IndexFormatError("the index has no labels, so retrieval cannot be scored")
+    columns = index.labels.shape[1]
+    query_labels = np.asarray(query_labels, dtype=bool)
+    if list(query_names) == list(index.class_names):
+        return query_labels
+    if not query_names or not index.class_names:
+        if query_labels.shape[1] != columns:
+            raise IndexFormatError(
+                f"queries have {query_labels.shape[1]} label columns, the index {columns}: "
+                "they come from different label sets"
+            )
+        return query_labels
+    unknown = [n for n in query_names if n not in index.class_names]
+    if unknown:
+        raise DataError(
+            "the queries' classes are not the index's: "
+            f"{', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''} are not among the "
+            f"index's {', '.join(index.class_names[:8])}"
+            f"{' ...' if len(index.class_names) > 8 else ''}; name the class folders alike"
+        )
+    aligned = np.zeros((len(query_labels), columns), dtype=bool)
+    for j, name in enumerate(query_names):
+        aligned[:, index.class_names.index(name)] = query_labels[:, j]
+    return aligned
+
+
+class Retriever:
+    """A trained encoder and its PQ index, held in memory.
+
+    Args:
+        config: The run config (a preset resolved by :func:`~quantrieve.config.load_config`);
+            defaults to the built-in defaults. Ignored once a model is loaded, except for its
+            ``eval`` section (K, cut-offs, distance).
+        model: A trained model (from :meth:`load` or :meth:`fit`).
+        index: A built or loaded index.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` for embedding (training uses
+            ``config.train.device``).
+    """
+
+    def __init__(
+        self,
+        config: RunConfig | None = None,
+        model: RetrievalModel | None = None,
+        index: PQIndex | None = None,
+        device: str = "auto",
+    ) -> None:
+        self.config = (config or RunConfig()).validate()
+        self.model = model
+        self.index = index
+        self.device = resolve_device(device)
+        self.run_dir: Path | None = None
+        self.trainer: Trainer | None = None
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(
+        cls,
+        preset: str | None = None,
+        *,
+        bits: int | None = None,
+        method: str | None = None,
+        config_file: str | Path | None = None,
+        overrides: Sequence[str] = (),
+        device: str = "auto",
+    ) -> Retriever:
+        """An untrained retriever from a preset (see ``quantrieve presets``) or config file.
+
+        Args:
+            bits: code length; sets ``model.num_books`` so that bits = M * log2(K).
+            method: loss preset (``hqc``, ``spq``, ``hqc-ref``).
+            overrides: ``section.key=value`` strings, as ``--set`` on the command line.
+        """
+        extra = list(overrides)
+        if method is not None:
+            extra.insert(0, f"loss.preset={method}")
+        config = load_config(preset, config_file, extra)
+        if bits is not None:
+            config.model.num_books = num_books_for_bits(bits, config.model.num_codewords)
+            config.validate()
+        return cls(config, device=device)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto", need_index: bool = False) -> Retriever:
+        """Load an index directory (index + model), a run directory, or a ``model.pt``.
+
+        An index directory's model must carry the index's codebooks: a ``model.pt`` copied in
+        from another run is refused instead of embedding queries into the wrong space.
+
+        Args:
+            need_index: refuse anything but an index directory.
+        """
+        path = Path(path)
+        index: PQIndex | None = None
+        config = RunConfig()
+        if not path.exists():
+            raise QuantrieveError(f"{path}: not found")
+        if need_index or (path.is_dir() and (path / "index.json").is_file()):
+            index = PQIndex.load(path)
+            model_file = path / "model.pt"
+            saved = index.meta.get("training_config")
+            if isinstance(saved, dict):
+                config = _config_or_default(saved)
+        elif path.is_dir():
+            model_file = path / "model.pt"
+            if (path / "config.json").is_file():
+                config = _config_or_default(json.loads((path / "config.json").read_text()))
+        else:
+            model_file = path
+            if (path.parent / "config.json").is_file():
+                config = _config_or_default(json.loads((path.parent / "config.json").read_text()))
+        model = None
+        if model_file.is_file():
+            model = RetrievalModel.load(model_file)
+        elif index is None:
+            raise QuantrieveError(f"{path}: no model.pt here (train first)")
+        retriever = cls(config, model=model, index=index, device=device)
+        if index is not None and model is not None:
+            retriever._check_model_matches_index(path)
+        retriever.run_dir = path if (path / "run.json").is_file() else None
+        return retriever
+
+    def _check_model_matches_index(self, where: Path) -> None:
+        assert self.model is not None and self.index is not None
+        books = self.model.quantizer.codebooks.detach().cpu().numpy()
+        if books.shape != self.index.codebooks.shape or not np.array_equal(
+            books, self.index.codebooks
+        ):
+            raise IndexFormatError(
+                f"{where}: model.pt does not belong to this index (its codebooks differ from "
+                "codebooks.npy); encode the index again with the model you want to use"
+            )
+
+    # ------------------------------------------------------------------ training
+    def fit(
+        self,
+        images: Images,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: Progress | None = None,
+        on_epoch: EpochCallback | None = None,
+    ) -> Retriever:
+        """Train the encoder from scratch on ``images``, without labels.
+
+        Labels, when the image set has them, only choose the best epoch on validation queries
+        carved out of ``images`` (``data.val_queries``). With ``run_dir``, checkpoints, logs,
+        the validation split and ``model.pt`` are written there and ``resume`` continues an
+        interrupted run exactly; without it nothing is written.
+
+        Returns:
+            ``self``, holding the best model (by validation mAP, else the last epoch).
+        """
+        trainer = Trainer(
+            self.config,
+            _as_image_set(images),
+            run_dir,
+            resume=resume,
+            progress=progress,
+            on_epoch=on_epoch,
+        )
+        trainer.fit()
+        self.trainer = trainer
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.model = trainer.best_model()
+        self.index = None
+        return self
+
+    # ------------------------------------------------------------------ embedding
+    def _require_model(self) -> RetrievalModel:
+        if self.model is None:
+            raise QuantrieveError("no model yet: call fit() or load a trained run first")
+        return self.model
+
+    def embed(self, images: Images, progress: Progress | None = None) -> np.ndarray:
+        """Continuous embeddings f, float32 (N, M*d): what queries are searched with."""
+        return self._embed(images, progress).numpy()
+
+    def _embed(self, images: Images, progress: Progress | None = None) -> torch.Tensor:
+        model = self._require_model().to(self.device)
+        return embed_images(model, _as_images(images), self.device, progress=progress)
+
+    def encode(self, images: Images, progress: Progress | None = None) -> np.ndarray:
+        """PQ codes, uint8 (N, M): the index of each image's nearest codeword per book."""
+        model = self._require_model()
+        f = self._embed(images, progress)
+        return model.quantizer.encode(f.to(self.device)).cpu().numpy()
+
+    # ------------------------------------------------------------------ index
+    def build_index(
+        self,
+        database: Images,
+        distance: str | None = None,
+        source: dict[str, Any] | None = None,
+        progress: Progress | None = None,
+    ) -> PQIndex:
+        """Encode ``database`` into a new in-memory index (ids, labels and class names from
+        an :class:`ImageSet`), kept as :attr:`index` and returned."""
+        model = self._require_model()
+        database = _as_image_set(database)
+        codes = self.encode(database, progress)
+        self.index = PQIndex(
+            codebooks=model.quantizer.codebooks.detach().cpu().numpy(),
+            codes=codes,
+            ids=list(database.ids),
+            labels=database.labels,
+            distance=distance or self.config.eval.distance,
+            class_names=list(database.class_names),
+            meta={
+                "source": source or {},
+                "model": model.metadata() | model.training_info,
+                "training_config": self.config.to_dict(),
+                "versions": package_versions(),
+                "git_commit": git_commit(),
+            },
+        )
+        return self.index
+
+    def _require_index(self) -> PQIndex:
+        if self.index is None:
+            raise QuantrieveError("no index yet: call build_index() or load an index first")
+        return self.index
+
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the index directory (codes, codebooks, ids, labels, ``model.pt``).
+
+        A new or empty folder is written; an existing index is replaced only with
+        ``overwrite`` (atomically); any other folder is refused.
+        """
+        index = self._require_index()
+        model = self._require_model()
+        check_index_output(path, overwrite)
+        return index.save(path, model=model, overwrite=overwrite)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self,
+        queries: Images | torch.Tensor,
+        k: int = 10,
+        distance: str | None = None,
+        progress: Progress | None = None,
+    ) -> SearchResult:
+        """Top-k index items per query image (or per embedding, given a float tensor), by
+        ADC with a per-query look-up table."""
+        index = self._require_index()
+        if k < 1:
+            raise QuantrieveError(f"k must be >= 1, got {k}")
+        embedded = isinstance(queries, torch.Tensor)
+        f = queries.float() if embedded else self._embed(queries, progress)
+        dists, idx = index.search(f, k, distance)
+        hits = []
+        for row_d, row_i in zip(dists.tolist(), idx.tolist(), strict=True):
+            hits.append(
+                [
+                    SearchHit(rank, i, index.ids[i], d, index.label_names(i))
+                    for rank, (d, i) in enumerate(zip(row_d, row_i, strict=True), start=1)
+                ]
+            )
+        return SearchResult(dists.numpy(), idx.numpy(), hits)
+
+    def evaluate(
+        self,
+        queries: ImageSet,
+        k: int | None = None,
+        precision_at: Sequence[int] | None = None,
+        distance: str | None = None,
+        progress: Progress | None = None,
+        embeddings: torch.Tensor | None = None,
+    ) -> RetrievalResult:
+        """mAP@K, precision@N and the PR curve of labelled queries against the index.
+
+        Labels are matched by class name (a query folder whose classes are named otherwise is
+        refused, not scored column by column). K and the cut-offs default to the config's
+        ``eval`` section and are capped at the index size.
+
+        Args:
+            embeddings: the queries' embeddings, if already computed (skips embedding).
+        """
+        index = self._require_index()
+        if queries.labels is None:
+            raise DataError("the queries have no labels; evaluation needs labelled queries")
+        labels = align_labels(queries.labels, queries.class_names, index)
+        e = self.config.eval
+        f = embeddings if embeddings is not None else self._embed(queries)
+        assert index.labels is not None
+        return evaluate_codes(
+            f,
+            index.codebooks,
+            index.codes,
+            labels,
+            index.labels,
+            k or e.topk,
+            precision_at or e.precision_at,
+            distance or index.distance,
+            progress,
+        )
+
+
+def _config_or_default(saved: dict[str, Any]) -> RunConfig:
+    """The saved run config, or the defaults if it no longer validates (an old run)."""
+    try:
+        return config_from_dict(saved).validate()
+    except QuantrieveError:
+        return RunConfig()

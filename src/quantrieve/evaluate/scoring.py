@@ -1,0 +1,77 @@
+"""The one evaluation entry point of the pipeline: labels as arrays, cut-offs capped at the
+database size, and the ADC ranking of PQ codes (the distances every quantrieve search uses).
+
+:func:`~quantrieve.evaluate.retrieval.evaluate_retrieval` holds the metrics; this module only
+prepares its inputs, so training-time validation, ``quantrieve evaluate``, the demo and the
+benchmark score rankings the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from quantrieve.evaluate.retrieval import RetrievalResult, evaluate_retrieval
+from quantrieve.pq import ADCScorer, lookup_tables
+from quantrieve.runtime.progress import Progress, report
+
+
+def evaluate_distances(
+    distances: Callable[[slice], Tensor],
+    query_labels: np.ndarray | Tensor,
+    db_labels: np.ndarray | Tensor,
+    k: int = 1000,
+    precision_at: Sequence[int] = (10, 100, 1000),
+    progress: Progress | None = None,
+) -> RetrievalResult:
+    """mAP@K, precision@N and PR curve of any distance function, K and N capped at the
+    database size (mAP@1000 of a 500-item database is mAP@500; the result says which K)."""
+    query_labels = torch.as_tensor(np.asarray(query_labels))
+    db_labels = torch.as_tensor(np.asarray(db_labels))
+    num_db, num_q = len(db_labels), len(query_labels)
+    return evaluate_retrieval(
+        distances,
+        query_labels,
+        db_labels,
+        k=min(k, num_db),
+        precision_at=[min(n, num_db) for n in precision_at],
+        progress=None if progress is None else (lambda done: report(progress, done, num_q)),
+    )
+
+
+def evaluate_codes(
+    queries: Tensor,
+    codebooks: Tensor | np.ndarray,
+    codes: Tensor | np.ndarray,
+    query_labels: np.ndarray | Tensor,
+    db_labels: np.ndarray | Tensor,
+    k: int = 1000,
+    precision_at: Sequence[int] = (10, 100, 1000),
+    distance: str = "l2",
+    progress: Progress | None = None,
+) -> RetrievalResult:
+    """Evaluate continuous query embeddings (Q, M*d) against PQ codes (N, M) by ADC.
+
+    Args:
+        queries: query embeddings f, float.
+        codebooks: (M, K, d).
+        codes: uint8 (N, M) database codes.
+        distance: ``l2`` (the papers') or ``sqeuclidean`` (faiss's ADC).
+    """
+    books = torch.as_tensor(np.asarray(codebooks)).float()
+    scorer = ADCScorer(torch.as_tensor(np.asarray(codes)), books.shape[1])
+    queries = queries.float().cpu()
+    result = evaluate_distances(
+        lambda s: scorer(lookup_tables(queries[s], books, distance)),
+        query_labels,
+        db_labels,
+        k,
+        precision_at,
+        progress,
+    )
+    result.extra["bits"] = int(books.shape[0] * np.log2(books.shape[1]))
+    result.extra["distance"] = distance  # type: ignore[assignment]
+    return result

@@ -1,0 +1,1 @@
+"""Experiments on the standard protocols: protocol data, the benchmark grid and the demo."""

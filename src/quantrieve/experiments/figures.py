@@ -1,0 +1,104 @@
+"""Figures and tables of results: PR curves, a top-k retrieval grid, a results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from rich.table import Table
+
+from quantrieve.data import ImageSet
+from quantrieve.evaluate import RetrievalResult
+
+
+def plot_pr_curves(results: dict[str, RetrievalResult], path: str | Path) -> Path:
+    """One precision-recall curve per named result, in one PNG."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    for name, result in results.items():
+        ax.plot(result.pr_recall, result.pr_precision, marker=".", label=name)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("precision-recall")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_retrieval_grid(
+    queries: ImageSet,
+    database: ImageSet,
+    neighbours: np.ndarray,
+    path: str | Path,
+) -> Path:
+    """A row per query: the query, then its ranked results framed green (relevant) or red.
+
+    Args:
+        queries: the query images (with labels, to colour the frames).
+        database: the database images.
+        neighbours: (Q, k) database indices, best first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    num_q, k = neighbours.shape
+    fig, axes = plt.subplots(num_q, k + 1, figsize=(1.1 * (k + 1), 1.2 * num_q), dpi=110)
+    axes = np.atleast_2d(axes)
+    gray = queries.images.shape[-1] == 1
+    for r in range(num_q):
+        cells = [(queries.images[r], None, "query")] + [
+            (database.images[j], _relevant(queries, database, r, j), f"#{i + 1}")
+            for i, j in enumerate(neighbours[r])
+        ]
+        for c, (image, relevant, title) in enumerate(cells):
+            ax = axes[r, c]
+            ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            colour = "black" if relevant is None else ("tab:green" if relevant else "tab:red")
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.5 if relevant is not None else 1)
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+        if queries.labels is not None and queries.class_names:
+            names = [queries.class_names[i] for i in np.flatnonzero(queries.labels[r])]
+            axes[r, 0].set_ylabel(", ".join(names), fontsize=7)
+    fig.suptitle("top results per query (green: shares a label, red: does not)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _relevant(queries: ImageSet, database: ImageSet, q: int, item: int) -> bool | None:
+    if queries.labels is None or database.labels is None:
+        return None
+    return bool((queries.labels[q] & database.labels[item]).any())
+
+
+def results_table(rows: list[dict], title: str) -> Table:
+    """A rich table of method / bits / mAP@K / precision@N / seconds rows."""
+    table = Table(title=title)
+    k = rows[0]["k"] if rows else 1000
+    for column in ("method", "bits", f"mAP@{k}", "P@10", "P@100", "eval s"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(
+            row["method"],
+            str(row["bits"]),
+            f"{row['map']:.4f}",
+            f"{row['precision_at'].get('10', float('nan')):.4f}",
+            f"{row['precision_at'].get('100', float('nan')):.4f}",
+            f"{row['eval_seconds']:.1f}",
+        )
+    return table
