@@ -8,6 +8,7 @@ The public API, in full::
     qr.PQIndex          PQ codes + codebooks + ids + labels, in memory and on disk
     qr.read_dataset     a dataset folder as named parts (train, test, ...) of ImageSet
     qr.ImageSet         uint8 images (N, H, W, C) with ids, labels and class names
+    qr.hold_out         carve held-out queries out of an ImageSet (saved, when given a folder)
     qr.load_config      a preset or config file, with ``section.key=value`` overrides
     qr.RunConfig        the typed run configuration
     qr.QuantrieveError  every error a user can fix (bad input, file or option)
@@ -21,6 +22,7 @@ from importlib.metadata import PackageNotFoundError, version
 from quantrieve.api.retriever import Retriever, SearchHit, SearchResult
 from quantrieve.config import RunConfig, load_config
 from quantrieve.data import ImageSet, read_dataset
+from quantrieve.data.splits import hold_out
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult
 from quantrieve.index import PQIndex
@@ -41,6 +43,7 @@ __all__ = [
     "SearchHit",
     "SearchResult",
     "__version__",
+    "hold_out",
     "load_config",
     "read_dataset",
 ]

@@ -47,6 +47,9 @@ class DataConfig:
         train_limit: Use only the first N training images (0 = all); for quick runs and tests.
         image_size: Square side images are decoded to, for readers of image files (list files,
             folders); 0 = the reader's default (64, SPQ's choice). IDX and CIFAR keep theirs.
+        holdout_queries: For a collection with no test part (an image folder): images held out
+            as test queries, saved with the run (``holdout.npz``) and never trained on; the
+            rest is the training set and the database. 0 = none.
     """
 
     dataset: str = "fashion-mnist"
@@ -55,8 +58,10 @@ class DataConfig:
     split_seed: int = 0
     train_limit: int = 0
     image_size: int = 0
+    holdout_queries: int = 0
 
     def validate(self) -> None:
+        _check(self.holdout_queries >= 0, "data.holdout_queries", "must be >= 0 (0 = none)")
         _check(self.image_size >= 0, "data.image_size", "must be >= 0 (0 = reader default)")
         _check(self.val_queries >= 0, "data.val_queries", "must be >= 0")
         _check(self.train_limit >= 0, "data.train_limit", "must be >= 0")

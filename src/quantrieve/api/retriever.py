@@ -160,6 +160,7 @@ class Retriever:
         *,
         bits: int | None = None,
         method: str | None = None,
+        epochs: int | None = None,
         config_file: str | Path | None = None,
         overrides: Sequence[str] = (),
         device: str = "auto",
@@ -169,9 +170,12 @@ class Retriever:
         Args:
             bits: code length; sets ``model.num_books`` so that bits = M * log2(K).
             method: loss preset (``hqc``, ``spq``, ``hqc-ref``).
+            epochs: training epochs (``train.epochs``).
             overrides: ``section.key=value`` strings, as ``--set`` on the command line.
         """
         extra = list(overrides)
+        if epochs is not None:
+            extra.insert(0, f"train.epochs={epochs}")
         if method is not None:
             extra.insert(0, f"loss.preset={method}")
         config = load_config(preset, config_file, extra)
@@ -209,6 +213,7 @@ class Retriever:
             model_file = path
             if (path.parent / "config.json").is_file():
                 config = _config_or_default(json.loads((path.parent / "config.json").read_text()))
+            path = path.parent
         model = None
         if model_file.is_file():
             model = RetrievalModel.load(model_file)

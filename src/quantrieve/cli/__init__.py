@@ -9,6 +9,7 @@ or run (:class:`~quantrieve.errors.QuantrieveWarning`) are printed in yellow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import warnings
@@ -23,6 +24,7 @@ from quantrieve.api.retriever import Retriever
 from quantrieve.cli.terminal import console, progress_bar, stdout
 from quantrieve.config import DISTANCES, LOSS_PRESETS, ConfigError, load_config, preset_names
 from quantrieve.data import DataError, ImageSet, read_dataset
+from quantrieve.data.run_parts import read_run_parts, training_part
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult
 from quantrieve.train.trainer import EpochSummary, TrainingError
@@ -62,27 +64,45 @@ def _check_distance(distance: str | None) -> None:
         raise ConfigError(f"--distance must be one of {', '.join(DISTANCES)}, got '{distance}'")
 
 
-def _read_part(dataset: str, root: str, part: str, image_size: int | None = None) -> ImageSet:
-    parts = read_dataset(dataset, root, image_size, progress_bar("decoding images"))
+def _run_parts(
+    retriever: Retriever, dataset: str | None, data_dir: str | None
+) -> tuple[dict[str, ImageSet], dict[str, Any]]:
+    """The parts of the run's (or index's) own dataset, folder and image size, unless another
+    dataset or folder is given; held-out queries of the run are its ``test`` part."""
+    source: dict[str, Any] = {}
+    if retriever.index is not None:
+        source = dict(retriever.index.meta.get("source") or {})
+    data = dataclasses.replace(retriever.config.data)
+    if retriever.model is not None:
+        data.image_size = retriever.model.image_size
+    run_dir = source.get("run_dir") or retriever.run_dir
+    if dataset is not None or data_dir is not None:
+        data.holdout_queries = 0  # another dataset: its own parts
+    data.dataset = dataset or source.get("dataset") or data.dataset
+    data.root = data_dir or source.get("root") or data.root
+    parts = read_run_parts(data, run_dir, progress_bar("decoding images"))
+    where = {"dataset": data.dataset, "root": str(data.root)}
+    if run_dir is not None:
+        where["run_dir"] = str(Path(run_dir).resolve())
+    return parts, where
+
+
+def _pick(parts: dict[str, ImageSet], where: dict[str, Any], part: str) -> ImageSet:
     if part not in parts:
         raise DataError(
-            f"dataset '{dataset}' at {root} has no part '{part}' (has: {', '.join(parts)})"
+            f"dataset '{where['dataset']}' at {where['root']} has no part '{part}' (has: "
+            f"{', '.join(parts)}); choose one with --part, or hold out queries when training "
+            "(--holdout N)"
         )
     return parts[part]
 
 
-def _data_source(retriever: Retriever, dataset: str | None, data_dir: str | None) -> dict:
-    """Dataset, folder and image size of a run or index, unless given on the command line."""
-    source: dict[str, Any] = {}
-    if retriever.index is not None:
-        source = dict(retriever.index.meta.get("source") or {})
-    data = retriever.config.data
-    image_size = retriever.model.image_size if retriever.model is not None else data.image_size
-    return {
-        "dataset": dataset or source.get("dataset") or data.dataset,
-        "root": data_dir or source.get("root") or data.root,
-        "image_size": image_size or None,
-    }
+def _run_part(
+    retriever: Retriever, dataset: str | None, data_dir: str | None, part: str
+) -> tuple[ImageSet, dict[str, Any]]:
+    """One part of :func:`_run_parts`, and where it came from (saved in an index)."""
+    parts, where = _run_parts(retriever, dataset, data_dir)
+    return _pick(parts, where, part), {**where, "part": part}
 
 
 def _print_epoch(summary: EpochSummary, total: int) -> None:
@@ -124,6 +144,13 @@ def train(
         typer.Option(help="Side images are decoded to, for image files (data.image_size)."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")] = None,
+    holdout: Annotated[
+        int | None,
+        typer.Option(
+            help="Hold out N images as test queries (a folder without a test part); saved "
+            "with the run, never trained on (data.holdout_queries)."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
 ) -> None:
     """Train an encoder from scratch, without labels. Writes model.pt (best by validation mAP)."""
@@ -133,6 +160,7 @@ def train(
         ("data.root", str(Path(data_dir).resolve()) if data_dir else None),
         ("data.image_size", image_size),
         ("train.epochs", epochs),
+        ("data.holdout_queries", holdout),
     ):
         if value is not None:
             extra.insert(0, f"{key}={value}")
@@ -164,7 +192,7 @@ def train(
         config.data.image_size or None,
         progress_bar("decoding images"),
     )
-    train_set = parts["train"] if "train" in parts else parts[next(iter(parts))]
+    train_set = parts[training_part(parts)]
     if resume and (out / "last.pt").is_file():
         console.print(f"resuming {out} after its last finished epoch")
     retriever.fit(
@@ -196,13 +224,9 @@ def encode(
     _check_distance(distance)
     check_index_output(out, overwrite)
     retriever = Retriever.load(model, device=device)
-    src = _data_source(retriever, dataset, data_dir)
-    database = _read_part(src["dataset"], src["root"], part, src["image_size"])
+    database, where = _run_part(retriever, dataset, data_dir, part)
     index = retriever.build_index(
-        database,
-        distance,
-        source={"dataset": src["dataset"], "root": str(src["root"]), "part": part},
-        progress=progress_bar("embedding database"),
+        database, distance, source=where, progress=progress_bar("embedding database")
     )
     retriever.save(out, overwrite=overwrite)
     console.print(
@@ -232,8 +256,7 @@ def _queries(
             "give query images (quantrieve search INDEX a.png b.png), or --items with the "
             "dataset part to take them from"
         )
-    src = _data_source(retriever, dataset, data_dir)
-    source = _read_part(src["dataset"], src["root"], part, src["image_size"])
+    source, where = _run_part(retriever, dataset, data_dir, part)
     if items is None:
         return source
     try:
@@ -241,7 +264,7 @@ def _queries(
     except ValueError:
         raise ConfigError(f"--items must be comma-separated integers, got '{items}'") from None
     if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(source):
-        raise ConfigError(f"--items must lie in [0, {len(source)}) for {src['dataset']}/{part}")
+        raise ConfigError(f"--items must lie in [0, {len(source)}) for {where['dataset']}/{part}")
     return source.subset(idx)
 
 
@@ -264,17 +287,30 @@ def search(
     ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
+    grid: Annotated[
+        Path | None,
+        typer.Option(help="Also draw the queries and their results as a PNG grid here."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --grid file.")
+    ] = False,
 ) -> None:
     """Top-k database items for query images, by ADC with a per-query look-up table."""
+    from quantrieve.runtime.outputs import check_new_file
+
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
     _check_distance(distance)
+    if grid is not None:
+        check_new_file(grid, overwrite, "result grid")
     retriever = Retriever.load(index_dir, device=device, need_index=True)
     queries = _queries(
         retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, items
     )
     bar = progress_bar("embedding queries") if len(queries) > 5000 else None
     results = retriever.search(queries, k, distance, progress=bar)
+    if grid is not None:
+        _draw_grid(retriever, queries, results.indices, grid)
     if as_json:
         payload = [
             {"query": q, "results": [h.__dict__ for h in hits]}
@@ -289,6 +325,23 @@ def search(
         for h in hits:
             table.add_row(str(h.rank), str(h.index), h.id, f"{h.distance:.4f}", ", ".join(h.labels))
         stdout.print(table)
+
+
+def _draw_grid(retriever: Retriever, queries: ImageSet, neighbours: np.ndarray, path: Path) -> None:
+    """The queries and their results as a PNG; database images come from the index's source."""
+    from quantrieve.experiments.figures import plot_retrieval_grid
+
+    assert retriever.index is not None
+    part = (retriever.index.meta.get("source") or {}).get("part", "train")
+    database, _ = _run_part(retriever, None, None, part)
+    if database.ids != retriever.index.ids:
+        raise DataError(
+            f"the index's source images ({part}) changed since it was encoded, so results "
+            "cannot be drawn; encode it again"
+        )
+    shown = min(len(queries), 16)
+    plot_retrieval_grid(queries.subset(np.arange(shown)), database, neighbours[:shown], path)
+    console.print(f"result grid: {path}")
 
 
 @app.command()
@@ -319,10 +372,11 @@ def evaluate(
         raise ConfigError(f"--topk must be >= 1, got {topk}")
     _check_distance(distance)
     retriever = Retriever.load(index_dir, device=device, need_index=True)
-    src = _data_source(retriever, dataset, data_dir)
-    queries = _read_part(src["dataset"], src["root"], part, src["image_size"])
+    queries, where = _run_part(retriever, dataset, data_dir, part)
     if queries.labels is None:
-        raise DataError(f"{src['dataset']}/{part} has no labels; evaluation needs labelled queries")
+        raise DataError(
+            f"{where['dataset']}/{part} has no labels; evaluation needs labelled queries"
+        )
     result = retriever.evaluate(queries, topk, cuts, distance, progress=progress_bar("evaluating"))
     index = retriever.index
     assert index is not None
@@ -355,9 +409,15 @@ def baseline(
     method: Annotated[str, typer.Argument(help="pq, opq, itq or exact (on raw pixels).")],
     bits: Annotated[int, typer.Option(help="Code length (M * log2(K)).")] = 32,
     num_codewords: Annotated[int, typer.Option("--codewords", help="K.")] = 16,
-    dataset: Annotated[str, typer.Option(help="Dataset reader name.")] = "fashion-mnist",
+    run: Annotated[
+        Path | None,
+        typer.Option(help="A run or index: its database and queries (held-out ones included)."),
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset reader name (default: the run's, or fashion-mnist).")
+    ] = None,
     data_dir: Annotated[
-        str | None, typer.Option("--data-dir", help="Dataset folder (default: Fashion-MNIST's).")
+        str | None, typer.Option("--data-dir", help="Dataset folder (default: the run's).")
     ] = None,
     topk: Annotated[int, typer.Option(help="K of mAP@K.")] = 1000,
     distance: Annotated[str, typer.Option(help="ADC distance for pq/opq.")] = "sqeuclidean",
@@ -365,14 +425,18 @@ def baseline(
 ) -> None:
     """A shallow baseline on raw pixels (train part = database, test part = queries)."""
     from quantrieve.baselines import fit_baseline
-    from quantrieve.config import RunConfig, num_books_for_bits
+    from quantrieve.config import num_books_for_bits
     from quantrieve.evaluate import evaluate_distances
 
     _check_distance(distance)
-    root = data_dir or RunConfig().data.root
-    database, queries = _read_part(dataset, root, "train"), _read_part(dataset, root, "test")
+    retriever = Retriever.load(run) if run is not None else Retriever()
+    parts, where = _run_parts(retriever, dataset, data_dir)
+    database, queries = _pick(parts, where, "train"), _pick(parts, where, "test")
     if queries.labels is None or database.labels is None:
-        raise DataError(f"{dataset} at {root} is unlabelled; a baseline needs labels to be scored")
+        raise DataError(
+            f"{where['dataset']} at {where['root']} is unlabelled; a baseline needs labels "
+            "to be scored"
+        )
     books = num_books_for_bits(bits, num_codewords)
     fitted = fit_baseline(method, database.images, queries.images, books, num_codewords, distance)
     result = evaluate_distances(fitted.distances, queries.labels, database.labels, topk)

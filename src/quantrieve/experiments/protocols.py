@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from quantrieve.data import DataError, ImageSet, read_dataset
-from quantrieve.data.splits import load_split, save_split
+from quantrieve.data.splits import load_split, random_split, save_split
 from quantrieve.errors import QuantrieveError
 from quantrieve.runtime.progress import Progress
 
@@ -242,8 +242,7 @@ def query_database_split(num_items: int, num_queries: int, seed: int) -> dict[st
             f"{num_queries} queries out of {num_items} images leaves no database "
             "(or no queries); the protocol needs 0 < num_queries < number of images"
         )
-    perm = np.random.default_rng(seed).permutation(num_items)
-    return {"query": np.sort(perm[:num_queries]), "database": np.sort(perm[num_queries:])}
+    return random_split(num_items, num_queries, seed, ("query", "database"))
 
 
 def load_or_make_query_split(

@@ -31,7 +31,7 @@ import torch
 from quantrieve.augment import TwoViewAugment
 from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
-from quantrieve.data.splits import load_or_make_split, validation_split
+from quantrieve.data.splits import hold_out, load_or_make_split, validation_split
 from quantrieve.errors import QuantrieveError
 from quantrieve.evaluate import evaluate_codes
 from quantrieve.losses import Objective
@@ -122,13 +122,18 @@ class Trainer:
         h, w, c = train_set.image_shape
         if h != w:
             raise TrainingError(f"training images must be square, got {h}x{w}")
-        if config.data.train_limit:
-            train_set = train_set.subset(np.arange(min(config.data.train_limit, len(train_set))))
-        self.train_set = train_set
         if self.run_dir is not None:
             self._check_run_dir(resume)
         elif resume:
             raise TrainingError("resume needs a run directory")
+        if config.data.holdout_queries:
+            # Held-out test queries never train; saved with the run for encode and evaluate.
+            _, train_set = hold_out(
+                train_set, config.data.holdout_queries, config.data.split_seed, self.run_dir
+            )
+        if config.data.train_limit:
+            train_set = train_set.subset(np.arange(min(config.data.train_limit, len(train_set))))
+        self.train_set = train_set
 
         self.split = self._validation_split()
         mean, std = channel_stats(train_set.images)
