@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY_RUN
 from PIL import Image
 from typer.testing import CliRunner
@@ -167,3 +169,37 @@ def test_the_readme_python_example_runs_as_printed(
     assert (tmp_path / "photos-index" / "index.json").is_file()
     index = qr.PQIndex.load(tmp_path / "photos-index")
     assert len(index) == 240 - 40 and index.bits == 32
+
+
+def test_a_query_in_the_index_is_not_its_own_hit(own_run: dict[str, Path]) -> None:
+    retriever = qr.Retriever.load(own_run["run"])
+    photos = qr.read_dataset("image-folder", own_run["photos"], 16)["all"]
+    retriever.build_index(photos)
+    with pytest.warns(qr.QuantrieveWarning, match="120 of 120 queries are themselves in the index"):
+        excluded = retriever.evaluate(photos, k=20, precision_at=[1])
+    # Other images under the same ids (another folder) are not taken for the queries.
+    renamed = qr.ImageSet(
+        np.ascontiguousarray(photos.images[::-1]),
+        photos.labels[::-1],
+        photos.ids,
+        photos.class_names,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", qr.QuantrieveWarning)
+        retriever.evaluate(renamed, k=20)
+
+
+def test_excluded_pairs_leave_their_query_s_ranking() -> None:
+    from quantrieve.evaluate import evaluate_codes
+
+    rng = np.random.default_rng(0)
+    codebooks = rng.normal(size=(4, 16, 3)).astype(np.float32)
+    codes = rng.integers(0, 16, (50, 4)).astype(np.uint8)
+    # Queries are the items' own reconstructions: each item is its query's nearest neighbour.
+    f = torch.from_numpy(np.concatenate([codebooks[m, codes[:, m]] for m in range(4)], axis=1))
+    labels = np.eye(5, dtype=bool)[np.arange(50) % 5]
+    naive = evaluate_codes(f, codebooks, codes, labels, labels, 10, [1])
+    pairs = np.stack([np.arange(50), np.arange(50)], axis=1)
+    excluded = evaluate_codes(f, codebooks, codes, labels, labels, 10, [1], exclude=pairs)
+    assert naive.precision_at[1] == 1.0
+    assert excluded.precision_at[1] < 0.5 and excluded.map_at_k < naive.map_at_k

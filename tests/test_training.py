@@ -177,3 +177,23 @@ def test_demo_preset_is_the_cpu_preset_shortened() -> None:
     demo = load_config("fashion-mnist-demo").to_dict()
     assert demo["train"].pop("epochs") < cpu["train"].pop("epochs")
     assert demo == cpu
+
+
+def test_resume_extends_a_finished_run(tiny_fashion: Path, tmp_path: Path) -> None:
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    config = tiny_config(tiny_fashion)
+    Trainer(config, train, tmp_path / "run").fit()
+    longer = tiny_config(tiny_fashion)
+    longer.train.epochs = config.train.epochs + 1
+    resumed = Trainer(longer, train, tmp_path / "run", resume=True)
+    assert resumed.epoch == config.train.epochs
+    resumed.fit()
+    assert resumed.epoch == longer.train.epochs
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["epochs"] == longer.train.epochs
+    kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert "extended" in kinds
+    shorter = tiny_config(tiny_fashion)  # 2 epochs
+    assert shorter.train.epochs == 2
+    with pytest.raises(TrainingError, match="below the 3 epochs"):
+        Trainer(shorter, train, tmp_path / "run", resume=True)

@@ -211,6 +211,50 @@ LOSS_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+@dataclass(frozen=True)
+class Method:
+    """A trained method: a name for a set of loss settings.
+
+    The one registry of the methods quantrieve trains (``--method`` of ``train``, ``--methods``
+    of ``benchmark``, :meth:`Retriever.from_preset`); the shallow pixel baselines are listed by
+    the benchmark beside them.
+
+    Attributes:
+        name: What users type.
+        description: One line for reports and help.
+        overrides: The ``section.key=value`` settings that make a run this method, applied
+            after the preset's.
+    """
+
+    name: str
+    description: str
+    overrides: tuple[str, ...]
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("hqc", "HQC, all five terms (w_icf = w_icz = 1)", ("loss.preset=hqc",)),
+        Method("spq", "SPQ, cross-quantized contrastive loss", ("loss.preset=spq",)),
+        Method(
+            "hqc-ref",
+            "HQC with the reference implementation's defaults (w_icf = w_icz = 0)",
+            ("loss.preset=hqc-ref",),
+        ),
+        Method("hqc-no-cc", "HQC without L_cc", ("loss.preset=hqc", "loss.w_cc=0")),
+        Method("hqc-no-pn", "HQC without L_pn", ("loss.preset=hqc", "loss.w_pn=0")),
+        Method("hqc-no-cd", "HQC without L_cd", ("loss.preset=hqc", "loss.w_cd=0")),
+    )
+}
+
+
+def method_overrides(name: str) -> tuple[str, ...]:
+    """The settings of a registered method; the error lists the methods."""
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    return METHODS[name].overrides
+
+
 @dataclass
 class TrainConfig:
     """Optimisation (docs/method.md, Training recipe): Adam, linear warm-up, cosine decay."""
@@ -445,6 +489,11 @@ def load_config(
 def num_books_for_bits(bits: int, num_codewords: int) -> int:
     """Number of books M giving ``bits = M * log2(K)``; raises if it does not divide."""
     per_book = math.log2(num_codewords)
+    if bits < per_book:
+        raise ConfigError(
+            f"--bits must be a positive multiple of log2(K) = {per_book:g} (K = {num_codewords}),"
+            f" got {bits}"
+        )
     books = bits / per_book
     if books < 1 or not books.is_integer():
         raise ConfigError(

@@ -21,6 +21,7 @@ Nothing here prints; long steps report through ``progress(done, total)``
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantrieve.config import RunConfig, config_from_dict, load_config, num_books_for_bits
+from quantrieve.config import (
+    RunConfig,
+    config_from_dict,
+    load_config,
+    method_overrides,
+    num_books_for_bits,
+)
 from quantrieve.data import DataError, ImageSet
-from quantrieve.errors import QuantrieveError
+from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult, evaluate_codes
 from quantrieve.index.store import IndexFormatError, PQIndex, check_index_output
 from quantrieve.models.retrieval import RetrievalModel, embed_images
@@ -169,7 +176,8 @@ class Retriever:
 
         Args:
             bits: code length; sets ``model.num_books`` so that bits = M * log2(K).
-            method: loss preset (``hqc``, ``spq``, ``hqc-ref``).
+            method: a registered method (``hqc``, ``spq``, ``hqc-ref``, ``hqc-no-cc``, ...:
+                :data:`quantrieve.config.METHODS`).
             epochs: training epochs (``train.epochs``).
             overrides: ``section.key=value`` strings, as ``--set`` on the command line.
         """
@@ -177,7 +185,7 @@ class Retriever:
         if epochs is not None:
             extra.insert(0, f"train.epochs={epochs}")
         if method is not None:
-            extra.insert(0, f"loss.preset={method}")
+            extra[:0] = method_overrides(method)
         config = load_config(preset, config_file, extra)
         if bits is not None:
             config.model.num_books = num_books_for_bits(bits, config.model.num_codewords)
@@ -387,6 +395,17 @@ class Retriever:
         e = self.config.eval
         f = embeddings if embeddings is not None else self._embed(queries)
         assert index.labels is not None
+        selves = self._self_matches(queries, f)
+        if len(selves):
+            warnings.warn(
+                QuantrieveWarning(
+                    f"{len(selves)} of {len(queries)} queries are themselves in the index (same "
+                    "id and code): each is moved to the end of its own ranking, so it does not "
+                    "count as its own hit. Hold out queries instead (quantrieve train --holdout "
+                    "N, or qr.hold_out) to score images the index has never seen."
+                ),
+                stacklevel=2,
+            )
         return evaluate_codes(
             f,
             index.codebooks,
@@ -397,7 +416,21 @@ class Retriever:
             precision_at or e.precision_at,
             distance or index.distance,
             progress,
+            exclude=selves,
         )
+
+    def _self_matches(self, queries: ImageSet, f: torch.Tensor) -> np.ndarray:
+        """(query, index row) pairs that are the same image: the same id, and the query's code
+        equals the item's (an id alone could name another file in another folder)."""
+        index = self._require_index()
+        rows = {item: row for row, item in enumerate(index.ids)}
+        pairs = [(q, rows[i]) for q, i in enumerate(queries.ids) if i in rows]
+        if not pairs or self.model is None:
+            return np.zeros((0, 2), dtype=np.int64)
+        found = np.array(pairs, dtype=np.int64)
+        codes = self.model.quantizer.encode(f[found[:, 0]].to(self.device)).cpu().numpy()
+        same = (codes == np.asarray(index.codes)[found[:, 1]]).all(axis=1)
+        return found[same]
 
 
 def _config_or_default(saved: dict[str, Any]) -> RunConfig:

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from quantrieve.api.retriever import Retriever
 from quantrieve.cli.terminal import console, progress_bar, stdout
-from quantrieve.config import DISTANCES, LOSS_PRESETS, ConfigError, load_config, preset_names
+from quantrieve.config import DISTANCES, METHODS, ConfigError, load_config, preset_names
 from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.run_parts import read_run_parts, training_part
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
@@ -130,9 +130,7 @@ def train(
         list[str] | None, typer.Option("--set", help="Override, e.g. --set train.epochs=30.")
     ] = None,
     bits: Annotated[int | None, typer.Option(help="Code length; sets model.num_books.")] = None,
-    method: Annotated[
-        str | None, typer.Option(help=f"Loss preset: {', '.join(LOSS_PRESETS)}.")
-    ] = None,
+    method: Annotated[str | None, typer.Option(help=f"Method: {', '.join(METHODS)}.")] = None,
     dataset: Annotated[
         str | None, typer.Option(help="Dataset reader, e.g. image-folder (data.dataset).")
     ] = None,
@@ -193,8 +191,11 @@ def train(
         progress_bar("decoding images"),
     )
     train_set = parts[training_part(parts)]
-    if resume and (out / "last.pt").is_file():
-        console.print(f"resuming {out} after its last finished epoch")
+    if resume:
+        from quantrieve.runtime.checkpoint import load_checkpoint
+
+        done = load_checkpoint(out / "last.pt")["epoch"]
+        console.print(f"resuming {out} at epoch {done + 1} of {config.train.epochs} ({done} done)")
     retriever.fit(
         train_set,
         run_dir=out,
@@ -510,10 +511,7 @@ def benchmark(
     ] = "fashion-mnist",
     methods: Annotated[
         str,
-        typer.Option(
-            help="Comma-separated: hqc, spq, hqc-ref, hqc-no-cc, hqc-no-pn, hqc-no-cd, "
-            "pq, opq, itq, exact."
-        ),
+        typer.Option(help=f"Comma-separated: {', '.join(METHODS)}, pq, opq, itq, exact."),
     ] = "hqc,spq,pq",
     bits: Annotated[
         str | None, typer.Option(help="Comma-separated code lengths; default: the protocol's.")

@@ -52,6 +52,7 @@ def evaluate_codes(
     precision_at: Sequence[int] = (10, 100, 1000),
     distance: str = "l2",
     progress: Progress | None = None,
+    exclude: np.ndarray | None = None,
 ) -> RetrievalResult:
     """Evaluate continuous query embeddings (Q, M*d) against PQ codes (N, M) by ADC.
 
@@ -60,12 +61,23 @@ def evaluate_codes(
         codebooks: (M, K, d).
         codes: uint8 (N, M) database codes.
         distance: ``l2`` (the papers') or ``sqeuclidean`` (faiss's ADC).
+        exclude: (P, 2) pairs (query, database row) moved to the end of that query's ranking
+            (distance +inf): a query that is itself in the database is not its own hit.
     """
     books = torch.as_tensor(np.asarray(codebooks)).float()
     scorer = ADCScorer(torch.as_tensor(np.asarray(codes)), books.shape[1])
     queries = queries.float().cpu()
+    pairs = torch.as_tensor(np.zeros((0, 2)) if exclude is None else exclude, dtype=torch.long)
+
+    def distances(s: slice) -> Tensor:
+        dist = scorer(lookup_tables(queries[s], books, distance))
+        inside = (pairs[:, 0] >= s.start) & (pairs[:, 0] < s.stop)
+        if inside.any():
+            dist[pairs[inside, 0] - s.start, pairs[inside, 1]] = float("inf")
+        return dist
+
     result = evaluate_distances(
-        lambda s: scorer(lookup_tables(queries[s], books, distance)),
+        distances,
         query_labels,
         db_labels,
         k,

@@ -38,6 +38,7 @@ import torch
 
 from quantrieve.api.retriever import Retriever
 from quantrieve.baselines import fit_baseline
+from quantrieve.config import METHODS as DEEP
 from quantrieve.config import RunConfig, config_differences, load_config, num_books_for_bits
 from quantrieve.errors import QuantrieveError
 from quantrieve.evaluate import RetrievalResult, evaluate_distances
@@ -62,12 +63,13 @@ class BenchmarkError(QuantrieveError, ValueError):
 
 
 @dataclass(frozen=True)
-class Method:
+class GridMethod:
     """One row of the benchmark grid.
 
     Attributes:
         name: Registry name (``--methods``).
-        kind: ``deep`` (trained encoder) or ``shallow`` (raw-pixel baseline).
+        kind: ``deep`` (trained encoder, :data:`quantrieve.config.METHODS`) or ``shallow``
+            (raw-pixel baseline).
         description: One line for the report.
         overrides: Config overrides that define a deep method (applied after the user's).
     """
@@ -78,25 +80,19 @@ class Method:
     overrides: tuple[str, ...] = ()
 
 
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in (
-        Method("hqc", "deep", "HQC, all five terms (w_icf = w_icz = 1)", ("loss.preset=hqc",)),
-        Method("spq", "deep", "SPQ, cross-quantized contrastive loss", ("loss.preset=spq",)),
-        Method(
-            "hqc-ref",
-            "deep",
-            "HQC with the reference implementation's defaults (w_icf = w_icz = 0)",
-            ("loss.preset=hqc-ref",),
-        ),
-        Method("hqc-no-cc", "deep", "HQC without L_cc", ("loss.preset=hqc", "loss.w_cc=0")),
-        Method("hqc-no-pn", "deep", "HQC without L_pn", ("loss.preset=hqc", "loss.w_pn=0")),
-        Method("hqc-no-cd", "deep", "HQC without L_cd", ("loss.preset=hqc", "loss.w_cd=0")),
-        Method("pq", "shallow", "faiss PQ on raw pixels (same M, K; squared-L2 ADC)"),
-        Method("opq", "shallow", "faiss OPQ + PQ on raw pixels (same M, K; squared-L2 ADC)"),
-        Method("itq", "shallow", "PCA + ITQ binary codes on raw pixels (Hamming)"),
-        Method("exact", "shallow", "exhaustive L2 on raw pixels (uncompressed reference)"),
-    )
+METHODS: dict[str, GridMethod] = {
+    **{m.name: GridMethod(m.name, "deep", m.description, m.overrides) for m in DEEP.values()},
+    **{
+        m.name: m
+        for m in (
+            GridMethod("pq", "shallow", "faiss PQ on raw pixels (same M, K; squared-L2 ADC)"),
+            GridMethod(
+                "opq", "shallow", "faiss OPQ + PQ on raw pixels (same M, K; squared-L2 ADC)"
+            ),
+            GridMethod("itq", "shallow", "PCA + ITQ binary codes on raw pixels (Hamming)"),
+            GridMethod("exact", "shallow", "exhaustive L2 on raw pixels (uncompressed reference)"),
+        )
+    },
 }
 
 

@@ -210,11 +210,17 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         saved = state.get("config")
         changed = config_differences(saved, self.config) if saved is not None else []
+        # More epochs may be asked for: the run is extended (see _extend).
+        extended = "train.epochs" in changed
+        changed = [key for key in changed if key != "train.epochs"]
         if changed:
             raise TrainingError(
                 f"{self.run_dir / 'last.pt'} was trained with a different config "
                 f"(keys differ: {', '.join(changed)}); resume with the saved config.json"
             )
+        if extended:
+            assert saved is not None
+            self._extend(int(saved["train"]["epochs"]), state["epoch"])
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -222,6 +228,22 @@ class Trainer:
         self.best_val_map = state["best_val_map"]
         self.best_epoch = state["best_epoch"]
         self._drop_unfinished_epoch_records()
+
+    def _extend(self, planned: int, done: int) -> None:
+        """Resume with another ``train.epochs``: allowed while it is not below the epochs done.
+
+        The warm-up + cosine schedule is recomputed over the new total, as if the run had been
+        planned that long from the start: from the resume point on, the learning rate follows
+        the longer curve (after a finished run it rises again from its final value).
+        """
+        epochs = self.config.train.epochs
+        if epochs < done:
+            raise TrainingError(
+                f"train.epochs = {epochs} is below the {done} epochs this run has done"
+            )
+        assert self.run_dir is not None
+        self.config.save(self.run_dir / "config.json")
+        self._log({"kind": "extended", "epoch": done, "from_epochs": planned, "to_epochs": epochs})
 
     def _drop_unfinished_epoch_records(self) -> None:
         """Remove log records of the epoch that was interrupted (it is trained again), and a
