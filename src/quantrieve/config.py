@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from quantrieve.atomic import atomic_write_json
+from quantrieve.data.folder import LAYOUTS
 from quantrieve.index.search import DISTANCES
 
 
@@ -46,6 +47,11 @@ class DataConfig:
         train_limit: Use only the first N training images (0 = all); for quick runs and tests.
         image_size: Square side images are decoded to, for readers of image files (list files,
             folders); 0 = the reader's default (64, SPQ's choice). IDX and CIFAR keep theirs.
+        layout: Layout of an ``image-folder`` dataset: ``auto`` (class sub-folders, or flat when
+            images sit directly in the root; a mix of both is refused), ``classes`` (loose images
+            in the root are ignored with a warning) or ``flat`` (every image, unlabelled).
+        skip_bad: Leave unreadable image files out (they are listed in the run's run.json)
+            instead of stopping with an error that names them all.
     """
 
     dataset: str = "fashion-mnist"
@@ -54,11 +60,18 @@ class DataConfig:
     split_seed: int = 0
     train_limit: int = 0
     image_size: int = 0
+    layout: str = "auto"
+    skip_bad: bool = False
 
     def validate(self) -> None:
         _check(self.image_size >= 0, "data.image_size", "must be >= 0 (0 = reader default)")
+        _check(self.layout in LAYOUTS, "data.layout", f"one of {LAYOUTS}, got {self.layout!r}")
         _check(self.val_queries >= 0, "data.val_queries", "must be >= 0")
         _check(self.train_limit >= 0, "data.train_limit", "must be >= 0")
+
+    def reader_options(self) -> dict[str, Any]:
+        """The reader keywords of :func:`quantrieve.data.read_dataset` this section sets."""
+        return {"layout": self.layout, "skip_bad": self.skip_bad}
 
 
 @dataclass

@@ -11,3 +11,7 @@ class QuantrieveError(Exception):
 
 class OutputError(QuantrieveError):
     """An output path that cannot be written without losing something already there."""
+
+
+class QuantrieveWarning(UserWarning):
+    """Something the user should know about their data or run (shown by the command line)."""

@@ -41,6 +41,7 @@ def train_run(
             config.data.root,
             config.data.image_size or None,
             CountingProgress("decoding images"),
+            **config.data.reader_options(),
         )
         train_set = parts["train"] if "train" in parts else parts[next(iter(parts))]
     trainer = Trainer(config, train_set, run_dir, resume=resume, progress=progress)

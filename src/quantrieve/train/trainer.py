@@ -150,7 +150,8 @@ class Trainer:
             record = run_record(
                 config.train.seed,
                 str(self.device),
-                {"train_images": len(train_set), "image_shape": [h, w, c]},
+                {"train_images": len(train_set), "image_shape": [h, w, c]}
+                | ({"skipped_images": train_set.skipped} if train_set.skipped else {}),
             )
             atomic_write_json(record, self.run_dir / "run.json")
 
