@@ -1,15 +1,27 @@
 """The index directory: the unit that ``quantrieve search`` and a search service load.
 
-Format ``quantrieve-pq-index``, version 1. A directory holding::
+Format ``quantrieve-pq-index``, version 2. A directory holding::
 
     index.json      metadata: format, version, num_items, num_books (M), num_codewords (K),
                     codeword_dim (d), bits, distance, has_labels, class_names, source,
-                    the training config, package versions, git commit, creation time
+                    the training config, package versions, git commit, creation time;
+                    codebooks_sha256, model_sha256 and checksums (see below)
     codebooks.npy   float32 (M, K, d)
     codes.npy       uint8 (N, M), row i is item i
     ids.txt         N lines, the id of item i on line i+1
     labels.npy      bool (N, C), only when labels are known
     model.pt        the encoder (optional), to embed query images
+
+Integrity (version 2). ``codebooks_sha256`` is the SHA-256 of the codebooks' float32 bytes (C
+order), ``model_sha256`` that of the ``model.pt`` file, and ``checksums`` maps ``codes.npy``,
+``ids.txt`` and ``labels.npy`` to the SHA-256 of each file. :meth:`PQIndex.load` refuses an index
+whose M, K, d, bits or item count in index.json disagree with its arrays, whose codebooks do not
+hash to ``codebooks_sha256``, or (``verify=True``, the default) whose files do not match their
+checksums; :func:`verify_index_model` refuses a ``model.pt`` that does not hash to
+``model_sha256`` or whose quantizer codebooks differ from ``codebooks.npy`` (a model.pt copied in
+from another run), and :func:`model_path` calls it for every index. A version-1 index (no hashes)
+still loads: what can be checked is (M, K, d, bits, the model's codebooks), and a
+:class:`~quantrieve.errors.QuantrieveWarning` says the rest cannot be.
 
 An index is written into a temporary sibling directory and renamed into place, so a crash never
 leaves a half-written index under the final name. An existing index is replaced (whole) only when
@@ -18,8 +30,11 @@ asked; a folder that is not an index is never written into (:mod:`quantrieve.run
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,14 +43,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantrieve.errors import OutputError
+from quantrieve.errors import OutputError, QuantrieveWarning
 from quantrieve.index.search import DISTANCES, search_codes
 from quantrieve.runtime.outputs import OutputKind, folder_state, refuse_foreign, replace_folder
 
 INDEX_FORMAT = "quantrieve-pq-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # Every file an index directory may hold: replacing an index removes these names only.
 INDEX_FILES = ("index.json", "codebooks.npy", "codes.npy", "ids.txt", "labels.npy", "model.pt")
+# Files whose SHA-256 index.json records under "checksums" (labels.npy only when present).
+CHECKSUMMED_FILES = ("codes.npy", "ids.txt", "labels.npy")
+HASH_CHUNK = 1 << 20
 
 
 def _is_index(folder: Path) -> bool:
@@ -62,12 +80,30 @@ RESERVED_META = frozenset(
         "has_model",
         "class_names",
         "created",
+        "codebooks_sha256",
+        "model_sha256",
+        "checksums",
     }
 )
 
 
 class IndexFormatError(ValueError):
-    """An index directory is missing, malformed or from a newer version."""
+    """An index directory is missing, malformed, altered since it was written, or from a newer
+    version."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks (memory stays bounded for large files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def codebooks_sha256(codebooks: np.ndarray) -> str:
+    """SHA-256 of codebooks as float32 bytes in C order (what ``codebooks.npy`` holds)."""
+    return hashlib.sha256(np.ascontiguousarray(codebooks, dtype=np.float32).tobytes()).hexdigest()
 
 
 @dataclass
@@ -171,6 +207,13 @@ class PQIndex:
                 "has_model": model_file is not None,
                 "class_names": self.class_names,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "codebooks_sha256": codebooks_sha256(self.codebooks),
+                "model_sha256": file_sha256(tmp / "model.pt") if model_file is not None else None,
+                "checksums": {
+                    name: file_sha256(tmp / name)
+                    for name in CHECKSUMMED_FILES
+                    if (tmp / name).is_file()
+                },
                 **self.meta,
             }
             (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -178,8 +221,20 @@ class PQIndex:
         return replace_folder(path, INDEX_KIND, write, overwrite, INDEX_FILES)
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = False) -> PQIndex:
-        """Read an index directory; errors name the directory and the file at fault."""
+    def load(cls, path: str | Path, mmap: bool = False, verify: bool = True) -> PQIndex:
+        """Read an index directory; errors name the directory and the file or key at fault.
+
+        Args:
+            path: the index directory.
+            mmap: memory-map codes and labels instead of reading them.
+            verify: check codes.npy, ids.txt and labels.npy against their checksums in
+                index.json (reads each file once; turn off for very large memory-mapped
+                indexes). The cheap checks (M, K, d, bits, item count, codebook hash) always run.
+
+        Raises:
+            IndexFormatError: a missing or malformed file, a newer version, or an index altered
+                since it was written (the message names the file or index.json key).
+        """
         path = Path(path)
         meta_path = path / "index.json"
         if not meta_path.is_file():
@@ -199,6 +254,8 @@ class PQIndex:
                 f"{meta_path}: index version {meta['version']} is newer than this quantrieve "
                 f"(reads up to {INDEX_VERSION})"
             )
+        if verify:
+            _verify_checksums(path, meta)
         mode = "r" if mmap else None
         try:
             codebooks = np.load(path / "codebooks.npy")
@@ -210,6 +267,7 @@ class PQIndex:
             )
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: cannot read index files ({exc})") from None
+        _verify_shape_keys(meta_path, meta, codebooks)
         try:
             index = cls(
                 codebooks=codebooks,
@@ -229,6 +287,71 @@ class PQIndex:
         return index
 
 
+def _altered(path: Path, what: str) -> IndexFormatError:
+    return IndexFormatError(
+        f"{path}: {what}; the index was altered after it was written (a file replaced or "
+        "edited); encode it again (quantrieve encode MODEL --out INDEX --overwrite)"
+    )
+
+
+def _warn_unverified(path: Path, what: str) -> None:
+    warnings.warn(
+        f"{path}: index version 1 records no {what}, so they cannot be verified; encode it "
+        "again with this quantrieve to add them",
+        QuantrieveWarning,
+        stacklevel=3,
+    )
+
+
+def _verify_checksums(path: Path, meta: dict[str, Any]) -> None:
+    """Files against ``checksums`` in index.json; a version-1 index has none (a warning)."""
+    checksums = meta.get("checksums")
+    if checksums is None and meta["version"] < 2:
+        _warn_unverified(path, "checksums of codes.npy, ids.txt, labels.npy")
+        return
+    if not isinstance(checksums, dict):
+        raise IndexFormatError(f"{path / 'index.json'}: 'checksums' missing or not a table")
+    for name in CHECKSUMMED_FILES:
+        file = path / name
+        expected = checksums.get(name)
+        if name == "labels.npy" and not meta.get("has_labels"):
+            continue
+        if expected is None:
+            raise IndexFormatError(f"{path / 'index.json'}: 'checksums' has no entry for {name}")
+        if not file.is_file():
+            raise IndexFormatError(f"{path}: cannot read index files ({name} is missing)")
+        if file_sha256(file) != expected:
+            raise _altered(file, "checksum differs from the one in index.json")
+
+
+def _verify_shape_keys(meta_path: Path, meta: dict[str, Any], codebooks: np.ndarray) -> None:
+    """M, K, d and bits in index.json against codebooks.npy, and its hash (version 2)."""
+    if codebooks.ndim != 3:
+        return  # PQIndex names the bad shape
+    m, k, d = codebooks.shape
+    expected = {
+        "num_books": m,
+        "num_codewords": k,
+        "codeword_dim": d,
+        "bits": int(m * math.log2(k)) if k > 0 else 0,
+    }
+    for key, value in expected.items():
+        if key in meta and meta[key] != value:
+            raise IndexFormatError(
+                f"{meta_path}: '{key}' is {meta[key]!r} but codebooks.npy holds {m} books of "
+                f"{k} codewords of dimension {d} ({expected['bits']} bits); index.json was "
+                "edited or its files come from different indexes (the format fixes these "
+                "values: encode again to change them)"
+            )
+    recorded = meta.get("codebooks_sha256")
+    if recorded is None:
+        if meta["version"] >= 2:
+            raise IndexFormatError(f"{meta_path}: 'codebooks_sha256' is missing")
+        return
+    if codebooks_sha256(codebooks) != recorded:
+        raise _altered(meta_path.parent / "codebooks.npy", "codebooks differ from codebooks_sha256")
+
+
 def check_index_output(path: str | Path, overwrite: bool = False) -> None:
     """Fail before any work if ``path`` cannot take a new index (see :meth:`PQIndex.save`)."""
     path = Path(path)
@@ -242,11 +365,103 @@ def check_index_output(path: str | Path, overwrite: bool = False) -> None:
         )
 
 
+def _model_codebooks(model_file: Path) -> np.ndarray:
+    """The quantizer codebooks in a model file's state dict (read without building the model:
+    this layer does not import :mod:`quantrieve.encode`)."""
+    try:
+        payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IndexFormatError(f"{model_file}: not a readable quantrieve model ({first})") from None
+    state = payload.get("state_dict") if isinstance(payload, dict) else None
+    found = [
+        v
+        for k, v in (state or {}).items()
+        if k.endswith("quantizer.codebooks") and torch.is_tensor(v)
+    ]
+    if len(found) != 1:
+        raise IndexFormatError(f"{model_file}: not a quantrieve model (no quantizer codebooks)")
+    return found[0].detach().float().numpy()
+
+
+# Index directories whose model.pt passed :func:`verify_index_model`, by the files' identities.
+_VERIFIED_MODELS: set[tuple] = set()
+
+
+def _identity(*files: Path) -> tuple:
+    out = []
+    for file in files:
+        stat = file.stat()
+        out.append((str(file.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+def verify_index_model(index_dir: str | Path) -> Path:
+    """Check that the index's ``model.pt`` is the model its codes were made with.
+
+    The file must hash to ``model_sha256`` in index.json (version 2), and the quantizer codebooks
+    in its state dict must equal ``codebooks.npy`` (any version): a model.pt copied in from
+    another run would embed queries for other codebooks and rank silently at chance level. A
+    passed check is remembered until one of the files changes.
+
+    Args:
+        index_dir: the index directory.
+
+    Returns:
+        The path of the verified ``model.pt``.
+
+    Raises:
+        IndexFormatError: no model.pt, or one that does not belong to the index (the message says
+            which check failed and how to fix it).
+    """
+    index_dir = Path(index_dir)
+    model_file, meta_path, books_path = (
+        index_dir / "model.pt",
+        index_dir / "index.json",
+        index_dir / "codebooks.npy",
+    )
+    if not model_file.is_file():
+        raise IndexFormatError(
+            f"{index_dir}: no model.pt here (train first), so images cannot be embedded"
+        )
+    try:
+        identity = _identity(model_file, meta_path, books_path)
+        meta = json.loads(meta_path.read_text())
+        codebooks = np.load(books_path)
+    except (OSError, ValueError) as exc:
+        raise IndexFormatError(f"{index_dir}: cannot read index files ({exc})") from None
+    if identity in _VERIFIED_MODELS:
+        return model_file
+    fix = (
+        "it is not the model this index was encoded with (e.g. another run's model.pt was "
+        "copied in); copy back the right model.pt, or encode again with this one (quantrieve "
+        "encode MODEL --out INDEX --overwrite)"
+    )
+    recorded = meta.get("model_sha256") if isinstance(meta, dict) else None
+    if recorded is not None and file_sha256(model_file) != recorded:
+        raise IndexFormatError(
+            f"{model_file}: file hash differs from model_sha256 in index.json; {fix}"
+        )
+    model_books = _model_codebooks(model_file)
+    if model_books.shape != codebooks.shape or not np.array_equal(model_books, codebooks):
+        raise IndexFormatError(
+            f"{model_file}: quantizer codebooks {tuple(model_books.shape)} differ from "
+            f"codebooks.npy {tuple(codebooks.shape)}; {fix}"
+        )
+    _VERIFIED_MODELS.add(identity)
+    return model_file
+
+
 def model_path(index_dir: str | Path) -> Path:
-    """The ``model.pt`` in an index or run directory, or an error saying it is missing."""
+    """The ``model.pt`` in an index or run directory, or an error saying it is missing.
+
+    In an index directory (one with index.json) the model is also checked to be the index's
+    own (:func:`verify_index_model`)."""
     path = Path(index_dir) / "model.pt"
     if not path.is_file():
         raise IndexFormatError(
             f"{index_dir}: no model.pt here (train first), so images cannot be embedded"
         )
+    if _is_index(Path(index_dir)):
+        return verify_index_model(index_dir)
     return path
