@@ -19,6 +19,7 @@ from quantrieve.config import RunConfig
 from quantrieve.data import ImageSet, read_dataset
 from quantrieve.encode import RetrievalModel, embed_images
 from quantrieve.evaluate import RetrievalResult, evaluate_retrieval
+from quantrieve.evaluate.code_usage import check_code_usage
 from quantrieve.index.search import ADCScorer, lookup_tables
 from quantrieve.index.store import IndexFormatError, PQIndex, check_index_output, model_path
 from quantrieve.progress import CountingProgress, bar
@@ -103,6 +104,9 @@ def encode_index(
         class_names=list(database.class_names),
         meta={
             "source": source or {},
+            "code_usage": check_code_usage(
+                codes, model.quantizer.num_codewords, "encoded database"
+            ).to_dict(),
             "model": model.metadata() | model.training_info,
             "training_config": json.loads(run_config.read_text()) if run_config.is_file() else None,
             "versions": package_versions(),
