@@ -41,7 +41,7 @@ def trained(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_index_directory_holds_codes_and_metadata(trained: dict[str, Path]) -> None:
     index = PQIndex.load(trained["index"])
     meta = json.loads((trained["index"] / "index.json").read_text())
-    assert meta["format"] == "quantrieve-pq-index" and meta["version"] == 1
+    assert meta["format"] == "quantrieve-pq-index" and meta["version"] == 2
     assert meta["bits"] == 16 and meta["num_items"] == 320 and meta["has_model"]
     assert index.codes.dtype == np.uint8 and index.codes.shape == (320, 4)
     assert index.labels is not None and index.labels.shape == (320, 10)

@@ -152,7 +152,7 @@ def test_a_model_from_another_run_is_refused(own_run: dict[str, Path], tmp_path:
     index = tmp_path / "index"
     shutil.copytree(own_run["index"], index)
     shutil.copyfile(other / "model.pt", index / "model.pt")
-    with pytest.raises(qr.QuantrieveError, match=r"model\.pt does not belong to this index"):
+    with pytest.raises(qr.QuantrieveError, match="not the model this index was encoded with"):
         qr.Retriever.load(index)
 
 
@@ -176,11 +176,11 @@ def test_a_query_in_the_index_is_not_its_own_hit(own_run: dict[str, Path]) -> No
     photos = qr.read_dataset("image-folder", own_run["photos"], 16)["all"]
     retriever.build_index(photos)
     with pytest.warns(qr.QuantrieveWarning, match="120 of 120 queries are themselves in the index"):
-        excluded = retriever.evaluate(photos, k=20, precision_at=[1])
+        retriever.evaluate(photos, k=20, precision_at=[1])
     # Other images under the same ids (another folder) are not taken for the queries.
     renamed = qr.ImageSet(
-        np.ascontiguousarray(photos.images[::-1]),
-        photos.labels[::-1],
+        np.ascontiguousarray(np.maximum(photos.images, 1) - 1),  # other pixels, same ids
+        photos.labels,
         photos.ids,
         photos.class_names,
     )

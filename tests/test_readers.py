@@ -404,14 +404,166 @@ def test_flat_image_folder_is_unlabelled(tmp_path: Path) -> None:
     root = tmp_path / "flat"
     _save(root / "b.png", (1, 2, 3))
     _save(root / "a.GIF", (9, 9, 9))
-    _save(root / "more" / "c.bmp", (4, 5, 6))
+    (root / "empty-sub").mkdir()
     got = read_image_folder(root, image_size=4, cache=False)["all"]
     assert got.labels is None and got.class_names == []
-    assert got.ids == ["a.GIF", "b.png", "more/c.bmp"]
+    assert got.ids == ["a.GIF", "b.png"]
     assert got.images[1, 0, 0].tolist() == [1, 2, 3]
+    # Images in sub-folders as well: flat only when asked for (see the mixed-folder test).
+    _save(root / "more" / "c.bmp", (4, 5, 6))
+    got = read_image_folder(root, image_size=4, cache=False, layout="flat")["all"]
+    assert got.labels is None and got.ids == ["a.GIF", "b.png", "more/c.bmp"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files found"):
         read_image_folder(tmp_path / "empty", cache=False)
+
+
+def _class_folder_with_strays(tmp_path: Path, strays: int) -> Path:
+    root = tmp_path / "mixed"
+    _save(root / "cat" / "c.png", (255, 0, 0))
+    _save(root / "dog" / "d.png", (0, 0, 255))
+    for i in range(strays):
+        _save(root / f"stray{i}.jpg", (0, 255, 0))
+    return root
+
+
+def test_stray_root_image_in_a_class_folder_dataset_is_refused_and_named(tmp_path: Path) -> None:
+    """One loose image no longer turns a class-folder dataset unlabelled without a word."""
+    root = _class_folder_with_strays(tmp_path, 1)
+    with pytest.raises(DataError) as info:
+        read_image_folder(root, cache=False)
+    message = str(info.value)
+    assert "class sub-folders (2: cat, dog)" in message
+    assert "1 image file directly in the folder (stray0.jpg)" in message
+    assert "data.layout=classes ignores them" in message and "data.layout=flat" in message
+    # Many strays: the first few are named, the rest counted.
+    for i in range(1, 7):
+        _save(root / f"stray{i}.jpg", (0, 255, 0))
+    with pytest.raises(DataError, match=r"7 image files .*stray4\.jpg, \.\.\. and 2 more"):
+        read_image_folder(root, cache=False)
+
+
+def test_folder_layout_classes_ignores_strays_with_a_warning_flat_reads_all(
+    tmp_path: Path,
+) -> None:
+    from quantrieve.errors import QuantrieveWarning
+
+    root = _class_folder_with_strays(tmp_path, 2)
+    with pytest.warns(QuantrieveWarning, match=r"ignores 2 image files .*stray0\.jpg, stray1\.jpg"):
+        got = read_image_folder(root, image_size=4, cache=False, layout="classes")["all"]
+    assert got.ids == ["cat/c.png", "dog/d.png"] and got.class_names == ["cat", "dog"]
+    assert got.labels.tolist() == [[True, False], [False, True]]
+    flat = read_image_folder(root, image_size=4, cache=False, layout="flat")["all"]
+    assert flat.labels is None and flat.ids == [
+        "cat/c.png",
+        "dog/d.png",
+        "stray0.jpg",
+        "stray1.jpg",
+    ]
+    with pytest.raises(DataError, match="unknown image folder layout 'sideways'"):
+        read_image_folder(root, cache=False, layout="sideways")
+    only_loose = tmp_path / "loose"
+    _save(only_loose / "a.png", (1, 1, 1))
+    with pytest.raises(DataError, match=r"data\.layout=classes, but no sub-folder holds images"):
+        read_image_folder(only_loose, cache=False, layout="classes")
+
+
+def test_layout_and_skip_bad_reach_the_reader_from_the_config(tmp_path: Path) -> None:
+    from quantrieve.config import ConfigError, load_config
+
+    root = _class_folder_with_strays(tmp_path, 1)
+    config = load_config(overrides=["data.dataset=image-folder", "data.layout=flat"])
+    assert config.data.reader_options() == {"layout": "flat", "skip_bad": False}
+    parts = read_dataset(config.data.dataset, root, 4, **config.data.reader_options())
+    assert parts["all"].labels is None and len(parts["all"]) == 3
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    config = load_config(overrides=["data.layout=classes", "data.skip_bad=true"])
+    with pytest.warns(UserWarning, match="ignores 1 image file"):
+        parts = read_dataset("image-folder", root, 4, **config.data.reader_options())
+    assert parts["all"].ids == ["cat/c.png", "dog/d.png"]
+    assert list(parts["all"].skipped) == ["dog/broken.png"]
+    with pytest.raises(ConfigError, match=r"config key 'data\.layout'"):
+        load_config(overrides=["data.layout=nested"])
+    with pytest.raises(DataError, match="applies to the image-folder dataset only"):
+        read_dataset("mnist", root, layout="classes")
+
+
+def _folder_with_bad_images(tmp_path: Path, bad: int) -> Path:
+    root = tmp_path / "bad"
+    _save(root / "a" / "good0.png", COLORS[0])
+    _save(root / "b" / "good1.png", COLORS[1])
+    for i in range(bad):
+        (root / "b" / f"broken{i}.jpg").parent.mkdir(parents=True, exist_ok=True)
+        (root / "b" / f"broken{i}.jpg").write_bytes(b"not a jpeg")
+    return root
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_every_unreadable_image_is_reported_in_one_pass(tmp_path: Path, cache: bool) -> None:
+    from quantrieve.data.images import UnreadableImagesError
+
+    root = _folder_with_bad_images(tmp_path, 7)
+    with pytest.raises(UnreadableImagesError) as info:
+        read_image_folder(root, image_size=4, cache=cache)
+    message = str(info.value)
+    assert message.startswith("7 unreadable images: ")
+    assert "broken0.jpg: unreadable image (" in message and "broken4.jpg" in message
+    assert "broken5.jpg" not in message and "... and 2 more" in message
+    assert "set data.skip_bad=true to leave them out" in message
+    assert [b.path.name for b in info.value.bad] == [f"broken{i}.jpg" for i in range(7)]
+    (root / "b" / "broken0.jpg").rename(root / "b" / "broken0.txt")
+    for i in range(2, 7):
+        (root / "b" / f"broken{i}.jpg").unlink()
+    with pytest.raises(
+        UnreadableImagesError,
+        match=r"^\S*broken1\.jpg: unreadable image .*fix or "
+        r"remove it, or set data\.skip_bad=true to leave it out",
+    ):
+        read_image_folder(root, image_size=4, cache=cache)
+
+
+def test_skip_bad_leaves_unreadable_images_out_and_lists_them(tmp_path: Path, monkeypatch) -> None:
+    root = _folder_with_bad_images(tmp_path, 3)
+    got = read_image_folder(root, image_size=4, skip_bad=True)["all"]
+    assert got.ids == ["a/good0.png", "b/good1.png"]
+    assert got.labels.tolist() == [[True, False], [False, True]]
+    assert (got.images[1] == COLORS[1]).all() and len(got.images) == 2
+    assert sorted(got.skipped) == ["b/broken0.jpg", "b/broken1.jpg", "b/broken2.jpg"]
+    assert isinstance(got.images, np.memmap)
+    assert got.subset([1]).skipped == got.skipped
+    # The cache remembers the unreadable files: nothing is decoded again, the error is the same.
+    monkeypatch.setattr(cache_module, "decode_image", _no_decoding)
+    again = read_image_folder(root, image_size=4, skip_bad=True)["all"]
+    np.testing.assert_array_equal(again.images, got.images)
+    assert again.skipped == got.skipped
+    with pytest.raises(DataError, match="3 unreadable images"):
+        read_image_folder(root, image_size=4)
+    only_bad = tmp_path / "only-bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"no")
+    monkeypatch.undo()
+    with pytest.raises(DataError, match="none of the 1 image files is readable"):
+        read_image_folder(only_bad, skip_bad=True)
+
+
+def test_list_file_reports_all_unreadable_images_and_can_skip_them(tmp_path: Path) -> None:
+    root = _list_root(tmp_path)
+    (root / "images" / "1.png").write_bytes(b"this is not a png")
+    (root / "images" / "3.png").write_bytes(b"nor this")
+    with pytest.raises(DataError) as info:
+        read_list_file(root / "list.txt", root, image_size=8)
+    assert str(info.value).startswith("2 unreadable images: ")
+    assert f"{root / 'list.txt'}:2: unreadable image {root / 'images/1.png'}" in str(info.value)
+    assert f"{root / 'list.txt'}:5: unreadable image {root / 'images/3.png'}" in str(info.value)
+    got = read_list_file(root / "list.txt", root, image_size=8, skip_bad=True)
+    assert got.ids == ["images/0.png", "images/2.png"]
+    assert got.labels.tolist() == [[False, True, False], [False, True, False]]
+    assert sorted(got.skipped) == ["images/1.png", "images/3.png"]
+    # Missing files are all named too, and never skipped.
+    text = (root / "list.txt").read_text() + "images/x.jpg 0 1 1\nimages/y.jpg 1 1 1\n"
+    (root / "list.txt").write_text(text)
+    with pytest.raises(DataError, match=r"2 images not found: .*x\.jpg; .*:7: image not found"):
+        read_list_file(root / "list.txt", root, image_size=8, skip_bad=True)
 
 
 # ---------------------------------------------------------------- cache

@@ -126,6 +126,17 @@ def test_run_directory_records_everything(tiny_fashion: Path, tmp_path: Path) ->
     assert summaries[-1].val_map is not None and 0 <= summaries[-1].val_map <= 1
 
 
+def test_run_record_lists_images_the_reader_skipped(tiny_fashion: Path, tmp_path: Path) -> None:
+    """With data.skip_bad the unreadable files are left out, and run.json names them."""
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    Trainer(tiny_config(tiny_fashion), train, tmp_path / "clean")
+    assert "skipped_images" not in json.loads((tmp_path / "clean" / "run.json").read_text())
+    train.skipped = {"b/broken.jpg": "cannot identify image file"}
+    Trainer(tiny_config(tiny_fashion, "data.train_limit=300"), train, tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["skipped_images"] == {"b/broken.jpg": "cannot identify image file"}
+
+
 def test_existing_run_is_not_overwritten(tiny_fashion: Path, tmp_path: Path) -> None:
     train = read_dataset("fashion-mnist", tiny_fashion)["train"]
     config = tiny_config(tiny_fashion, "train.epochs=1", "train.warmup_epochs=0")

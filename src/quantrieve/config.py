@@ -34,6 +34,10 @@ def _check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key '{key}': {message}")
 
 
+# Layouts of an image-folder dataset (see quantrieve.data.folder).
+LAYOUTS = ("auto", "classes", "flat")
+
+
 @dataclass
 class DataConfig:
     """Where the images come from and how the training side is split.
@@ -50,6 +54,11 @@ class DataConfig:
         holdout_queries: For a collection with no test part (an image folder): images held out
             as test queries, saved with the run (``holdout.npz``) and never trained on; the
             rest is the training set and the database. 0 = none.
+        layout: Layout of an ``image-folder`` dataset: ``auto`` (class sub-folders, or flat when
+            images sit directly in the root; a mix of both is refused), ``classes`` (loose images
+            in the root are ignored with a warning) or ``flat`` (every image, unlabelled).
+        skip_bad: Leave unreadable image files out (they are listed in the run's run.json)
+            instead of stopping with an error that names them all.
     """
 
     dataset: str = "fashion-mnist"
@@ -59,12 +68,19 @@ class DataConfig:
     train_limit: int = 0
     image_size: int = 0
     holdout_queries: int = 0
+    layout: str = "auto"
+    skip_bad: bool = False
 
     def validate(self) -> None:
         _check(self.holdout_queries >= 0, "data.holdout_queries", "must be >= 0 (0 = none)")
         _check(self.image_size >= 0, "data.image_size", "must be >= 0 (0 = reader default)")
+        _check(self.layout in LAYOUTS, "data.layout", f"one of {LAYOUTS}, got {self.layout!r}")
         _check(self.val_queries >= 0, "data.val_queries", "must be >= 0")
         _check(self.train_limit >= 0, "data.train_limit", "must be >= 0")
+
+    def reader_options(self) -> dict[str, Any]:
+        """The reader keywords of :func:`quantrieve.data.read_dataset` this section sets."""
+        return {"layout": self.layout, "skip_bad": self.skip_bad}
 
 
 @dataclass

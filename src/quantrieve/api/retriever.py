@@ -40,7 +40,14 @@ from quantrieve.config import (
 from quantrieve.data import DataError, ImageSet
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult, evaluate_codes
-from quantrieve.index.store import IndexFormatError, PQIndex, check_index_output
+from quantrieve.evaluate.code_usage import check_code_usage
+from quantrieve.index.store import (
+    IndexFormatError,
+    PQIndex,
+    check_index_output,
+    image_fingerprints,
+    verify_index_model,
+)
 from quantrieve.models.retrieval import RetrievalModel, embed_images
 from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.progress import Progress
@@ -210,6 +217,8 @@ class Retriever:
         if need_index or (path.is_dir() and (path / "index.json").is_file()):
             index = PQIndex.load(path)
             model_file = path / "model.pt"
+            if model_file.is_file():
+                verify_index_model(path)  # its hash and codebooks are the index's
             saved = index.meta.get("training_config")
             if isinstance(saved, dict):
                 config = _config_or_default(saved)
@@ -228,21 +237,8 @@ class Retriever:
         elif index is None:
             raise QuantrieveError(f"{path}: no model.pt here (train first)")
         retriever = cls(config, model=model, index=index, device=device)
-        if index is not None and model is not None:
-            retriever._check_model_matches_index(path)
         retriever.run_dir = path if (path / "run.json").is_file() else None
         return retriever
-
-    def _check_model_matches_index(self, where: Path) -> None:
-        assert self.model is not None and self.index is not None
-        books = self.model.quantizer.codebooks.detach().cpu().numpy()
-        if books.shape != self.index.codebooks.shape or not np.array_equal(
-            books, self.index.codebooks
-        ):
-            raise IndexFormatError(
-                f"{where}: model.pt does not belong to this index (its codebooks differ from "
-                "codebooks.npy); encode the index again with the model you want to use"
-            )
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -311,6 +307,7 @@ class Retriever:
         model = self._require_model()
         database = _as_image_set(database)
         codes = self.encode(database, progress)
+        usage = check_code_usage(codes, model.config.num_codewords, "encoded database")
         self.index = PQIndex(
             codebooks=model.quantizer.codebooks.detach().cpu().numpy(),
             codes=codes,
@@ -318,8 +315,10 @@ class Retriever:
             labels=database.labels,
             distance=distance or self.config.eval.distance,
             class_names=list(database.class_names),
+            content=image_fingerprints(database.images),
             meta={
                 "source": source or {},
+                "code_usage": usage.to_dict(),
                 "model": model.metadata() | model.training_info,
                 "training_config": self.config.to_dict(),
                 "versions": package_versions(),
@@ -399,10 +398,11 @@ class Retriever:
         if len(selves):
             warnings.warn(
                 QuantrieveWarning(
-                    f"{len(selves)} of {len(queries)} queries are themselves in the index (same "
-                    "id and code): each is moved to the end of its own ranking, so it does not "
-                    "count as its own hit. Hold out queries instead (quantrieve train --holdout "
-                    "N, or qr.hold_out) to score images the index has never seen."
+                    f"{len(np.unique(selves[:, 0]))} of {len(queries)} queries are themselves in "
+                    "the index (the same pixels): each copy is moved to the end of that query's "
+                    "ranking, so it does not count as its own hit. Hold out queries instead "
+                    "(quantrieve train --holdout N, or qr.hold_out) to score images the index "
+                    "has never seen."
                 ),
                 stacklevel=2,
             )
@@ -420,11 +420,19 @@ class Retriever:
         )
 
     def _self_matches(self, queries: ImageSet, f: torch.Tensor) -> np.ndarray:
-        """(query, index row) pairs that are the same image: the same id, and the query's code
-        equals the item's (an id alone could name another file in another folder)."""
+        """(query, index row) pairs that are the same image: equal pixel fingerprints. An
+        index without fingerprints (made before they were kept) falls back on equal ids and
+        equal codes."""
         index = self._require_index()
-        rows = {item: row for row, item in enumerate(index.ids)}
-        pairs = [(q, rows[i]) for q, i in enumerate(queries.ids) if i in rows]
+        if index.content is not None:
+            rows: dict[int, list[int]] = {}
+            for row, print_ in enumerate(index.content.tolist()):
+                rows.setdefault(print_, []).append(row)
+            prints = image_fingerprints(queries.images).tolist()
+            pairs = [(q, r) for q, p in enumerate(prints) for r in rows.get(p, [])]
+            return np.array(pairs, dtype=np.int64).reshape(-1, 2)
+        by_id = {item: row for row, item in enumerate(index.ids)}
+        pairs = [(q, by_id[i]) for q, i in enumerate(queries.ids) if i in by_id]
         if not pairs or self.model is None:
             return np.zeros((0, 2), dtype=np.int64)
         found = np.array(pairs, dtype=np.int64)

@@ -189,6 +189,7 @@ def train(
         config.data.root,
         config.data.image_size or None,
         progress_bar("decoding images"),
+        **config.data.reader_options(),
     )
     train_set = parts[training_part(parts)]
     if resume:

@@ -34,6 +34,9 @@ def read_dataset(
     root: str | Path,
     image_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    *,
+    layout: str = "auto",
+    skip_bad: bool = False,
 ) -> dict[str, ImageSet]:
     """Read a dataset by registry name; returns its named parts (e.g. train, test).
 
@@ -43,12 +46,28 @@ def read_dataset(
         image_size: square side for readers that decode image files (their default if None);
             fixed-size formats (IDX, CIFAR) ignore it.
         progress: ``progress(done, total)`` while image files are decoded into the cache.
+        layout: ``auto``, ``classes`` or ``flat``, of the ``image-folder`` reader (see
+            :mod:`quantrieve.data.folder`); other readers have a fixed layout and refuse any
+            other value than ``auto``.
+        skip_bad: readers that decode image files leave unreadable ones out (listed in
+            ``ImageSet.skipped``) instead of raising one error naming them all; fixed-size
+            formats have no image files to skip.
+
+    The config's ``data`` section gives ``layout`` and ``skip_bad``:
+    ``read_dataset(..., **config.data.reader_options())``.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; available: {', '.join(sorted(DATASETS))}")
+    if layout != "auto" and name != "image-folder":
+        raise DataError(
+            f"data.layout={layout} applies to the image-folder dataset only; '{name}' has a "
+            "fixed layout (use data.layout=auto)"
+        )
     if name not in DECODING_READERS:
         return DATASETS[name](root)
-    options: dict = {}
+    options: dict = {"skip_bad": skip_bad}
+    if name == "image-folder":
+        options["layout"] = layout
     if image_size:
         options["image_size"] = image_size
     if progress is not None:

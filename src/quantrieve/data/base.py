@@ -72,12 +72,15 @@ class ImageSet:
         labels: bool array (N, num_classes) or None when unlabelled.
         ids: one string id per image (a file name, or ``part:index``).
         class_names: names of the label columns.
+        skipped: files of the source left out because they could not be read (a reader's
+            ``skip_bad``), id -> reason; kept by :meth:`subset`, so a run can record them.
     """
 
     images: np.ndarray | IndexedImages
     labels: np.ndarray | None
     ids: list[str]
     class_names: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != np.uint8:
@@ -118,6 +121,7 @@ class ImageSet:
             labels=None if self.labels is None else self.labels[idx],
             ids=[self.ids[i] for i in idx],
             class_names=list(self.class_names),
+            skipped=dict(self.skipped),
         )
 
 

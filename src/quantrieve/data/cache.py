@@ -6,7 +6,12 @@ A cache entry is two files in ``cache_dir``:
   as a memory map; ``ident`` hashes the ordered source paths and the size, so one image list
   always maps to the same entry;
 - the same name with ``.json``: a small record whose ``key`` is a SHA-256 over the ordered source
-  paths, their byte sizes and modification times (ns) and the image size.
+  paths, their byte sizes and modification times (ns) and the image size, and whose ``bad`` lists
+  the sources that could not be decoded (``[index, reason]`` pairs; the array holds the rows of
+  the others, in order).
+
+Every image is tried: unreadable ones are collected, not fatal, so one pass finds them all and
+the caller decides (:class:`DecodedImages`: raise naming all of them, or leave them out).
 
 The entry is reused only if the recorded key equals the key of the sources now; otherwise (a
 source touched, replaced, resized) it is rebuilt in place. A build writes to a temporary file and
@@ -21,16 +26,70 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from quantrieve.data.base import DataError
-from quantrieve.data.images import UnreadableImageError, decode_image
+from quantrieve.data.images import (
+    BadImage,
+    UnreadableImageError,
+    UnreadableImagesError,
+    decode_image,
+    unreadable_message,
+)
 
 Progress = Callable[[int, int], None]
 CACHE_FORMAT = 1
 DEFAULT_CACHE_DIR_NAME = ".quantrieve-cache"
+
+
+@dataclass
+class DecodedImages:
+    """The decodable images of a path list, and the paths that could not be decoded.
+
+    Attributes:
+        images: uint8 (N - len(bad), size, size, 3), the readable images in input order
+            (memory-mapped when cached).
+        bad: the unreadable images, in input order, with their position in the path list.
+    """
+
+    images: np.ndarray
+    bad: list[BadImage] = field(default_factory=list)
+
+    @property
+    def kept(self) -> np.ndarray:
+        """Positions in the path list of the rows of ``images``."""
+        total = len(self.images) + len(self.bad)
+        return np.setdiff1d(np.arange(total), [b.index for b in self.bad]).astype(np.int64)
+
+    def require_all(self) -> np.ndarray:
+        """``images``, or :class:`UnreadableImagesError` naming every unreadable image."""
+        if self.bad:
+            items = [f"{b.path}: unreadable image ({b.reason})" for b in self.bad]
+            raise UnreadableImagesError(unreadable_message(items), self.bad)
+        return self.images
+
+
+def decode_all(
+    paths: Sequence[Path], image_size: int, progress: Progress | None = None
+) -> DecodedImages:
+    """Decode images into memory (no cache), trying every one.
+
+    Args:
+        paths: image files, in output order.
+        image_size: side of the square output images.
+        progress: called as ``progress(n_done, total)`` after each image.
+
+    Returns:
+        The readable images (in order) and the unreadable ones.
+    """
+    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    bad = _decode_into(out, paths, image_size, progress)
+    if bad:
+        out = out[: len(paths) - len(bad)].copy()
+    return DecodedImages(out, bad)
 
 
 def decode_images(
@@ -47,26 +106,26 @@ def decode_images(
         uint8 array (N, image_size, image_size, 3).
 
     Raises:
-        UnreadableImageError: an image cannot be decoded; its ``index`` is the position in
-            ``paths``.
+        UnreadableImagesError: images cannot be decoded; all of them are named (``bad``).
     """
-    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
-    _decode_into(out, paths, image_size, progress)
-    return out
+    return decode_all(paths, image_size, progress).require_all()
 
 
 def _decode_into(
     out: np.ndarray, paths: Sequence[Path], image_size: int, progress: Progress | None
-) -> None:
-    total = len(paths)
+) -> list[BadImage]:
+    """Decode every path; readable images fill ``out`` from row 0 in order, the rest are
+    returned."""
+    total, row, bad = len(paths), 0, []
     for i, path in enumerate(paths):
         try:
-            out[i] = decode_image(path, image_size)
+            out[row] = decode_image(path, image_size)
+            row += 1
         except UnreadableImageError as exc:
-            exc.index = i
-            raise
+            bad.append(BadImage(i, Path(path), exc.reason))
         if progress is not None:
             progress(i + 1, total)
+    return bad
 
 
 def cache_key(paths: Sequence[Path], image_size: int) -> str:
@@ -105,14 +164,22 @@ def _fsync(path: Path) -> None:
 
 
 def _open_valid(
-    npy_path: Path, json_path: Path, key: str, shape: tuple[int, ...]
-) -> np.memmap | None:
-    """The cached array if its record matches ``key`` and its header ``shape``; else None."""
+    npy_path: Path, json_path: Path, key: str, paths: Sequence[Path], image_size: int
+) -> DecodedImages | None:
+    """The cached entry if its record matches ``key`` and its header the expected shape."""
     try:
         record = json.loads(json_path.read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    bad_entries = record.get("bad", [])
+    try:
+        bad = [BadImage(int(i), Path(paths[int(i)]), str(reason)) for i, reason in bad_entries]
+    except (TypeError, ValueError, IndexError):
+        return None
+    shape = (len(paths) - len(bad), image_size, image_size, 3)
+    if not shape[0]:
         return None
     try:
         images = np.load(npy_path, mmap_mode="r")
@@ -120,17 +187,34 @@ def _open_valid(
         return None
     if images.dtype != np.uint8 or images.shape != shape:
         return None
-    return images
+    return DecodedImages(images, bad)
 
 
-def cached_images(
+def _copy_rows(source: Path, rows: int, target: Path) -> None:
+    """Write the first ``rows`` rows of the array in ``source`` to a new ``.npy`` ``target``."""
+    full = np.load(source, mmap_mode="r")
+    out = np.lib.format.open_memmap(
+        target, mode="w+", dtype=np.uint8, shape=(rows, *full.shape[1:])
+    )
+    try:
+        for start in range(0, rows, 1024):
+            out[start : start + 1024] = full[start : min(rows, start + 1024)]
+        out.flush()
+    finally:
+        del out, full
+
+
+def cached_decode(
     paths: Sequence[Path],
     image_size: int,
     cache_dir: Path,
     progress: Progress | None = None,
     name: str = "images",
-) -> np.memmap:
+) -> DecodedImages:
     """Decoded, resized images of ``paths``, from the cache or built into it.
+
+    Unreadable images do not stop the build: they are left out of the array and listed in the
+    entry's record, so a later read reports them again without decoding anything.
 
     Args:
         paths: image files, in output order (the order is part of the key).
@@ -141,11 +225,11 @@ def cached_images(
         name: readable prefix of the entry's file names (e.g. ``flickr25k-database``).
 
     Returns:
-        Read-only memory map of shape (N, image_size, image_size, 3), uint8.
+        The readable images as a read-only memory map (N - len(bad), size, size, 3), uint8, and
+        the unreadable ones. If no image is readable nothing is cached (the array is empty).
 
     Raises:
         DataError: ``paths`` is empty or a source file cannot be stat-ed.
-        UnreadableImageError: a source image cannot be decoded (``index`` set); nothing is cached.
         OSError: the cache folder or file cannot be written.
     """
     if not paths:
@@ -156,7 +240,7 @@ def cached_images(
     stem = _entry_stem(paths, image_size, name)
     npy_path = cache_dir / f"{stem}.npy"
     json_path = cache_dir / f"{stem}.json"
-    cached = _open_valid(npy_path, json_path, key, shape)
+    cached = _open_valid(npy_path, json_path, key, paths, image_size)
     if cached is not None:
         return cached
 
@@ -164,34 +248,69 @@ def cached_images(
     # The record goes first, so a crash below can never pair an old record with a new array.
     json_path.unlink(missing_ok=True)
     tmp_npy = cache_dir / f".{stem}.{os.getpid()}.tmp.npy"
+    tmp_rows = cache_dir / f".{stem}.{os.getpid()}.rows.tmp.npy"
     tmp_json = cache_dir / f".{stem}.{os.getpid()}.tmp.json"
     try:
         out = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint8, shape=shape)
         try:
-            _decode_into(out, paths, image_size, progress)
+            bad = _decode_into(out, paths, image_size, progress)
             out.flush()
         finally:
             del out
+        rows = len(paths) - len(bad)
+        if not rows:
+            return DecodedImages(np.empty((0, *shape[1:]), dtype=np.uint8), bad)
+        if bad:
+            # Readable rows fill the front of the array: keep those alone.
+            _copy_rows(tmp_npy, rows, tmp_rows)
+            os.replace(tmp_rows, tmp_npy)
         _fsync(tmp_npy)
         os.replace(tmp_npy, npy_path)
-        record = {"format": CACHE_FORMAT, "key": key, "count": len(paths), "image_size": image_size}
+        record = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "count": len(paths),
+            "image_size": image_size,
+            "bad": [[b.index, b.reason] for b in bad],
+        }
         tmp_json.write_text(json.dumps(record, indent=1) + "\n")
         _fsync(tmp_json)
         os.replace(tmp_json, json_path)
     finally:
         tmp_npy.unlink(missing_ok=True)
+        tmp_rows.unlink(missing_ok=True)
         tmp_json.unlink(missing_ok=True)
-    return np.load(npy_path, mmap_mode="r")
+    return DecodedImages(np.load(npy_path, mmap_mode="r"), bad)
 
 
-def load_images(
+def cached_images(
+    paths: Sequence[Path],
+    image_size: int,
+    cache_dir: Path,
+    progress: Progress | None = None,
+    name: str = "images",
+) -> np.memmap:
+    """:func:`cached_decode` that requires every image to be readable.
+
+    Returns:
+        Read-only memory map of shape (N, image_size, image_size, 3), uint8.
+
+    Raises:
+        DataError: ``paths`` is empty or a source file cannot be stat-ed.
+        UnreadableImagesError: images cannot be decoded; every one is named (``bad``).
+        OSError: the cache folder or file cannot be written.
+    """
+    return cached_decode(paths, image_size, cache_dir, progress, name).require_all()
+
+
+def read_images(
     paths: Sequence[Path],
     image_size: int,
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     name: str = "images",
-) -> np.ndarray:
-    """Decoded, resized images, through the cache when one is given and writable.
+) -> DecodedImages:
+    """Decoded, resized images and the unreadable ones, through the cache when one is given.
 
     Args:
         paths: image files, in output order.
@@ -202,18 +321,36 @@ def load_images(
         name: readable prefix of the cache entry's file names.
 
     Returns:
-        uint8 array (N, image_size, image_size, 3), memory-mapped when cached.
+        The readable images (memory-mapped when cached) and the unreadable ones.
 
     Raises:
-        UnreadableImageError: an image cannot be decoded (``index`` set).
         DataError: a source file cannot be stat-ed.
     """
     if cache_dir is not None and paths:
         try:
-            return cached_images(paths, image_size, Path(cache_dir), progress, name)
+            return cached_decode(paths, image_size, Path(cache_dir), progress, name)
         except OSError as exc:
             warnings.warn(
                 f"{cache_dir}: image cache not writable ({exc}); decoding into memory instead",
-                stacklevel=2,
+                stacklevel=3,
             )
-    return decode_images(paths, image_size, progress)
+    return decode_all(paths, image_size, progress)
+
+
+def load_images(
+    paths: Sequence[Path],
+    image_size: int,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
+    name: str = "images",
+) -> np.ndarray:
+    """:func:`read_images` that requires every image to be readable.
+
+    Returns:
+        uint8 array (N, image_size, image_size, 3), memory-mapped when cached.
+
+    Raises:
+        UnreadableImagesError: images cannot be decoded; every one is named (``bad``).
+        DataError: a source file cannot be stat-ed.
+    """
+    return read_images(paths, image_size, cache_dir, progress, name).require_all()

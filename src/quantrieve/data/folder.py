@@ -1,29 +1,48 @@
 """Reader of a plain image folder, labelled by class sub-folders or unlabelled.
 
-Two layouts, told apart by whether any image file sits directly in ``root``:
+Two layouts:
 
-- class folders (no image directly in ``root``): each non-hidden sub-folder is a class, its images
-  are found recursively; labels are one-hot, class names the sorted sub-folder names;
-- flat (images directly in ``root``): every image under ``root``, recursively, unlabelled
-  (``labels=None``).
+- class folders: each non-hidden sub-folder is a class, its images are found recursively; labels
+  are one-hot, class names the sorted sub-folder names;
+- flat: every image under ``root``, recursively, unlabelled (``labels=None``).
+
+The ``layout`` argument (config key ``data.layout``) chooses: ``"classes"``, ``"flat"``, or
+``"auto"`` (the default), which reads class folders when no image sits directly in ``root``, and
+flat when images sit directly in ``root`` and no sub-folder holds any. A folder with both (class
+folders *and* loose images in ``root``, e.g. one stray photo) is refused under ``"auto"``, naming
+the loose files, rather than silently read as unlabelled: ``"classes"`` then ignores the loose
+images (a :class:`~quantrieve.errors.QuantrieveWarning` names them), ``"flat"`` reads every image
+unlabelled.
 
 Image files are those ending in .jpg .jpeg .png .bmp .webp .gif (any case); hidden files and
 folders (names starting with ``.``, e.g. the cache folder) are skipped. Ids are the paths relative
 to ``root`` (POSIX style), in sorted order. Images are resized like the list-file readers (see
-:mod:`quantrieve.data.images`) and cached by default in ``root/.quantrieve-cache``.
+:mod:`quantrieve.data.images`) and cached by default in ``root/.quantrieve-cache``. Every image is
+tried: unreadable ones are all named in one error, or with ``skip_bad`` left out and listed in
+:attr:`ImageSet.skipped`.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
+from quantrieve.config import LAYOUTS
 from quantrieve.data.base import DataError, ImageSet, one_hot
-from quantrieve.data.cache import DEFAULT_CACHE_DIR_NAME, Progress, load_images
-from quantrieve.data.images import is_image_file
+from quantrieve.data.cache import DEFAULT_CACHE_DIR_NAME, Progress, read_images
+from quantrieve.data.images import UnreadableImagesError, is_image_file, unreadable_message
+from quantrieve.errors import QuantrieveWarning
 
 DEFAULT_IMAGE_SIZE = 64
+# How many loose files a message names before it says "... and N more".
+SHOW_FILES = 5
+
+
+def _names(paths: list[Path], root: Path, limit: int = SHOW_FILES) -> str:
+    shown = ", ".join(p.relative_to(root).as_posix() for p in paths[:limit])
+    return shown + (f", ... and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def _images_under(folder: Path, root: Path) -> list[Path]:
@@ -45,6 +64,8 @@ def read_image_folder(
     cache: bool = True,
     cache_dir: str | Path | None = None,
     progress: Progress | None = None,
+    layout: str = "auto",
+    skip_bad: bool = False,
 ) -> dict[str, ImageSet]:
     """Read an image folder (class sub-folders or flat; see the module docstring).
 
@@ -54,19 +75,36 @@ def read_image_folder(
         cache: whether to cache decoded images on disk.
         cache_dir: cache folder; default ``root/.quantrieve-cache`` (memory if not writable).
         progress: called as ``progress(n_done, total)`` while images are decoded.
+        layout: ``"auto"``, ``"classes"`` or ``"flat"`` (see the module docstring).
+        skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
+            raising.
 
     Returns:
         ``{"all": ImageSet}``.
 
     Raises:
-        DataError: the folder is missing or holds no images, a class folder is empty, or an image
-            is unreadable (the message names it).
+        DataError: the folder is missing or holds no images, a class folder is empty, ``"auto"``
+            finds class folders and loose images together (the message names the loose files),
+            or images are unreadable without ``skip_bad`` (the message names them all).
     """
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown image folder layout {layout!r}; one of {', '.join(LAYOUTS)}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: image folder not found")
     children = sorted(p for p in root.iterdir() if not p.name.startswith("."))
-    flat = any(is_image_file(p) and p.is_file() for p in children)
+    loose = [p for p in children if is_image_file(p) and p.is_file()]
+    class_files = {p: _images_under(p, root) for p in children if p.is_dir()}
+    filled = [p for p, found in class_files.items() if found]
+    if layout == "auto" and loose and filled:
+        raise DataError(
+            f"{root}: holds class sub-folders ({len(filled)}: {_names(filled, root)}) and "
+            f"{len(loose)} image file{'s' if len(loose) > 1 else ''} directly in the folder "
+            f"({_names(loose, root)}), so it is neither a class-folder nor a flat dataset; move "
+            "the loose images into a class folder (or out of the folder), or choose: "
+            "data.layout=classes ignores them, data.layout=flat reads every image unlabelled"
+        )
+    flat = layout == "flat" or (layout == "auto" and bool(loose))
 
     labels: np.ndarray | None
     class_names: list[str] = []
@@ -74,14 +112,23 @@ def read_image_folder(
         files = _images_under(root, root)
         labels = None
     else:
-        class_dirs = [p for p in children if p.is_dir()]
+        if layout == "classes" and not filled:
+            raise DataError(f"{root}: data.layout=classes, but no sub-folder holds images")
+        if loose:
+            warnings.warn(
+                f"{root}: data.layout=classes ignores {len(loose)} image "
+                f"file{'s' if len(loose) > 1 else ''} directly in the folder "
+                f"({_names(loose, root)})",
+                QuantrieveWarning,
+                stacklevel=2,
+            )
+        class_dirs = list(class_files)
         files, class_index = [], []
         for index, class_dir in enumerate(class_dirs):
-            class_files = _images_under(class_dir, root)
-            if not class_files:
+            if not class_files[class_dir]:
                 raise DataError(f"{class_dir}: class folder holds no images")
-            files += class_files
-            class_index += [index] * len(class_files)
+            files += class_files[class_dir]
+            class_index += [index] * len(class_files[class_dir])
         class_names = [p.name for p in class_dirs]
         labels = one_hot(np.array(class_index, dtype=np.int64), len(class_names)) if files else None
     if not files:
@@ -91,7 +138,7 @@ def read_image_folder(
         cache_dir = None
     elif cache_dir is None:
         cache_dir = root / DEFAULT_CACHE_DIR_NAME
-    images = load_images(
+    decoded = read_images(
         files,
         image_size,
         None if cache_dir is None else Path(cache_dir),
@@ -99,4 +146,23 @@ def read_image_folder(
         f"folder-{root.name}",
     )
     ids = [p.relative_to(root).as_posix() for p in files]
-    return {"all": ImageSet(images=images, labels=labels, ids=ids, class_names=class_names)}
+    skipped: dict[str, str] = {}
+    if decoded.bad:
+        if not skip_bad:
+            items = [f"{b.path}: unreadable image ({b.reason})" for b in decoded.bad]
+            raise UnreadableImagesError(unreadable_message(items), decoded.bad)
+        if not len(decoded.images):
+            raise DataError(f"{root}: none of the {len(files)} image files is readable")
+        skipped = {ids[b.index]: b.reason for b in decoded.bad}
+        kept = decoded.kept
+        ids = [ids[i] for i in kept]
+        labels = None if labels is None else labels[kept]
+    return {
+        "all": ImageSet(
+            images=decoded.images,
+            labels=labels,
+            ids=ids,
+            class_names=class_names,
+            skipped=skipped,
+        )
+    }

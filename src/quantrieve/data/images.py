@@ -11,6 +11,8 @@ faster to decode; the result can differ by a few grey levels from a full-size de
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,60 @@ class UnreadableImageError(DataError):
         self.path = path
         self.reason = reason
         self.index = index
+
+
+@dataclass(frozen=True)
+class BadImage:
+    """An image that could not be decoded.
+
+    Attributes:
+        index: its position in the list of paths being decoded.
+        path: the image file.
+        reason: what the decoder said.
+    """
+
+    index: int
+    path: Path
+    reason: str
+
+
+# How many unreadable files an error message names before it says "... and N more".
+SHOW_BAD = 5
+SKIP_BAD_HINT = "set data.skip_bad=true to leave {them} out (they are listed in the run record)"
+
+
+class UnreadableImagesError(DataError):
+    """One or more image files cannot be decoded; all of them, found in one pass, are in ``bad``.
+
+    Attributes:
+        bad: every unreadable image, in input order.
+    """
+
+    def __init__(self, message: str, bad: Sequence[BadImage]) -> None:
+        super().__init__(message)
+        self.bad = list(bad)
+
+
+def unreadable_message(items: Sequence[str], limit: int = SHOW_BAD) -> str:
+    """One line naming unreadable images: the first ``limit`` descriptions, the count, the fix.
+
+    Args:
+        items: one description per unreadable image, e.g. ``a/b.jpg: unreadable image (...)``.
+        limit: how many are named; the rest are counted.
+
+    Returns:
+        For one image ``"<item>; fix or remove it, or set data.skip_bad=true ..."``, for several
+        ``"3 unreadable images: <item>; <item>; ... and 1 more; fix or remove them, or ..."``.
+    """
+    if len(items) == 1:
+        return f"{items[0]}; fix or remove it, or {SKIP_BAD_HINT.format(them='it')}"
+    shown = "; ".join(items[:limit])
+    if len(items) > limit:
+        shown += f"; ... and {len(items) - limit} more"
+    return (
+        f"{len(items)} unreadable images: {shown}; fix or remove them, or "
+        f"{SKIP_BAD_HINT.format(them='them')}"
+    )
 
 
 def is_image_file(path: Path) -> bool:

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from quantrieve.data.base import DataError, ImageSet
-from quantrieve.data.cache import DEFAULT_CACHE_DIR_NAME, Progress, load_images
-from quantrieve.data.images import UnreadableImageError
+from quantrieve.data.cache import DEFAULT_CACHE_DIR_NAME, Progress, read_images
+from quantrieve.data.images import UnreadableImagesError, unreadable_message
 
 SPQ_IMAGE_SIZE = 64
 LIST_PARTS = ("database", "train", "test")
@@ -210,22 +210,37 @@ def _load_entries(
     progress: Progress | None,
     class_names: list[str] | None,
     cache_name: str,
+    skip_bad: bool = False,
 ) -> ImageSet:
-    files = []
+    files, missing = [], []
     for relative, number in zip(entries.paths, entries.path_lines, strict=True):
         file = image_root / relative
         if not file.is_file():
-            raise DataError(f"{entries.path_file}:{number}: image not found: {file}")
+            missing.append(f"{entries.path_file}:{number}: image not found: {file}")
         files.append(file)
-    try:
-        images = load_images(
-            files, image_size, None if cache_dir is None else Path(cache_dir), progress, cache_name
-        )
-    except UnreadableImageError as exc:
-        number = entries.path_lines[exc.index] if exc.index is not None else "?"
-        raise DataError(
-            f"{entries.path_file}:{number}: unreadable image {exc.path} ({exc.reason})"
-        ) from None
+    if missing:
+        # Missing files are never skipped: usually the image root is wrong, not a few files.
+        if len(missing) == 1:
+            raise DataError(missing[0])
+        more = f"; ... and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise DataError(f"{len(missing)} images not found: {'; '.join(missing[:3])}{more}")
+    decoded = read_images(
+        files, image_size, None if cache_dir is None else Path(cache_dir), progress, cache_name
+    )
+    labels, ids, skipped = entries.labels, list(entries.paths), {}
+    if decoded.bad:
+        if not skip_bad:
+            items = [
+                f"{entries.path_file}:{entries.path_lines[b.index]}: unreadable image {b.path} "
+                f"({b.reason})"
+                for b in decoded.bad
+            ]
+            raise UnreadableImagesError(unreadable_message(items), decoded.bad)
+        if not len(decoded.images):
+            raise DataError(f"{entries.path_file}: none of the {len(files)} images is readable")
+        skipped = {ids[b.index]: b.reason for b in decoded.bad}
+        kept = decoded.kept
+        labels, ids = labels[kept], [ids[i] for i in kept]
     num_classes = entries.labels.shape[1]
     if class_names is None:
         class_names = [f"label_{i}" for i in range(num_classes)]
@@ -234,7 +249,11 @@ def _load_entries(
             f"{entries.path_file}: {num_classes} label columns but {len(class_names)} class names"
         )
     return ImageSet(
-        images=images, labels=entries.labels, ids=list(entries.paths), class_names=list(class_names)
+        images=decoded.images,
+        labels=labels,
+        ids=ids,
+        class_names=list(class_names),
+        skipped=skipped,
     )
 
 
@@ -247,6 +266,7 @@ def read_list_file(
     *,
     progress: Progress | None = None,
     class_names: list[str] | None = None,
+    skip_bad: bool = False,
 ) -> ImageSet:
     """Read a list file and its images.
 
@@ -258,6 +278,8 @@ def read_list_file(
         cache_dir: cache folder for the decoded images, or None to decode into memory.
         progress: called as ``progress(n_done, total)`` while images are decoded.
         class_names: names of the C label columns; default ``label_0`` ...
+        skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
+            raising.
 
     Returns:
         The images (uint8, (N, image_size, image_size, 3)), labels and ids (the paths as written).
@@ -269,7 +291,7 @@ def read_list_file(
     entries = parse_list_file(list_path, num_classes)
     name = Path(list_path).stem
     return _load_entries(
-        entries, Path(image_root), image_size, cache_dir, progress, class_names, name
+        entries, Path(image_root), image_size, cache_dir, progress, class_names, name, skip_bad
     )
 
 
@@ -283,6 +305,7 @@ def read_image_target_files(
     *,
     progress: Progress | None = None,
     class_names: list[str] | None = None,
+    skip_bad: bool = False,
 ) -> ImageSet:
     """Read the ``img.txt`` + ``targets.txt`` pair and its images.
 
@@ -295,6 +318,8 @@ def read_image_target_files(
         cache_dir: cache folder for the decoded images, or None to decode into memory.
         progress: called as ``progress(n_done, total)`` while images are decoded.
         class_names: names of the C label columns; default ``label_0`` ...
+        skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
+            raising.
 
     Returns:
         The images, labels and ids (the paths as written).
@@ -306,7 +331,7 @@ def read_image_target_files(
     entries = parse_image_target_files(img_path, targets_path, num_classes)
     name = Path(img_path).stem
     return _load_entries(
-        entries, Path(image_root), image_size, cache_dir, progress, class_names, name
+        entries, Path(image_root), image_size, cache_dir, progress, class_names, name, skip_bad
     )
 
 
@@ -331,6 +356,7 @@ def read_list_dataset(
     progress: Progress | None = None,
     class_names: list[str] | None = None,
     name: str = "list",
+    skip_bad: bool = False,
 ) -> dict[str, ImageSet]:
     """Read a dataset folder in the layout of the module docstring.
 
@@ -344,6 +370,8 @@ def read_list_dataset(
         progress: called as ``progress(n_done, total)`` while a part's images are decoded.
         class_names: default column names; ``root/classes.txt`` overrides them.
         name: dataset name, the prefix of cache file names.
+        skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
+            raising; missing ones are always an error.
 
     Returns:
         The parts present among ``database``, ``train``, ``test``; else ``{"all": ...}`` from
@@ -375,7 +403,14 @@ def read_list_dataset(
     if sources:
         return {
             part: _load_entries(
-                entries, image_root, image_size, cache_dir, progress, names, f"{name}-{part}"
+                entries,
+                image_root,
+                image_size,
+                cache_dir,
+                progress,
+                names,
+                f"{name}-{part}",
+                skip_bad,
             )
             for part, entries in sources.items()
         }
@@ -398,6 +433,7 @@ def _named_list_reader(
         cache: bool = True,
         cache_dir: str | Path | None = None,
         progress: Progress | None = None,
+        skip_bad: bool = False,
     ) -> dict[str, ImageSet]:
         return read_list_dataset(
             root,
@@ -409,6 +445,7 @@ def _named_list_reader(
             progress=progress,
             class_names=class_names,
             name=name,
+            skip_bad=skip_bad,
         )
 
     read.__name__ = f"read_{name}"

@@ -31,7 +31,9 @@ def read_run_parts(
     (the held-out queries), exactly as the run's trainer carved them: the split saved in
     ``run_dir`` is reused and verified.
     """
-    parts = read_dataset(data.dataset, data.root, data.image_size or None, progress)
+    parts = read_dataset(
+        data.dataset, data.root, data.image_size or None, progress, **data.reader_options()
+    )
     if not data.holdout_queries:
         return parts
     if "test" in parts:

@@ -1,15 +1,29 @@
 """The index directory: the unit that ``quantrieve search`` and a search service load.
 
-Format ``quantrieve-pq-index``, version 1. A directory holding::
+Format ``quantrieve-pq-index``, version 2. A directory holding::
 
     index.json      metadata: format, version, num_items, num_books (M), num_codewords (K),
                     codeword_dim (d), bits, distance, has_labels, class_names, source,
-                    the training config, package versions, git commit, creation time
+                    the training config, package versions, git commit, creation time;
+                    codebooks_sha256, model_sha256 and checksums (see below)
     codebooks.npy   float32 (M, K, d)
     codes.npy       uint8 (N, M), row i is item i
     ids.txt         N lines, the id of item i on line i+1
     labels.npy      bool (N, C), only when labels are known
+    content.npy     uint64 (N,), a fingerprint of each item's pixels, when known (it tells a
+                    query that is itself in the index; see :func:`image_fingerprints`)
     model.pt        the encoder (optional), to embed query images
+
+Integrity (version 2). ``codebooks_sha256`` is the SHA-256 of the codebooks' float32 bytes (C
+order), ``model_sha256`` that of the ``model.pt`` file, and ``checksums`` maps ``codes.npy``,
+``ids.txt`` and ``labels.npy`` to the SHA-256 of each file. :meth:`PQIndex.load` refuses an index
+whose M, K, d, bits or item count in index.json disagree with its arrays, whose codebooks do not
+hash to ``codebooks_sha256``, or (``verify=True``, the default) whose files do not match their
+checksums; :func:`verify_index_model` refuses a ``model.pt`` that does not hash to
+``model_sha256`` or whose quantizer codebooks differ from ``codebooks.npy`` (a model.pt copied in
+from another run), and :func:`model_path` calls it for every index. A version-1 index (no hashes)
+still loads: what can be checked is (M, K, d, bits, the model's codebooks), and a
+:class:`~quantrieve.errors.QuantrieveWarning` says the rest cannot be.
 
 An index is written into a temporary sibling directory and renamed into place, so a crash never
 leaves a half-written index under the final name. An existing index is replaced (whole) only when
@@ -18,8 +32,11 @@ asked; a folder that is not an index is never written into (:mod:`quantrieve.run
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,14 +46,27 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from quantrieve.errors import OutputError, QuantrieveError
+from quantrieve.errors import OutputError, QuantrieveError, QuantrieveWarning
 from quantrieve.pq import DISTANCES, search_codes
 from quantrieve.runtime.outputs import OutputKind, folder_state, refuse_foreign, replace_folder
 
 INDEX_FORMAT = "quantrieve-pq-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # Every file an index directory may hold: replacing an index removes these names only.
-INDEX_FILES = ("index.json", "codebooks.npy", "codes.npy", "ids.txt", "labels.npy", "model.pt")
+INDEX_FILES = (
+    "index.json",
+    "codebooks.npy",
+    "codes.npy",
+    "ids.txt",
+    "labels.npy",
+    "content.npy",
+    "model.pt",
+)
+# Files whose SHA-256 index.json records under "checksums" (labels.npy and content.npy only
+# when present).
+CHECKSUMMED_FILES = ("codes.npy", "ids.txt", "labels.npy", "content.npy")
+OPTIONAL_FILES = {"labels.npy": "has_labels", "content.npy": "has_content"}
+HASH_CHUNK = 1 << 20
 
 
 def _is_index(folder: Path) -> bool:
@@ -60,9 +90,13 @@ RESERVED_META = frozenset(
         "bits",
         "distance",
         "has_labels",
+        "has_content",
         "has_model",
         "class_names",
         "created",
+        "codebooks_sha256",
+        "model_sha256",
+        "checksums",
     }
 )
 
@@ -76,7 +110,35 @@ class SavableModel(Protocol):
 
 
 class IndexFormatError(QuantrieveError, ValueError):
-    """An index directory is missing, malformed or from a newer version."""
+    """An index directory is missing, malformed, altered since it was written, or from a newer
+    version."""
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in chunks (memory stays bounded for large files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def image_fingerprints(images: np.ndarray, batch: int = 4096) -> np.ndarray:
+    """uint64 (N,) fingerprints of uint8 images (N, H, W, C): the first 8 bytes of the
+    BLAKE2b digest of each image's pixels. Equal pixels give equal fingerprints; a collision of
+    different images has probability about N^2 / 2^64."""
+    out = np.empty(len(images), dtype=np.uint64)
+    for start in range(0, len(images), batch):
+        rows = np.ascontiguousarray(images[start : start + batch])
+        for i, row in enumerate(rows):
+            digest = hashlib.blake2b(row.tobytes(), digest_size=8).digest()
+            out[start + i] = int.from_bytes(digest, "little")
+    return out
+
+
+def codebooks_sha256(codebooks: np.ndarray) -> str:
+    """SHA-256 of codebooks as float32 bytes in C order (what ``codebooks.npy`` holds)."""
+    return hashlib.sha256(np.ascontiguousarray(codebooks, dtype=np.float32).tobytes()).hexdigest()
 
 
 @dataclass
@@ -89,6 +151,7 @@ class PQIndex:
         ids: N item ids.
         labels: bool (N, C) or None.
         distance: default ranking distance, ``l2`` or ``sqeuclidean``.
+        content: uint64 (N,) pixel fingerprints (:func:`image_fingerprints`) or None.
         meta: free-form metadata saved in index.json (config, versions, source...).
     """
 
@@ -99,8 +162,15 @@ class PQIndex:
     distance: str = "l2"
     class_names: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    content: np.ndarray | None = None
 
     def __post_init__(self) -> None:
+        if self.content is not None:
+            self.content = np.asarray(self.content, dtype=np.uint64)
+            if self.content.shape != (len(self.codes),):
+                raise IndexFormatError(
+                    f"content fingerprints must be ({len(self.codes)},), got {self.content.shape}"
+                )
         self.codebooks = np.ascontiguousarray(self.codebooks, dtype=np.float32)
         self.codes = np.ascontiguousarray(self.codes, dtype=np.uint8)
         if self.codebooks.ndim != 3:
@@ -148,12 +218,23 @@ class PQIndex:
             return []
         return [self.class_names[c] for c in np.flatnonzero(self.labels[item])]
 
-    def add(self, codes: np.ndarray, ids: Sequence[str], labels: np.ndarray | None = None) -> None:
-        """Append items in memory (codes uint8 (n, M), their ids and, for a labelled index,
-        their labels in the index's class order); checked like a new index."""
+    def add(
+        self,
+        codes: np.ndarray,
+        ids: Sequence[str],
+        labels: np.ndarray | None = None,
+        content: np.ndarray | None = None,
+    ) -> None:
+        """Append items in memory: codes uint8 (n, M), their ids and, for a labelled index,
+        their labels in the index's class order; their pixel fingerprints when the index keeps
+        them. Checked like a new index."""
         codes = np.asarray(codes, dtype=np.uint8)
         if (labels is None) != (self.labels is None):
             raise IndexFormatError("labels must be given for a labelled index, and only for one")
+        if (content is None) != (self.content is None):
+            raise IndexFormatError(
+                "content fingerprints must be given when the index keeps them, and only then"
+            )
         grown = PQIndex(
             self.codebooks,
             np.concatenate([np.asarray(self.codes), codes]),
@@ -162,8 +243,10 @@ class PQIndex:
             self.distance,
             self.class_names,
             self.meta,
+            None if self.content is None else np.concatenate([self.content, content]),
         )
         self.codes, self.ids, self.labels = grown.codes, grown.ids, grown.labels
+        self.content = grown.content
 
     def search(
         self, queries: torch.Tensor | np.ndarray, k: int = 10, distance: str | None = None
@@ -200,6 +283,8 @@ class PQIndex:
             (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
             if self.labels is not None:
                 np.save(tmp / "labels.npy", self.labels.astype(bool))
+            if self.content is not None:
+                np.save(tmp / "content.npy", self.content)
             if model_file is not None:
                 shutil.copyfile(model_file, tmp / "model.pt")
             elif model is not None:
@@ -214,9 +299,19 @@ class PQIndex:
                 "bits": self.bits,
                 "distance": self.distance,
                 "has_labels": self.labels is not None,
+                "has_content": self.content is not None,
                 "has_model": model_file is not None or model is not None,
                 "class_names": self.class_names,
                 "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "codebooks_sha256": codebooks_sha256(self.codebooks),
+                "model_sha256": (
+                    file_sha256(tmp / "model.pt") if (tmp / "model.pt").is_file() else None
+                ),
+                "checksums": {
+                    name: file_sha256(tmp / name)
+                    for name in CHECKSUMMED_FILES
+                    if (tmp / name).is_file()
+                },
                 **self.meta,
             }
             (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -224,8 +319,20 @@ class PQIndex:
         return replace_folder(path, INDEX_KIND, write, overwrite, INDEX_FILES)
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = False) -> PQIndex:
-        """Read an index directory; errors name the directory and the file at fault."""
+    def load(cls, path: str | Path, mmap: bool = False, verify: bool = True) -> PQIndex:
+        """Read an index directory; errors name the directory and the file or key at fault.
+
+        Args:
+            path: the index directory.
+            mmap: memory-map codes and labels instead of reading them.
+            verify: check codes.npy, ids.txt and labels.npy against their checksums in
+                index.json (reads each file once; turn off for very large memory-mapped
+                indexes). The cheap checks (M, K, d, bits, item count, codebook hash) always run.
+
+        Raises:
+            IndexFormatError: a missing or malformed file, a newer version, or an index altered
+                since it was written (the message names the file or index.json key).
+        """
         path = Path(path)
         meta_path = path / "index.json"
         if not meta_path.is_file():
@@ -245,6 +352,8 @@ class PQIndex:
                 f"{meta_path}: index version {meta['version']} is newer than this quantrieve "
                 f"(reads up to {INDEX_VERSION})"
             )
+        if verify:
+            _verify_checksums(path, meta)
         mode = "r" if mmap else None
         try:
             codebooks = np.load(path / "codebooks.npy")
@@ -254,8 +363,10 @@ class PQIndex:
             labels = (
                 np.load(path / "labels.npy", mmap_mode=mode) if meta.get("has_labels") else None
             )
+            content = np.load(path / "content.npy") if meta.get("has_content") else None
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: cannot read index files ({exc})") from None
+        _verify_shape_keys(meta_path, meta, codebooks)
         try:
             index = cls(
                 codebooks=codebooks,
@@ -265,6 +376,7 @@ class PQIndex:
                 distance=meta.get("distance", "l2"),
                 class_names=meta.get("class_names", []),
                 meta={k: v for k, v in meta.items() if k not in RESERVED_META},
+                content=content,
             )
         except IndexFormatError as exc:
             raise IndexFormatError(f"{path}: {exc}") from None
@@ -273,6 +385,71 @@ class PQIndex:
                 f"{meta_path}: says {meta['num_items']} items, codes.npy has {len(index)}"
             )
         return index
+
+
+def _altered(path: Path, what: str) -> IndexFormatError:
+    return IndexFormatError(
+        f"{path}: {what}; the index was altered after it was written (a file replaced or "
+        "edited); encode it again (quantrieve encode MODEL --out INDEX --overwrite)"
+    )
+
+
+def _warn_unverified(path: Path, what: str) -> None:
+    warnings.warn(
+        f"{path}: index version 1 records no {what}, so they cannot be verified; encode it "
+        "again with this quantrieve to add them",
+        QuantrieveWarning,
+        stacklevel=3,
+    )
+
+
+def _verify_checksums(path: Path, meta: dict[str, Any]) -> None:
+    """Files against ``checksums`` in index.json; a version-1 index has none (a warning)."""
+    checksums = meta.get("checksums")
+    if checksums is None and meta["version"] < 2:
+        _warn_unverified(path, "checksums of codes.npy, ids.txt, labels.npy")
+        return
+    if not isinstance(checksums, dict):
+        raise IndexFormatError(f"{path / 'index.json'}: 'checksums' missing or not a table")
+    for name in CHECKSUMMED_FILES:
+        file = path / name
+        expected = checksums.get(name)
+        if name in OPTIONAL_FILES and not meta.get(OPTIONAL_FILES[name]):
+            continue
+        if expected is None:
+            raise IndexFormatError(f"{path / 'index.json'}: 'checksums' has no entry for {name}")
+        if not file.is_file():
+            raise IndexFormatError(f"{path}: cannot read index files ({name} is missing)")
+        if file_sha256(file) != expected:
+            raise _altered(file, "checksum differs from the one in index.json")
+
+
+def _verify_shape_keys(meta_path: Path, meta: dict[str, Any], codebooks: np.ndarray) -> None:
+    """M, K, d and bits in index.json against codebooks.npy, and its hash (version 2)."""
+    if codebooks.ndim != 3:
+        return  # PQIndex names the bad shape
+    m, k, d = codebooks.shape
+    expected = {
+        "num_books": m,
+        "num_codewords": k,
+        "codeword_dim": d,
+        "bits": int(m * math.log2(k)) if k > 0 else 0,
+    }
+    for key, value in expected.items():
+        if key in meta and meta[key] != value:
+            raise IndexFormatError(
+                f"{meta_path}: '{key}' is {meta[key]!r} but codebooks.npy holds {m} books of "
+                f"{k} codewords of dimension {d} ({expected['bits']} bits); index.json was "
+                "edited or its files come from different indexes (the format fixes these "
+                "values: encode again to change them)"
+            )
+    recorded = meta.get("codebooks_sha256")
+    if recorded is None:
+        if meta["version"] >= 2:
+            raise IndexFormatError(f"{meta_path}: 'codebooks_sha256' is missing")
+        return
+    if codebooks_sha256(codebooks) != recorded:
+        raise _altered(meta_path.parent / "codebooks.npy", "codebooks differ from codebooks_sha256")
 
 
 def check_index_output(path: str | Path, overwrite: bool = False) -> None:
@@ -288,11 +465,103 @@ def check_index_output(path: str | Path, overwrite: bool = False) -> None:
         )
 
 
+def _model_codebooks(model_file: Path) -> np.ndarray:
+    """The quantizer codebooks in a model file's state dict (read without building the model:
+    this layer does not import :mod:`quantrieve.models`)."""
+    try:
+        payload = torch.load(model_file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a corrupt or foreign file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IndexFormatError(f"{model_file}: not a readable quantrieve model ({first})") from None
+    state = payload.get("state_dict") if isinstance(payload, dict) else None
+    found = [
+        v
+        for k, v in (state or {}).items()
+        if k.endswith("quantizer.codebooks") and torch.is_tensor(v)
+    ]
+    if len(found) != 1:
+        raise IndexFormatError(f"{model_file}: not a quantrieve model (no quantizer codebooks)")
+    return found[0].detach().float().numpy()
+
+
+# Index directories whose model.pt passed :func:`verify_index_model`, by the files' identities.
+_VERIFIED_MODELS: set[tuple] = set()
+
+
+def _identity(*files: Path) -> tuple:
+    out = []
+    for file in files:
+        stat = file.stat()
+        out.append((str(file.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(out)
+
+
+def verify_index_model(index_dir: str | Path) -> Path:
+    """Check that the index's ``model.pt`` is the model its codes were made with.
+
+    The file must hash to ``model_sha256`` in index.json (version 2), and the quantizer codebooks
+    in its state dict must equal ``codebooks.npy`` (any version): a model.pt copied in from
+    another run would embed queries for other codebooks and rank silently at chance level. A
+    passed check is remembered until one of the files changes.
+
+    Args:
+        index_dir: the index directory.
+
+    Returns:
+        The path of the verified ``model.pt``.
+
+    Raises:
+        IndexFormatError: no model.pt, or one that does not belong to the index (the message says
+            which check failed and how to fix it).
+    """
+    index_dir = Path(index_dir)
+    model_file, meta_path, books_path = (
+        index_dir / "model.pt",
+        index_dir / "index.json",
+        index_dir / "codebooks.npy",
+    )
+    if not model_file.is_file():
+        raise IndexFormatError(
+            f"{index_dir}: no model.pt here (train first), so images cannot be embedded"
+        )
+    try:
+        identity = _identity(model_file, meta_path, books_path)
+        meta = json.loads(meta_path.read_text())
+        codebooks = np.load(books_path)
+    except (OSError, ValueError) as exc:
+        raise IndexFormatError(f"{index_dir}: cannot read index files ({exc})") from None
+    if identity in _VERIFIED_MODELS:
+        return model_file
+    fix = (
+        "it is not the model this index was encoded with (e.g. another run's model.pt was "
+        "copied in); copy back the right model.pt, or encode again with this one (quantrieve "
+        "encode MODEL --out INDEX --overwrite)"
+    )
+    recorded = meta.get("model_sha256") if isinstance(meta, dict) else None
+    if recorded is not None and file_sha256(model_file) != recorded:
+        raise IndexFormatError(
+            f"{model_file}: file hash differs from model_sha256 in index.json; {fix}"
+        )
+    model_books = _model_codebooks(model_file)
+    if model_books.shape != codebooks.shape or not np.array_equal(model_books, codebooks):
+        raise IndexFormatError(
+            f"{model_file}: quantizer codebooks {tuple(model_books.shape)} differ from "
+            f"codebooks.npy {tuple(codebooks.shape)}; {fix}"
+        )
+    _VERIFIED_MODELS.add(identity)
+    return model_file
+
+
 def model_path(index_dir: str | Path) -> Path:
-    """The ``model.pt`` in an index or run directory, or an error saying it is missing."""
+    """The ``model.pt`` in an index or run directory, or an error saying it is missing.
+
+    In an index directory (one with index.json) the model is also checked to be the index's
+    own (:func:`verify_index_model`)."""
     path = Path(index_dir) / "model.pt"
     if not path.is_file():
         raise IndexFormatError(
             f"{index_dir}: no model.pt here (train first), so images cannot be embedded"
         )
+    if _is_index(Path(index_dir)):
+        return verify_index_model(index_dir)
     return path

@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,9 @@ from quantrieve.augment import TwoViewAugment
 from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
 from quantrieve.data.splits import hold_out, load_or_make_split, validation_split
-from quantrieve.errors import QuantrieveError
+from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import evaluate_codes
+from quantrieve.evaluate.code_usage import CodeUsage, code_usage
 from quantrieve.losses import Objective
 from quantrieve.models.retrieval import (
     RetrievalModel,
@@ -50,6 +52,11 @@ from quantrieve.runtime.run_info import run_record
 from quantrieve.train.schedule import learning_rate
 
 LOG_EVERY = 10
+# Below this many steps per epoch (batches the data allows), codes are warned to collapse easily.
+MIN_STEPS_PER_EPOCH = 10
+# Above this share of the training images as validation queries, the validation database is
+# warned to be too small for model selection.
+MAX_VAL_QUERY_SHARE = 0.25
 
 
 def _is_run(folder: Path) -> bool:
@@ -135,6 +142,7 @@ class Trainer:
             train_set = train_set.subset(np.arange(min(config.data.train_limit, len(train_set))))
         self.train_set = train_set
 
+        self._warn_about_data_size()
         self.split = self._validation_split()
         mean, std = channel_stats(train_set.images)
         torch.manual_seed(config.train.seed)
@@ -155,6 +163,9 @@ class Trainer:
                 f"{len(self.images)} training images is less than one batch of "
                 f"train.batch_size = {config.train.batch_size}"
             )
+        self._epoch_codes: list[torch.Tensor] = []
+        # (epoch, usage) of the latest codes, by what was encoded (see _warn_if_collapsed).
+        self._last_usage: dict[str, tuple[int, CodeUsage]] = {}
         self.epoch = 0
         self.best_val_map = -math.inf
         self.best_epoch = 0
@@ -166,7 +177,8 @@ class Trainer:
             record = run_record(
                 config.train.seed,
                 str(self.device),
-                {"train_images": len(train_set), "image_shape": [h, w, c]},
+                {"train_images": len(train_set), "image_shape": [h, w, c]}
+                | ({"skipped_images": train_set.skipped} if train_set.skipped else {}),
             )
             atomic_write_json(record, self.run_dir / "run.json")
 
@@ -185,6 +197,44 @@ class Trainer:
         # never written into: config.json, model.pt, ... could replace files of the same name.
         refuse_foreign(self.run_dir, RUN_KIND, hint=f"{self.run_dir / 'run'}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _warn_about_data_size(self) -> None:
+        """Warn (QuantrieveWarning) when the data allows few steps per epoch, or when the
+        validation queries take a large share of the training images; say what to change."""
+        data, t = self.config.data, self.config.train
+        n = len(self.train_set)
+        steps = n // t.batch_size
+        if 1 <= steps < MIN_STEPS_PER_EPOCH:
+            warnings.warn(
+                f"{n} training images make only {steps} step{'s' if steps > 1 else ''} per "
+                f"epoch at train.batch_size={t.batch_size} ({steps * t.epochs} in all): with so "
+                "few steps the codes may collapse (every item one code); lower train.batch_size "
+                f"(e.g. {max(2, n // MIN_STEPS_PER_EPOCH)}) or raise train.epochs",
+                QuantrieveWarning,
+                stacklevel=3,
+            )
+        if self.train_set.labels is not None and data.val_queries > MAX_VAL_QUERY_SHARE * n:
+            warnings.warn(
+                f"data.val_queries={data.val_queries} takes {data.val_queries / n:.0%} of the {n} "
+                f"training images, leaving a validation database of {max(n - data.val_queries, 0)}"
+                ": model selection on it is noisy and mAP@K is capped by its size; lower "
+                f"data.val_queries (e.g. {max(1, n // 10)})",
+                QuantrieveWarning,
+                stacklevel=3,
+            )
+
+    def _warn_if_collapsed(self) -> None:
+        """Warn (QuantrieveWarning) when the codes of the last epoch have collapsed: those of
+        the validation database if it was encoded, else those of the training batches. Every
+        epoch's usage is in log.jsonl; the warning judges the weights training ends with."""
+        for what in ("validation database", "training batches"):
+            usage = self._last_usage.get(what)
+            if usage is not None and usage[1].degenerate:
+                epoch, usage = usage
+                warnings.warn(
+                    usage.message(f"epoch {epoch}, {what}"), QuantrieveWarning, stacklevel=3
+                )
+                return
 
     def _validation_split(self) -> dict[str, np.ndarray] | None:
         data = self.config.data
@@ -310,6 +360,7 @@ class Trainer:
         terms = self.objective(
             f[:half], f[half:], z[:half], z[half:], self.model.quantizer.codebooks
         )
+        self._epoch_codes.append(self.model.quantizer.encode(f[:half].detach()))
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step}; lower train.lr")
@@ -331,6 +382,7 @@ class Trainer:
             summaries.append(self._train_epoch((first, last)))
             if self.on_epoch is not None:
                 self.on_epoch(summaries[-1])
+        self._warn_if_collapsed()
         return summaries
 
     def _train_epoch(self, span: tuple[int, int]) -> EpochSummary:
@@ -340,6 +392,7 @@ class Trainer:
         order = torch.randperm(len(self.images))
         self.model.train()
         start, running = time.perf_counter(), 0.0
+        self._epoch_codes = []
         for i in range(self.steps_per_epoch):
             step = (epoch - 1) * self.steps_per_epoch + i
             idx = order[i * t.batch_size : (i + 1) * t.batch_size]
@@ -352,6 +405,10 @@ class Trainer:
             report(self.progress, done, (span[1] - span[0]) * self.steps_per_epoch)
         seconds = time.perf_counter() - start
         self.epoch = epoch
+        # Hard codes of the epoch's first views: the one sign of collapse without labels.
+        usage = code_usage(torch.cat(self._epoch_codes), self.config.model.num_codewords)
+        self._epoch_codes = []
+        self._last_usage = {"training batches": (epoch, usage)}
         val_map = None
         if (
             t.eval_every
@@ -376,7 +433,7 @@ class Trainer:
             best_val_map=self.best_val_map if self.best_val_map > -math.inf else None,
         )
         record = {k: v for k, v in summary.__dict__.items() if k != "best_val_map"}
-        self._log({"kind": "epoch", **record})
+        self._log({"kind": "epoch", **record, "code_usage": usage.to_dict()})
         if self.run_dir is not None:
             atomic_save(self._state(), self.run_dir / "last.pt")
         return summary
@@ -413,5 +470,14 @@ class Trainer:
             e.precision_at,
             e.distance,
         )
-        self._log({"kind": "validation", "epoch": self.epoch, **result.to_dict()})
+        usage = code_usage(codes, self.config.model.num_codewords)
+        self._last_usage["validation database"] = (self.epoch, usage)
+        self._log(
+            {
+                "kind": "validation",
+                "epoch": self.epoch,
+                **result.to_dict(),
+                "code_usage": usage.to_dict(),
+            }
+        )
         return result.map_at_k
