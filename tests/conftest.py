@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -11,6 +12,13 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Decoded-image caches of the tests go to a temporary folder, not the user's cache."""
+    os.environ["QUANTRIEVE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+
 
 # A deep run small enough for a test: a 4-channel CNN, a few steps of 32 images per epoch.
 TINY_RUN = [

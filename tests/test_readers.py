@@ -16,7 +16,7 @@ from PIL import Image
 
 from quantrieve.data import DATASETS, DataError, ImageSet, IndexedImages, read_dataset
 from quantrieve.data import cache as cache_module
-from quantrieve.data.cache import cached_images, load_images
+from quantrieve.data.cache import cached_images, default_cache_dir, load_images
 from quantrieve.data.cifar import read_cifar10, read_cifar100
 from quantrieve.data.folder import read_image_folder
 from quantrieve.data.images import decode_image
@@ -368,7 +368,9 @@ def test_named_list_dataset_parts_and_cache(tmp_path: Path) -> None:
     assert parts["test"].class_names[0] == "animals" and parts["test"].labels.shape == (2, 24)
     assert np.abs(parts["test"].images[1].astype(int) - COLORS[1]).max() < 8  # JPEG: close
     assert calls == [1, 2, 3, 1, 2]
-    assert len(list((root / ".quantrieve-cache").glob("flickr25k-*.npy"))) == 2
+    # The cache lives outside the data folder: reading adds nothing to it.
+    assert not (root / ".quantrieve-cache").exists()
+    assert len(list(default_cache_dir().glob("flickr25k-*.npy"))) >= 2
     in_memory = read_flickr25k(root, image_size=16, cache=False)
     np.testing.assert_array_equal(in_memory["test"].images, parts["test"].images)
     with pytest.raises(DataError, match=r"database\.txt:1: expected 21 labels"):
@@ -473,7 +475,7 @@ def test_layout_and_skip_bad_reach_the_reader_from_the_config(tmp_path: Path) ->
 
     root = _class_folder_with_strays(tmp_path, 1)
     config = load_config(overrides=["data.dataset=image-folder", "data.layout=flat"])
-    assert config.data.reader_options() == {"layout": "flat", "skip_bad": False}
+    assert config.data.reader_options() == {"layout": "flat", "skip_bad": False, "channels": 0}
     parts = read_dataset(config.data.dataset, root, 4, **config.data.reader_options())
     assert parts["all"].labels is None and len(parts["all"]) == 3
     (root / "dog" / "broken.png").write_bytes(b"not a png")
@@ -576,7 +578,7 @@ def _sources(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def _no_decoding(path: Path, image_size: int) -> np.ndarray:
+def _no_decoding(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
     raise AssertionError(f"decoded {path} although the cache is fresh")
 
 
@@ -599,7 +601,9 @@ def test_cache_reused_then_rebuilt_when_stale(tmp_path: Path, monkeypatch) -> No
     os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     decoded = []
     real = cache_module.decode_image
-    monkeypatch.setattr(cache_module, "decode_image", lambda p, s: decoded.append(p) or real(p, s))
+    monkeypatch.setattr(
+        cache_module, "decode_image", lambda p, s, c=3: decoded.append(p) or real(p, s, c)
+    )
     third = cached_images(paths, 8, cache_dir)
     assert len(decoded) == 3 and (third[1] == 7).all()
     assert len(list(cache_dir.glob("*.npy"))) == 1
@@ -611,10 +615,10 @@ def test_interrupted_build_leaves_no_valid_looking_file(tmp_path: Path, monkeypa
     paths, cache_dir = _sources(tmp_path), tmp_path / "cache"
     real = cache_module.decode_image
 
-    def dies_on_third(path: Path, image_size: int) -> np.ndarray:
+    def dies_on_third(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
         if path == paths[2]:
             raise KeyboardInterrupt
-        return real(path, image_size)
+        return real(path, image_size, channels)
 
     monkeypatch.setattr(cache_module, "decode_image", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
@@ -706,3 +710,25 @@ def test_training_and_encoding_run_on_a_lazy_subset(tmp_path: Path) -> None:
     a = embed_images(model, lazy.images, torch.device("cpu"), batch_size=2)
     b = embed_images(model, copied.images, torch.device("cpu"), batch_size=2)
     torch.testing.assert_close(a, b)
+
+
+def test_a_grayscale_folder_keeps_one_channel(tmp_path: Path) -> None:
+    """Grayscale files are decoded to one channel (no three-fold copy); a colour file among
+    them makes the collection RGB; data.channels forces either."""
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        (tmp_path / "gray" / name).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 255, (10, 10)).astype(np.uint8)
+            Image.fromarray(pixels, "L").save(tmp_path / "gray" / name / f"{i}.png")
+    gray = read_dataset("image-folder", tmp_path / "gray", 8)["all"]
+    assert gray.images.shape == (4, 8, 8, 1)
+    rgb = read_dataset("image-folder", tmp_path / "gray", 8, channels=3)["all"]
+    assert rgb.images.shape == (4, 8, 8, 3)
+    np.testing.assert_array_equal(rgb.images[..., 0], rgb.images[..., 2])  # gray in RGB
+    Image.fromarray(rng.integers(0, 255, (10, 10, 3)).astype(np.uint8)).save(
+        tmp_path / "gray" / "a" / "colour.png"
+    )
+    assert read_dataset("image-folder", tmp_path / "gray", 8)["all"].images.shape[-1] == 3
+    with pytest.raises(DataError, match=r"data\.channels=1 applies to the image-folder"):
+        read_dataset("mnist", tmp_path, channels=1)

@@ -57,6 +57,8 @@ class DataConfig:
         layout: Layout of an ``image-folder`` dataset: ``auto`` (class sub-folders, or flat when
             images sit directly in the root; a mix of both is refused), ``classes`` (loose images
             in the root are ignored with a warning) or ``flat`` (every image, unlabelled).
+        channels: Channels an ``image-folder`` is decoded to: 1 (grayscale), 3 (RGB) or 0, the
+            collection's own (1 when every file is grayscale: no three-fold copy of the work).
         skip_bad: Leave unreadable image files out (they are listed in the run's run.json)
             instead of stopping with an error that names them all.
     """
@@ -70,9 +72,11 @@ class DataConfig:
     holdout_queries: int = 0
     layout: str = "auto"
     skip_bad: bool = False
+    channels: int = 0
 
     def validate(self) -> None:
         _check(self.holdout_queries >= 0, "data.holdout_queries", "must be >= 0 (0 = none)")
+        _check(self.channels in (0, 1, 3), "data.channels", "0 (the data's own), 1 or 3")
         _check(self.image_size >= 0, "data.image_size", "must be >= 0 (0 = reader default)")
         _check(self.layout in LAYOUTS, "data.layout", f"one of {LAYOUTS}, got {self.layout!r}")
         _check(self.val_queries >= 0, "data.val_queries", "must be >= 0")
@@ -80,7 +84,7 @@ class DataConfig:
 
     def reader_options(self) -> dict[str, Any]:
         """The reader keywords of :func:`quantrieve.data.read_dataset` this section sets."""
-        return {"layout": self.layout, "skip_bad": self.skip_bad}
+        return {"layout": self.layout, "skip_bad": self.skip_bad, "channels": self.channels}
 
 
 @dataclass

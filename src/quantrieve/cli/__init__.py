@@ -73,13 +73,14 @@ def _run_parts(
     if retriever.index is not None:
         source = dict(retriever.index.meta.get("source") or {})
     data = dataclasses.replace(retriever.config.data)
-    if retriever.model is not None:
-        data.image_size = retriever.model.image_size
     run_dir = source.get("run_dir") or retriever.run_dir
     if dataset is not None or data_dir is not None:
         data.holdout_queries = 0  # another dataset: its own parts
     data.dataset = dataset or source.get("dataset") or data.dataset
     data.root = data_dir or source.get("root") or data.root
+    if retriever.model is not None:  # images as the model takes them
+        data.image_size = retriever.model.image_size
+        data.channels = retriever.model.channels if data.dataset == "image-folder" else 0
     parts = read_run_parts(data, run_dir, progress_bar("decoding images"))
     where = {"dataset": data.dataset, "root": str(data.root)}
     if run_dir is not None:
@@ -141,6 +142,10 @@ def train(
         int | None,
         typer.Option(help="Side images are decoded to, for image files (data.image_size)."),
     ] = None,
+    channels: Annotated[
+        int | None,
+        typer.Option(help="Image folders: 1 (grayscale) or 3 (RGB); default the data's own."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")] = None,
     holdout: Annotated[
         int | None,
@@ -157,6 +162,7 @@ def train(
         ("data.dataset", dataset),
         ("data.root", str(Path(data_dir).resolve()) if data_dir else None),
         ("data.image_size", image_size),
+        ("data.channels", channels),
         ("train.epochs", epochs),
         ("data.holdout_queries", holdout),
     ):

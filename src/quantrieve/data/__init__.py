@@ -37,6 +37,7 @@ def read_dataset(
     *,
     layout: str = "auto",
     skip_bad: bool = False,
+    channels: int = 0,
 ) -> dict[str, ImageSet]:
     """Read a dataset by registry name; returns its named parts (e.g. train, test).
 
@@ -52,8 +53,10 @@ def read_dataset(
         skip_bad: readers that decode image files leave unreadable ones out (listed in
             ``ImageSet.skipped``) instead of raising one error naming them all; fixed-size
             formats have no image files to skip.
+        channels: of the ``image-folder`` reader: 1 (grayscale) or 3 (RGB); 0 = the
+            collection's own (1 when every file is grayscale). Other readers keep theirs.
 
-    The config's ``data`` section gives ``layout`` and ``skip_bad``:
+    The config's ``data`` section gives ``layout``, ``skip_bad`` and ``channels``:
     ``read_dataset(..., **config.data.reader_options())``.
     """
     if name not in DATASETS:
@@ -63,11 +66,17 @@ def read_dataset(
             f"data.layout={layout} applies to the image-folder dataset only; '{name}' has a "
             "fixed layout (use data.layout=auto)"
         )
+    if channels and name != "image-folder":
+        raise DataError(
+            f"data.channels={channels} applies to the image-folder dataset only; '{name}' keeps "
+            "its own (use data.channels=0)"
+        )
     if name not in DECODING_READERS:
         return DATASETS[name](root)
     options: dict = {"skip_bad": skip_bad}
     if name == "image-folder":
         options["layout"] = layout
+        options["channels"] = channels
     if image_size:
         options["image_size"] = image_size
     if progress is not None:

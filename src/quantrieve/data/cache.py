@@ -42,7 +42,19 @@ from quantrieve.data.images import (
 
 Progress = Callable[[int, int], None]
 CACHE_FORMAT = 1
-DEFAULT_CACHE_DIR_NAME = ".quantrieve-cache"
+CACHE_ENV = "QUANTRIEVE_CACHE_DIR"
+
+
+def default_cache_dir() -> Path:
+    """Where decoded images are cached unless a folder is given: ``$QUANTRIEVE_CACHE_DIR``,
+    else ``$XDG_CACHE_HOME/quantrieve/images``, else ``~/.cache/quantrieve/images``. Never
+    inside the user's data folder. Entries of different image lists never share a file name
+    (each is named by a hash of its ordered source paths), so one folder serves every dataset.
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "quantrieve" / "images"
 
 
 @dataclass
@@ -73,7 +85,7 @@ class DecodedImages:
 
 
 def decode_all(
-    paths: Sequence[Path], image_size: int, progress: Progress | None = None
+    paths: Sequence[Path], image_size: int, progress: Progress | None = None, channels: int = 3
 ) -> DecodedImages:
     """Decode images into memory (no cache), trying every one.
 
@@ -85,7 +97,7 @@ def decode_all(
     Returns:
         The readable images (in order) and the unreadable ones.
     """
-    out = np.empty((len(paths), image_size, image_size, 3), dtype=np.uint8)
+    out = np.empty((len(paths), image_size, image_size, channels), dtype=np.uint8)
     bad = _decode_into(out, paths, image_size, progress)
     if bad:
         out = out[: len(paths) - len(bad)].copy()
@@ -119,7 +131,7 @@ def _decode_into(
     total, row, bad = len(paths), 0, []
     for i, path in enumerate(paths):
         try:
-            out[row] = decode_image(path, image_size)
+            out[row] = decode_image(path, image_size, out.shape[-1])
             row += 1
         except UnreadableImageError as exc:
             bad.append(BadImage(i, Path(path), exc.reason))
@@ -128,7 +140,7 @@ def _decode_into(
     return bad
 
 
-def cache_key(paths: Sequence[Path], image_size: int) -> str:
+def cache_key(paths: Sequence[Path], image_size: int, channels: int = 3) -> str:
     """SHA-256 over the ordered source paths, their sizes and mtimes, and the image size.
 
     Args:
@@ -141,7 +153,8 @@ def cache_key(paths: Sequence[Path], image_size: int) -> str:
     Raises:
         DataError: a source file cannot be stat-ed.
     """
-    digest = hashlib.sha256(f"quantrieve-image-cache:{CACHE_FORMAT}:{image_size}\n".encode())
+    geometry = f"{image_size}" + ("" if channels == 3 else f":{channels}ch")
+    digest = hashlib.sha256(f"quantrieve-image-cache:{CACHE_FORMAT}:{geometry}\n".encode())
     for path in paths:
         try:
             stat = path.stat()
@@ -151,11 +164,12 @@ def cache_key(paths: Sequence[Path], image_size: int) -> str:
     return digest.hexdigest()
 
 
-def _entry_stem(paths: Sequence[Path], image_size: int, name: str) -> str:
+def _entry_stem(paths: Sequence[Path], image_size: int, name: str, channels: int = 3) -> str:
     ident = hashlib.sha256(f"{image_size}\n".encode())
     for path in paths:
         ident.update(f"{os.path.abspath(path)}\n".encode())
-    return f"{name}-{image_size}px-{ident.hexdigest()[:16]}"
+    gray = "" if channels == 3 else "-gray"
+    return f"{name}-{image_size}px{gray}-{ident.hexdigest()[:16]}"
 
 
 def _fsync(path: Path) -> None:
@@ -164,7 +178,12 @@ def _fsync(path: Path) -> None:
 
 
 def _open_valid(
-    npy_path: Path, json_path: Path, key: str, paths: Sequence[Path], image_size: int
+    npy_path: Path,
+    json_path: Path,
+    key: str,
+    paths: Sequence[Path],
+    image_size: int,
+    channels: int = 3,
 ) -> DecodedImages | None:
     """The cached entry if its record matches ``key`` and its header the expected shape."""
     try:
@@ -178,7 +197,7 @@ def _open_valid(
         bad = [BadImage(int(i), Path(paths[int(i)]), str(reason)) for i, reason in bad_entries]
     except (TypeError, ValueError, IndexError):
         return None
-    shape = (len(paths) - len(bad), image_size, image_size, 3)
+    shape = (len(paths) - len(bad), image_size, image_size, channels)
     if not shape[0]:
         return None
     try:
@@ -210,6 +229,7 @@ def cached_decode(
     cache_dir: Path,
     progress: Progress | None = None,
     name: str = "images",
+    channels: int = 3,
 ) -> DecodedImages:
     """Decoded, resized images of ``paths``, from the cache or built into it.
 
@@ -223,9 +243,10 @@ def cached_decode(
         progress: called as ``progress(n_done, total)`` after each decoded image (only when the
             cache is built).
         name: readable prefix of the entry's file names (e.g. ``flickr25k-database``).
+        channels: 3 (RGB) or 1 (grayscale, for a collection of grayscale files).
 
     Returns:
-        The readable images as a read-only memory map (N - len(bad), size, size, 3), uint8, and
+        The readable images as a read-only memory map (N - len(bad), size, size, C), uint8, and
         the unreadable ones. If no image is readable nothing is cached (the array is empty).
 
     Raises:
@@ -235,12 +256,12 @@ def cached_decode(
     if not paths:
         raise DataError(f"{cache_dir}: no images to cache for '{name}'")
     cache_dir = Path(cache_dir)
-    shape = (len(paths), image_size, image_size, 3)
-    key = cache_key(paths, image_size)
-    stem = _entry_stem(paths, image_size, name)
+    shape = (len(paths), image_size, image_size, channels)
+    key = cache_key(paths, image_size, channels)
+    stem = _entry_stem(paths, image_size, name, channels)
     npy_path = cache_dir / f"{stem}.npy"
     json_path = cache_dir / f"{stem}.json"
-    cached = _open_valid(npy_path, json_path, key, paths, image_size)
+    cached = _open_valid(npy_path, json_path, key, paths, image_size, channels)
     if cached is not None:
         return cached
 
@@ -309,6 +330,7 @@ def read_images(
     cache_dir: Path | None = None,
     progress: Progress | None = None,
     name: str = "images",
+    channels: int = 3,
 ) -> DecodedImages:
     """Decoded, resized images and the unreadable ones, through the cache when one is given.
 
@@ -319,6 +341,7 @@ def read_images(
             a warning is issued and the images are decoded into memory instead.
         progress: called as ``progress(n_done, total)`` after each decoded image.
         name: readable prefix of the cache entry's file names.
+        channels: 3 (RGB) or 1 (grayscale).
 
     Returns:
         The readable images (memory-mapped when cached) and the unreadable ones.
@@ -328,13 +351,13 @@ def read_images(
     """
     if cache_dir is not None and paths:
         try:
-            return cached_decode(paths, image_size, Path(cache_dir), progress, name)
+            return cached_decode(paths, image_size, Path(cache_dir), progress, name, channels)
         except OSError as exc:
             warnings.warn(
                 f"{cache_dir}: image cache not writable ({exc}); decoding into memory instead",
                 stacklevel=3,
             )
-    return decode_all(paths, image_size, progress)
+    return decode_all(paths, image_size, progress, channels)
 
 
 def load_images(

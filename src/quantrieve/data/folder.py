@@ -17,7 +17,8 @@ unlabelled.
 Image files are those ending in .jpg .jpeg .png .bmp .webp .gif (any case); hidden files and
 folders (names starting with ``.``, e.g. the cache folder) are skipped. Ids are the paths relative
 to ``root`` (POSIX style), in sorted order. Images are resized like the list-file readers (see
-:mod:`quantrieve.data.images`) and cached by default in ``root/.quantrieve-cache``. Every image is
+:mod:`quantrieve.data.images`) and cached by default outside ``root``
+(:func:`~quantrieve.data.cache.default_cache_dir`). Every image is
 tried: unreadable ones are all named in one error, or with ``skip_bad`` left out and listed in
 :attr:`ImageSet.skipped`.
 """
@@ -31,8 +32,13 @@ import numpy as np
 
 from quantrieve.config import LAYOUTS
 from quantrieve.data.base import DataError, ImageSet, one_hot
-from quantrieve.data.cache import DEFAULT_CACHE_DIR_NAME, Progress, read_images
-from quantrieve.data.images import UnreadableImagesError, is_image_file, unreadable_message
+from quantrieve.data.cache import Progress, default_cache_dir, read_images
+from quantrieve.data.images import (
+    UnreadableImagesError,
+    collection_channels,
+    is_image_file,
+    unreadable_message,
+)
 from quantrieve.errors import QuantrieveWarning
 
 DEFAULT_IMAGE_SIZE = 64
@@ -66,6 +72,7 @@ def read_image_folder(
     progress: Progress | None = None,
     layout: str = "auto",
     skip_bad: bool = False,
+    channels: int = 0,
 ) -> dict[str, ImageSet]:
     """Read an image folder (class sub-folders or flat; see the module docstring).
 
@@ -73,9 +80,11 @@ def read_image_folder(
         root: the folder.
         image_size: side of the square output images.
         cache: whether to cache decoded images on disk.
-        cache_dir: cache folder; default ``root/.quantrieve-cache`` (memory if not writable).
+        cache_dir: cache folder; default :func:`~quantrieve.data.cache.default_cache_dir`,
+            outside ``root`` (memory if not writable).
         progress: called as ``progress(n_done, total)`` while images are decoded.
         layout: ``"auto"``, ``"classes"`` or ``"flat"`` (see the module docstring).
+        channels: 1 (grayscale) or 3 (RGB); 0 = 1 when every file is grayscale, else 3.
         skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
             raising.
 
@@ -137,13 +146,14 @@ def read_image_folder(
     if not cache:
         cache_dir = None
     elif cache_dir is None:
-        cache_dir = root / DEFAULT_CACHE_DIR_NAME
+        cache_dir = default_cache_dir()
     decoded = read_images(
         files,
         image_size,
         None if cache_dir is None else Path(cache_dir),
         progress,
         f"folder-{root.name}",
+        channels or collection_channels(files),
     )
     ids = [p.relative_to(root).as_posix() for p in files]
     skipped: dict[str, str] = {}

@@ -106,29 +106,51 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def decode_image(path: Path, image_size: int) -> np.ndarray:
-    """Decode one image file into a square RGB uint8 array (see the module docstring).
+def decode_image(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
+    """Decode one image file into a square uint8 array (see the module docstring).
 
     Args:
         path: the image file.
         image_size: side of the square output, in pixels.
+        channels: 3 (RGB) or 1 (grayscale: ITU-R 601 luma, PIL's ``L`` mode).
 
     Returns:
-        uint8 array of shape (image_size, image_size, 3).
+        uint8 array of shape (image_size, image_size, channels).
 
     Raises:
         UnreadableImageError: the file cannot be opened or decoded.
     """
+    mode = {3: "RGB", 1: "L"}.get(channels)
+    if mode is None:
+        raise DataError(f"{path}: cannot decode an image to {channels} channels (only 1 or 3)")
     try:
         with Image.open(path) as image:
             if image.format == "JPEG":
-                image.draft("RGB", (image_size, image_size))
-            rgb = image.convert("RGB")
-            square = ImageOps.fit(rgb, (image_size, image_size), Image.Resampling.BILINEAR)
+                image.draft(mode, (image_size, image_size))
+            converted = image.convert(mode)
+            square = ImageOps.fit(converted, (image_size, image_size), Image.Resampling.BILINEAR)
     # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(path, str(exc) or type(exc).__name__) from None
-    return np.asarray(square, dtype=np.uint8)
+    return np.asarray(square, dtype=np.uint8).reshape(image_size, image_size, channels)
+
+
+# PIL modes of single-channel images (bilevel, 8-bit, 16/32-bit integer, float, with alpha).
+GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La"})
+
+
+def collection_channels(paths: Sequence[Path]) -> int:
+    """1 when every readable file is single-channel (grayscale), else 3: a grayscale
+    collection is decoded to one channel, not copied three times. Only the headers are read;
+    unreadable files are left to the decoder to report."""
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                if image.mode not in GRAY_MODES:
+                    return 3
+        except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+            continue
+    return 1 if paths else 3
 
 
 def load_image_file(path: str | Path, image_size: int, channels: int) -> np.ndarray:
@@ -145,9 +167,4 @@ def load_image_file(path: str | Path, image_size: int, channels: int) -> np.ndar
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image not found")
-    rgb = decode_image(path, image_size)
-    if channels == 3:
-        return rgb
-    if channels == 1:
-        return np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint8)[..., None]
-    raise DataError(f"{path}: cannot convert an image to {channels} channels (only 1 or 3)")
+    return decode_image(path, image_size, channels)

@@ -18,7 +18,8 @@ Expected layout of a dataset ``root`` (as in the common DeepHash releases)::
 Images are decoded with PIL, converted to RGB, centre-cropped to a square and resized (bilinear)
 to ``image_size`` (see :mod:`quantrieve.data.images`). With a cache folder they are decoded once
 into a memory-mapped ``.npy`` file (see :mod:`quantrieve.data.cache`); the named readers cache by
-default in ``root/.quantrieve-cache`` and fall back to memory if it is not writable.
+default in :func:`~quantrieve.data.cache.default_cache_dir` (outside ``root``) and fall back to
+memory if it is not writable.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from quantrieve.data.base import DataError, ImageSet
-from quantrieve.data.cache import DEFAULT_CACHE_DIR_NAME, Progress, read_images
+from quantrieve.data.cache import Progress, default_cache_dir, read_images
 from quantrieve.data.images import UnreadableImagesError, unreadable_message
 
 SPQ_IMAGE_SIZE = 64
@@ -366,7 +367,8 @@ def read_list_dataset(
         image_size: side of the square output images (64, SPQ's choice, by default).
         image_root: folder the list paths are relative to; default ``root``.
         cache: whether to cache decoded images on disk.
-        cache_dir: cache folder; default ``root/.quantrieve-cache``.
+        cache_dir: cache folder; default :func:`~quantrieve.data.cache.default_cache_dir`,
+            outside ``root``.
         progress: called as ``progress(n_done, total)`` while a part's images are decoded.
         class_names: default column names; ``root/classes.txt`` overrides them.
         name: dataset name, the prefix of cache file names.
@@ -387,7 +389,7 @@ def read_list_dataset(
     if not cache:
         cache_dir = None
     elif cache_dir is None:
-        cache_dir = root / DEFAULT_CACHE_DIR_NAME
+        cache_dir = default_cache_dir()
     names = _class_names(root, num_classes, class_names)
 
     sources: dict[str, ListEntries] = {}
