@@ -146,6 +146,12 @@ def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
             "--resume continues with the run's saved config.json; drop --preset / --config",
         ),
         (["train", "--bits", "30"], "--bits 30 is not a multiple of log2(K) = 4"),
+        (["train", "--bits", "0"], "--bits must be a positive multiple of log2(K) = 4"),
+        (["train", "--bits", "-8"], "--bits must be a positive multiple of log2(K) = 4"),
+        (
+            ["encode", "/nonexistent/run", "--out", "/nonexistent/ix", "--distance", "foo"],
+            "--distance must be one of l2, sqeuclidean, got 'foo'",
+        ),
         (["evaluate", "/nonexistent/index"], "/nonexistent/index: not found"),
         (["evaluate", "/tmp"], "/tmp: not an index directory"),
         (

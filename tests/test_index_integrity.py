@@ -158,3 +158,10 @@ def test_a_file_that_is_no_model_is_refused(index_dir: Path) -> None:
     _edit_meta(index_dir, model_sha256=None)
     with pytest.raises(IndexFormatError, match="not a quantrieve model"):
         model_path(index_dir)
+
+
+def test_class_names_cut_in_index_json_are_refused(index_dir: Path) -> None:
+    """Cutting class_names gave an IndexError traceback when results were labelled."""
+    _edit_meta(index_dir, class_names=["a", "b"])
+    with pytest.raises(IndexFormatError, match="2 class names for 3 columns of labels"):
+        PQIndex.load(index_dir)
