@@ -24,17 +24,13 @@ the trainer carves from the training set.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from quantrieve.api.retriever import Retriever
 from quantrieve.baselines import fit_baseline
@@ -48,7 +44,7 @@ from quantrieve.runtime.atomic import atomic_write_json
 from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.runtime.progress import ProgressFactory
-from quantrieve.runtime.run_info import git_commit, package_versions
+from quantrieve.runtime.run_info import environment
 
 SETUP_FILE = "benchmark.json"
 SETUP_KEYS = ("protocol", "preset", "overrides")
@@ -192,22 +188,6 @@ def training_stats(log_file: str | Path) -> dict[str, Any]:
         "best_epoch": best_epoch,
         "best_val_map": validations.get(best_epoch) if best_epoch is not None else None,
     }
-
-
-def environment(device: str | torch.device | None = None) -> dict[str, Any]:
-    """Package versions, git commit, device, torch threads and date of this process."""
-    dev = torch.device(device) if device is not None else resolve_device("auto")
-    env: dict[str, Any] = {
-        "versions": package_versions(),
-        "git_commit": git_commit(),
-        "device": str(dev),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    if dev.type == "cuda" and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(dev)
-    return env
 
 
 def _read_json(path: Path) -> Any:
@@ -519,7 +499,7 @@ def run_benchmark(
             "protocol": protocol.name,
             "data": data.summary(),
             **body,
-            "environment": environment(body.get("device", device)),
+            "environment": environment(str(body.get("device", device))),
         }
         atomic_write_json(cell, path)
         result = cell["result"]

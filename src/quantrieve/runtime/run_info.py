@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -43,14 +44,43 @@ def git_commit(folder: str | Path | None = None) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
+def environment(device: str | None = None) -> dict[str, Any]:
+    """What can change a run's numbers besides its config: package versions, git commit,
+    device (and GPU name), torch's thread count, deterministic-algorithm settings, CPU count.
+
+    On the CPU, a run is bit-reproducible when config, seed, versions, commit and thread count
+    are the same (the thread count changes the order of floating-point sums)."""
+    import torch
+
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env: dict[str, Any] = {
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "device": str(dev),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cpu_count": os.cpu_count(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    if dev.type == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(dev)
+        env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+    return env
+
+
 def run_record(seed: int, device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The environment block saved as ``run.json`` in every run directory."""
+    """The record saved as ``run.json`` in every run directory: seed, the command line and the
+    :func:`environment` of the process."""
+    env = environment(device)
     return {
         "seed": seed,
         "device": device,
-        "git_commit": git_commit(),
-        "versions": package_versions(),
-        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "git_commit": env.pop("git_commit"),
+        "versions": env.pop("versions"),
+        "started": env.pop("date"),
         "command": " ".join(sys.argv),
+        "environment": env,
         **(extra or {}),
     }
