@@ -277,7 +277,13 @@ def method_overrides(name: str) -> tuple[str, ...]:
 
 @dataclass
 class TrainConfig:
-    """Optimisation (docs/method.md, Training recipe): Adam, linear warm-up, cosine decay."""
+    """Optimisation (docs/method.md, Training recipe): Adam, linear warm-up, cosine decay.
+
+    ``batch_size`` is the global batch: under ``torchrun`` each of N processes takes
+    ``batch_size / N`` images per step. ``sync_batchnorm`` makes batch norm use the statistics
+    of the whole global batch (one process's numbers); off, each process normalises its own
+    share, as most self-supervised code does.
+    """
 
     epochs: int = 20
     batch_size: int = 256
@@ -291,6 +297,7 @@ class TrainConfig:
     seed: int = 0
     eval_every: int = 1
     max_steps_per_epoch: int = 0
+    sync_batchnorm: bool = False
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

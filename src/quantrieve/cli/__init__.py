@@ -27,6 +27,7 @@ from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.run_parts import read_run_parts, training_part
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult
+from quantrieve.runtime.distributed import from_environment
 from quantrieve.train.trainer import EpochSummary, TrainingError
 
 app = typer.Typer(
@@ -588,7 +589,12 @@ def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__
 
 def main() -> None:
     """Entry point of the ``quantrieve`` command."""
-    warnings.simplefilter("always", QuantrieveWarning)
+    if from_environment().rank != 0:
+        # Under torchrun, rank 0 alone talks (every rank runs the same command).
+        console.quiet = stdout.quiet = True
+        warnings.simplefilter("ignore", QuantrieveWarning)
+    else:
+        warnings.simplefilter("always", QuantrieveWarning)
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     try:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from quantrieve.augment import TwoViewAugment
 from quantrieve.config import RunConfig, config_differences
@@ -43,9 +44,12 @@ from quantrieve.models.retrieval import (
     embed_images,
     to_float_images,
 )
+from quantrieve.models.sync_batchnorm import convert_sync_batchnorm
 from quantrieve.runtime.atomic import atomic_write_json, atomic_write_text
 from quantrieve.runtime.checkpoint import atomic_save, load_checkpoint
 from quantrieve.runtime.device import needs_grad_scaler, resolve_device
+from quantrieve.runtime.distributed import barrier, gather
+from quantrieve.runtime.distributed import setup as setup_distributed
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import run_record
@@ -96,6 +100,20 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
 
 
+class TrainingForward(nn.Module):
+    """The forward pass of a training step, as one module (what DistributedDataParallel
+    wraps): views (2b, C, H, W) in [0, 1] -> embeddings f and soft quantizations z."""
+
+    def __init__(self, model: RetrievalModel, amp: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.amp = amp
+
+    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.model.embed(views, self.amp)
+        return f, self.model.quantizer(f)
+
+
 class Trainer:
     """Trains a :class:`RetrievalModel` on an unlabelled image set.
 
@@ -108,6 +126,12 @@ class Trainer:
             holds a checkpoint is refused rather than overwritten.
         progress: ``progress(steps_done, total_steps)`` after every step of :meth:`fit`.
         on_epoch: Called with each :class:`EpochSummary` (validation mAP, best epoch so far).
+
+    Under ``torchrun`` (several processes, :mod:`quantrieve.runtime.distributed`) every rank
+    trains on its share of each global batch of ``train.batch_size`` images, the embeddings of
+    all ranks are gathered (with gradients) before the losses, so negatives come from the whole
+    batch, and gradients are averaged by DistributedDataParallel. ``train.sync_batchnorm``
+    normalises with the statistics of the whole batch. Rank 0 alone validates and writes.
     """
 
     def __init__(
@@ -126,27 +150,37 @@ class Trainer:
         self.log_records: list[dict[str, Any]] = []
         self.best_state: dict[str, Any] | None = None
         self.device = resolve_device(config.train.device)
+        self.place = setup_distributed(self.device)
+        if self.place.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.place.local_rank)
+            torch.cuda.set_device(self.device)
+        # Rank 0 writes the run directory; the other ranks only read it (to resume).
+        self.out = self.run_dir if self.place.is_main else None
         h, w, c = train_set.image_shape
         if h != w:
             raise TrainingError(f"training images must be square, got {h}x{w}")
-        if self.run_dir is not None:
+        if self.out is not None:
             self._check_run_dir(resume)
-        elif resume:
+        elif resume and self.run_dir is None:
             raise TrainingError("resume needs a run directory")
+        barrier(self.place)
         if config.data.holdout_queries:
             # Held-out test queries never train; saved with the run for encode and evaluate.
             _, train_set = hold_out(
-                train_set, config.data.holdout_queries, config.data.split_seed, self.run_dir
+                train_set, config.data.holdout_queries, config.data.split_seed, self.out
             )
         if config.data.train_limit:
             train_set = train_set.subset(np.arange(min(config.data.train_limit, len(train_set))))
         self.train_set = train_set
 
         self._warn_about_data_size()
-        self.split = self._validation_split()
+        self.split = self._validation_split() if self.place.is_main else None
         mean, std = channel_stats(train_set.images)
         torch.manual_seed(config.train.seed)
         self.model = RetrievalModel(config.model, h, c, mean, std).to(self.device)
+        self.local_batch = self._local_batch()
+        if self.place.enabled and config.train.sync_batchnorm:
+            convert_sync_batchnorm(self.model)
         self.augment = TwoViewAugment(config.augment, h, c).to(self.device)
         self.objective = Objective(config.loss, config.model.num_books)
         self.optimizer = torch.optim.Adam(
@@ -172,17 +206,38 @@ class Trainer:
         if resume:
             assert self.run_dir is not None
             self._restore(load_checkpoint(self.run_dir / "last.pt"))
-        elif self.run_dir is not None:
-            config.save(self.run_dir / "config.json")
+        elif self.out is not None:
+            config.save(self.out / "config.json")
             record = run_record(
                 config.train.seed,
                 str(self.device),
                 {"train_images": len(train_set), "image_shape": [h, w, c]}
                 | ({"skipped_images": train_set.skipped} if train_set.skipped else {}),
             )
-            atomic_write_json(record, self.run_dir / "run.json")
+            record["world_size"] = self.place.world_size
+            atomic_write_json(record, self.out / "run.json")
+        self.forward = self._forward_module()
 
     # ---------------------------------------------------------------- setup and state
+    def _local_batch(self) -> int:
+        """Images per rank and step: the global ``train.batch_size`` split evenly."""
+        batch, world = self.config.train.batch_size, self.place.world_size
+        if batch % world:
+            raise TrainingError(
+                f"train.batch_size = {batch} does not split evenly over {world} processes; "
+                f"use a multiple of {world}"
+            )
+        return batch // world
+
+    def _forward_module(self) -> nn.Module:
+        """The training forward pass (views -> f, z), wrapped in DistributedDataParallel when
+        there are several processes (it averages the gradients over ranks)."""
+        module = TrainingForward(self.model, self.config.train.amp)
+        if not self.place.enabled:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
     def _check_run_dir(self, resume: bool) -> None:
         assert self.run_dir is not None
         checkpoint_path = self.run_dir / "last.pt"
@@ -240,7 +295,7 @@ class Trainer:
         data = self.config.data
         if data.val_queries == 0 or self.train_set.labels is None:
             return None
-        if self.run_dir is None:
+        if self.out is None:
             return validation_split(len(self.train_set), data.val_queries, data.split_seed)
         return load_or_make_split(
             self.run_dir, len(self.train_set), data.val_queries, data.split_seed
@@ -291,14 +346,14 @@ class Trainer:
             raise TrainingError(
                 f"train.epochs = {epochs} is below the {done} epochs this run has done"
             )
-        assert self.run_dir is not None
-        self.config.save(self.run_dir / "config.json")
+        if self.out is not None:
+            self.config.save(self.out / "config.json")
         self._log({"kind": "extended", "epoch": done, "from_epochs": planned, "to_epochs": epochs})
 
     def _drop_unfinished_epoch_records(self) -> None:
         """Remove log records of the epoch that was interrupted (it is trained again), and a
         last line cut short by the interruption."""
-        path = self.run_dir / "log.jsonl" if self.run_dir is not None else None
+        path = self.out / "log.jsonl" if self.out is not None else None
         if path is None or not path.is_file():
             return
         lines = path.read_text().splitlines()
@@ -314,16 +369,18 @@ class Trainer:
             atomic_write_text("".join(line + "\n" for line in kept), path)
 
     def _log(self, record: dict[str, Any]) -> None:
-        if self.run_dir is None:
+        if not self.place.is_main:
+            return
+        if self.out is None:
             self.log_records.append(record)
             return
-        with open(self.run_dir / "log.jsonl", "a") as handle:
+        with open(self.out / "log.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
     def _keep(self, extra: dict[str, Any]) -> None:
         """Keep the current weights as the model of this run (``model.pt`` or in memory)."""
-        if self.run_dir is not None:
-            self.model.save(self.run_dir / "model.pt", extra)
+        if self.out is not None:
+            self.model.save(self.out / "model.pt", extra)
         else:
             self.best_state = copy.deepcopy(self.model.state_dict())
         self.model.training_info = dict(extra)
@@ -350,17 +407,23 @@ class Trainer:
         return torch.cat([self.augment(x), self.augment(x)])
 
     def train_step(self, batch_uint8: torch.Tensor, step: int) -> dict[str, float]:
-        """One optimisation step on a uint8 batch (B, H, W, C); returns the logged terms."""
+        """One optimisation step on this rank's uint8 batch (b, H, W, C); returns the logged
+        terms (the same on every rank)."""
+        return self.step_on_views(self._views(batch_uint8), step)
+
+    def step_on_views(self, views: torch.Tensor, step: int) -> dict[str, float]:
+        """One optimisation step on this rank's two views, stacked (2b, C, H, W) in [0, 1]:
+        first views, then second views of the same b images."""
         lr = self._lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        f = self.model.embed(self._views(batch_uint8), self.config.train.amp)
-        z = self.model.quantizer(f)
-        half = len(batch_uint8)
-        terms = self.objective(
-            f[:half], f[half:], z[:half], z[half:], self.model.quantizer.codebooks
-        )
+        f, z = self.forward(views)
+        half = len(views) // 2
         self._epoch_codes.append(self.model.quantizer.encode(f[:half].detach()))
+        # (b, 4, D) -> every rank's, in rank order: the losses see the whole global batch.
+        parts = gather(torch.stack([f[:half], f[half:], z[:half], z[half:]], 1), self.place)
+        f_a, f_b, z_a, z_b = parts.unbind(1)
+        terms = self.objective(f_a, f_b, z_a, z_b, self.model.quantizer.codebooks)
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step}; lower train.lr")
@@ -390,12 +453,16 @@ class Trainer:
         epoch = self.epoch + 1
         torch.manual_seed(_epoch_seed(t.seed, epoch))
         order = torch.randperm(len(self.images))
+        if self.place.enabled:
+            # The same order on every rank; each rank's augmentations its own.
+            torch.manual_seed(_epoch_seed(t.seed, epoch) + 1 + self.place.rank)
         self.model.train()
         start, running = time.perf_counter(), 0.0
         self._epoch_codes = []
         for i in range(self.steps_per_epoch):
             step = (epoch - 1) * self.steps_per_epoch + i
-            idx = order[i * t.batch_size : (i + 1) * t.batch_size]
+            start = i * t.batch_size + self.place.rank * self.local_batch
+            idx = order[start : start + self.local_batch]
             batch = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
             logged = self.train_step(batch, step)
             running += logged["loss"]
@@ -419,7 +486,7 @@ class Trainer:
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
                 self._keep({"epoch": epoch, "val_map": val_map})
-        elif self.split is None or not t.eval_every:
+        elif self.place.is_main and (self.split is None or not t.eval_every):
             # No validation (unlabelled data or eval_every = 0): keep the latest weights.
             self.best_epoch = epoch
             self._keep({"epoch": epoch})
@@ -434,8 +501,8 @@ class Trainer:
         )
         record = {k: v for k, v in summary.__dict__.items() if k != "best_val_map"}
         self._log({"kind": "epoch", **record, "code_usage": usage.to_dict()})
-        if self.run_dir is not None:
-            atomic_save(self._state(), self.run_dir / "last.pt")
+        if self.out is not None:
+            atomic_save(self._state(), self.out / "last.pt")
         return summary
 
     def best_model(self) -> RetrievalModel:

@@ -1,0 +1,88 @@
+"""Several processes, one training: the process group, gathering with gradients, rank 0 writes.
+
+quantrieve trains data-parallel under ``torchrun`` (torch.distributed's launcher), which sets
+``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. Backend ``gloo``
+on the CPU, ``nccl`` on CUDA. A single process (no ``WORLD_SIZE``, or 1) needs none of it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process stands in a data-parallel run.
+
+    Attributes:
+        rank: 0 .. world_size - 1; rank 0 alone writes checkpoints, logs and the model.
+        world_size: number of processes.
+        local_rank: rank on this machine (the CUDA device index).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_environment() -> Distributed:
+    """The process's place as ``torchrun`` describes it (a single process without it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    return Distributed(
+        int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+    )
+
+
+def setup(device: torch.device) -> Distributed:
+    """Join the process group (once) when launched by ``torchrun``; ``nccl`` for CUDA devices,
+    ``gloo`` otherwise."""
+    place = from_environment()
+    if place.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return place
+
+
+def gather(tensor: Tensor, place: Distributed) -> Tensor:
+    """Concatenate every rank's ``tensor`` along dim 0, in rank order, keeping the gradient:
+    each rank's backward receives the sum over ranks of the gradients of its own slice."""
+    if not place.enabled:
+        return tensor
+    return all_gather_with_grad(tensor)
+
+
+def all_gather_with_grad(tensor: Tensor) -> Tensor:
+    """Every rank's ``tensor`` stacked along dim 0 (rank order), differentiable: the backward
+    pass sums each slice's gradients over ranks and returns them to the slice's rank."""
+    from torch.distributed import _functional_collectives as collectives
+
+    return collectives.all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+
+
+def barrier(place: Distributed) -> None:
+    """Wait for every rank (a no-op in a single process)."""
+    if place.enabled:
+        dist.barrier()
+
+
+def broadcast_object(value: object, place: Distributed) -> object:
+    """Rank 0's ``value`` on every rank."""
+    if not place.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -1,0 +1,57 @@
+"""A few training steps on fixed views, in one process or in each process of a torchrun group.
+
+Usage: python distributed_worker.py DATA_ROOT OUT_FILE STEPS SYNC_BN [key=value ...]
+
+Every step draws the same global batch of views (2B, C, H, W) from a seeded generator; a rank
+takes its share (its b = B / N images: their first and their second views). Rank 0 writes the
+losses of every step and the final weights to OUT_FILE (torch.save).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from quantrieve.config import load_config
+from quantrieve.data import read_dataset
+from quantrieve.runtime.distributed import from_environment
+from quantrieve.train.trainer import Trainer
+
+
+def main() -> None:
+    root, out, steps, sync = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    torch.set_num_threads(1)
+    config = load_config(
+        overrides=[
+            f"data.root={root}",
+            "model.width=4",
+            "model.proj_hidden=16",
+            "model.codeword_dim=4",
+            "model.num_books=4",
+            "train.batch_size=16",
+            "train.epochs=2",
+            "train.warmup_epochs=0",
+            "train.amp=false",
+            "data.val_queries=0",
+            f"train.sync_batchnorm={sync}",
+            *sys.argv[5:],
+        ]
+    )
+    place = from_environment()
+    train = read_dataset("fashion-mnist", root)["train"]
+    trainer = Trainer(config, train)
+    batch, local = config.train.batch_size, trainer.local_batch
+    rows = torch.arange(place.rank * local, (place.rank + 1) * local)
+    losses = []
+    for step in range(steps):
+        generator = torch.Generator().manual_seed(100 + step)
+        views = torch.rand(2 * batch, 1, 12, 12, generator=generator)
+        mine = torch.cat([views[rows], views[batch + rows]])
+        losses.append(trainer.step_on_views(mine, step)["loss"])
+    if place.is_main:
+        torch.save({"losses": losses, "weights": trainer.model.state_dict()}, out)
+
+
+if __name__ == "__main__":
+    main()
