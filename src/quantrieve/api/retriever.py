@@ -50,7 +50,7 @@ from quantrieve.index.store import (
 )
 from quantrieve.models.retrieval import RetrievalModel, embed_images
 from quantrieve.runtime.device import resolve_device
-from quantrieve.runtime.progress import Progress
+from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import git_commit, package_versions
 from quantrieve.train.trainer import EpochCallback, Trainer
 
@@ -288,11 +288,22 @@ class Retriever:
         model = self._require_model().to(self.device)
         return embed_images(model, _as_images(images), self.device, progress=progress)
 
-    def encode(self, images: Images, progress: Progress | None = None) -> np.ndarray:
-        """PQ codes, uint8 (N, M): the index of each image's nearest codeword per book."""
-        model = self._require_model()
-        f = self._embed(images, progress)
-        return model.quantizer.encode(f.to(self.device)).cpu().numpy()
+    def encode(
+        self, images: Images, progress: Progress | None = None, chunk: int = 8192
+    ) -> np.ndarray:
+        """PQ codes, uint8 (N, M): the index of each image's nearest codeword per book.
+
+        Images are embedded and encoded ``chunk`` at a time: only the codes of the whole set
+        are held, never its embeddings."""
+        model = self._require_model().to(self.device)
+        array = _as_images(images)
+        out = np.empty((len(array), model.quantizer.num_books), dtype=np.uint8)
+        for start in range(0, len(array), chunk):
+            rows = np.arange(start, min(start + chunk, len(array)))
+            f = embed_images(model, array, self.device, indices=rows)
+            out[rows] = model.quantizer.encode(f.to(self.device)).cpu().numpy()
+            report(progress, int(rows[-1]) + 1, len(array))
+        return out
 
     # ------------------------------------------------------------------ index
     def build_index(
@@ -304,9 +315,23 @@ class Retriever:
     ) -> PQIndex:
         """Encode ``database`` into a new in-memory index (ids, labels and class names from
         an :class:`ImageSet`), kept as :attr:`index` and returned."""
-        model = self._require_model()
         database = _as_image_set(database)
         codes = self.encode(database, progress)
+        return self.index_from_codes(
+            database, codes, image_fingerprints(database.images), distance, source
+        )
+
+    def index_from_codes(
+        self,
+        database: ImageSet,
+        codes: np.ndarray,
+        content: np.ndarray | None = None,
+        distance: str | None = None,
+        source: dict[str, Any] | None = None,
+    ) -> PQIndex:
+        """The index of ``database`` from its codes, already encoded with this model (e.g. by
+        an :class:`~quantrieve.api.encode_job.EncodeJob`); kept as :attr:`index`."""
+        model = self._require_model()
         usage = check_code_usage(codes, model.config.num_codewords, "encoded database")
         self.index = PQIndex(
             codebooks=model.quantizer.codebooks.detach().cpu().numpy(),
@@ -315,7 +340,7 @@ class Retriever:
             labels=database.labels,
             distance=distance or self.config.eval.distance,
             class_names=list(database.class_names),
-            content=image_fingerprints(database.images),
+            content=content,
             meta={
                 "source": source or {},
                 "code_usage": usage.to_dict(),

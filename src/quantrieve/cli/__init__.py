@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import torch
 import typer
 from rich.table import Table
 
@@ -214,6 +215,18 @@ def train(
     console.print(f"done: model {out / 'model.pt'}, log {out / 'log.jsonl'}")
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be i/n (e.g. 0/4), got '{text}'") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard i/n needs 0 <= i < n, got '{text}'")
+    return index, count
+
+
 @app.command()
 def encode(
     model: Annotated[Path, typer.Argument(help="A run directory or its model.pt.")],
@@ -226,18 +239,50 @@ def encode(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing index at --out.")
     ] = False,
+    chunk: Annotated[
+        int, typer.Option(help="Images per chunk: the unit of memory, progress and resumption.")
+    ] = 8192,
+    shard: Annotated[
+        str | None,
+        typer.Option(help="i/n: encode chunks i, i+n, ... only (one job of a cluster array)."),
+    ] = None,
 ) -> None:
-    """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels)."""
+    """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels).
+
+    Chunk by chunk into OUT.encoding/ (bounded memory; a rerun continues a killed job), then
+    into the index. Under torchrun each process takes its share of the chunks; with --shard,
+    the shard that finds every chunk done builds the index."""
+    from quantrieve.api.encode_job import EncodeJob
     from quantrieve.index.store import check_index_output
+    from quantrieve.runtime.distributed import barrier
+    from quantrieve.runtime.distributed import setup as setup_distributed
 
     _check_distance(distance)
+    share = _shard(shard)
     check_index_output(out, overwrite)
     retriever = Retriever.load(model, device=device)
+    place = setup_distributed(retriever.device)
+    if place.enabled and retriever.device.type == "cuda":
+        retriever.device = torch.device("cuda", place.local_rank)
+    if share is None:
+        share = (place.rank, place.world_size)
     database, where = _run_part(retriever, dataset, data_dir, part)
-    index = retriever.build_index(
-        database, distance, source=where, progress=progress_bar("embedding database")
-    )
+    job = EncodeJob(retriever, database, out.with_name(out.name + ".encoding"), chunk)
+    job.run(share, progress_bar("encoding database"))
+    barrier(place)
+    if not place.is_main:
+        return
+    if not job.finished():
+        left = job.num_chunks - len(job.done_chunks())
+        console.print(
+            f"shard {share[0]}/{share[1]} done; {left} of {job.num_chunks} chunks left to other "
+            f"shards (the last one to finish builds the index), in {job.folder}"
+        )
+        return
+    codes, content = job.codes()
+    index = retriever.index_from_codes(database, codes, content, distance, where)
     retriever.save(out, overwrite=overwrite)
+    job.remove()
     console.print(
         f"index of {len(index)} items, {index.bits} bits ({index.num_books} x "
         f"{index.num_codewords} codewords, {index.codes.nbytes / 1e6:.2f} MB of codes) -> {out}"
