@@ -146,7 +146,9 @@ BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
 class ModelConfig:
     """Encoder and product quantizer (docs/method.md, Model).
 
-    Code length in bits is ``num_books * log2(num_codewords)``.
+    Code length in bits is ``num_books * log2(num_codewords)``. ``pretrained``: a local
+    torchvision-style ResNet state dict the backbone starts from (resnet18 / resnet50; see
+    :mod:`quantrieve.models.pretrained`); empty = trained from scratch.
     """
 
     backbone: str = "small_cnn"
@@ -158,6 +160,7 @@ class ModelConfig:
     codeword_dim: int = 16
     tau_sq: float = 0.2
     channels_last: bool = True
+    pretrained: str = ""
 
     @property
     def bits(self) -> int:
@@ -180,6 +183,11 @@ class ModelConfig:
         )
         _check(self.codeword_dim >= 1, "model.codeword_dim", "must be >= 1")
         _check(self.tau_sq > 0, "model.tau_sq", "must be > 0")
+        _check(
+            not self.pretrained or self.backbone in ("resnet18", "resnet50"),
+            "model.pretrained",
+            "a pretrained start needs backbone resnet18 or resnet50",
+        )
 
 
 FUSIONS = ("sum", "concat", "embedding", "quantized")

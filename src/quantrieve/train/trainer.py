@@ -38,6 +38,7 @@ from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import evaluate_codes
 from quantrieve.evaluate.code_usage import CodeUsage, code_usage
 from quantrieve.losses import Objective
+from quantrieve.models.pretrained import load_pretrained_backbone
 from quantrieve.models.retrieval import (
     RetrievalModel,
     channel_stats,
@@ -178,6 +179,10 @@ class Trainer:
         mean, std = channel_stats(train_set.images)
         torch.manual_seed(config.train.seed)
         self.model = RetrievalModel(config.model, h, c, mean, std).to(self.device)
+        if config.model.pretrained and not resume:
+            load_pretrained_backbone(
+                self.model.encoder.backbone, config.model.backbone, config.model.pretrained
+            )
         self.local_batch = self._local_batch()
         if self.place.enabled and config.train.sync_batchnorm:
             convert_sync_batchnorm(self.model)
