@@ -203,3 +203,22 @@ def test_excluded_pairs_leave_their_query_s_ranking() -> None:
     excluded = evaluate_codes(f, codebooks, codes, labels, labels, 10, [1], exclude=pairs)
     assert naive.precision_at[1] == 1.0
     assert excluded.precision_at[1] < 0.5 and excluded.map_at_k < naive.map_at_k
+
+
+def test_embed_writes_query_embeddings_for_faiss(own_run: dict[str, Path], tmp_path: Path) -> None:
+    files = sorted((own_run["photos"] / "square").glob("*.png"))[:3]
+    out = tmp_path / "queries.npy"
+    _invoke("embed", str(own_run["index"]), *map(str, files), "--out", str(out))
+    saved = np.load(out)
+    expected = qr.Retriever.load(own_run["index"]).embed(np.stack([_load(f) for f in files]))
+    np.testing.assert_allclose(saved, expected, rtol=1e-6)
+    assert (tmp_path / "queries.ids.txt").read_text().split() == [str(f) for f in files]
+    assert "already exists" in _refused(
+        "embed", str(own_run["index"]), str(files[0]), "--out", str(out)
+    )
+
+
+def _load(path: Path) -> np.ndarray:
+    from quantrieve.data.images import load_image_file
+
+    return load_image_file(path, 16, 3)

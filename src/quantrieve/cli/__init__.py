@@ -399,6 +399,42 @@ def _draw_grid(retriever: Retriever, queries: ImageSet, neighbours: np.ndarray, 
 
 
 @app.command()
+def embed(
+    model: Annotated[Path, typer.Argument(help="An index directory, a run directory or model.pt.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .npy file to write.")],
+    query_images: Annotated[
+        list[Path] | None, typer.Argument(help="Image files (several, or a shell glob).")
+    ] = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    part: Annotated[
+        str, typer.Option(help="Dataset part, when no image files are given.")
+    ] = "test",
+    items: Annotated[str | None, typer.Option(help="Comma-separated item numbers.")] = None,
+    device: DeviceOpt = "auto",
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out file.")
+    ] = False,
+) -> None:
+    """Write query embeddings (float32 N x M*d .npy), e.g. to search an exported faiss index;
+    their ids go to OUT with the suffix .ids.txt."""
+    from quantrieve.runtime.atomic import atomic_path
+    from quantrieve.runtime.outputs import check_new_file
+
+    check_new_file(out, overwrite, "embeddings")
+    ids_file = out.with_suffix(".ids.txt")
+    check_new_file(ids_file, overwrite, "ids")
+    retriever = Retriever.load(model, device=device)
+    queries = _queries(retriever, list(query_images or []), dataset, data_dir, part, items)
+    embeddings = retriever.embed(queries, progress=progress_bar("embedding"))
+    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, embeddings)
+    with atomic_path(ids_file) as tmp:
+        tmp.write_text("".join(f"{i}\n" for i in queries.ids), encoding="utf-8")
+    console.print(f"{len(embeddings)} embeddings of dimension {embeddings.shape[1]} -> {out}")
+
+
+@app.command()
 def evaluate(
     index_dir: Annotated[Path, typer.Argument(help="Labelled index directory (the database).")],
     dataset: DatasetOpt = None,
