@@ -24,6 +24,7 @@ import torch
 
 from quantrieve.config import load_config
 from quantrieve.data import ImageSet
+from quantrieve.runtime.distributed import from_environment
 from quantrieve.train.trainer import Trainer
 
 
@@ -52,6 +53,7 @@ def main() -> None:
         overrides.insert(0, "data.val_queries=0")
     config = load_config(args.preset, overrides=overrides)
     batch = config.train.batch_size
+    place = from_environment()
     rng = np.random.default_rng(0)
     count = (
         max(args.images, (args.steps + 2) * batch) if args.validate else (args.steps + 2) * batch
@@ -68,13 +70,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(config, data, run_dir)
         order = torch.arange((args.steps + 2) * batch).view(-1, batch)
+        share = slice(place.rank * trainer.local_batch, (place.rank + 1) * trainer.local_batch)
         for step in range(2):
-            trainer.train_step(torch.from_numpy(images[order[step].numpy()]), step)
+            trainer.train_step(torch.from_numpy(images[order[step][share].numpy()]), step)
         start = time.perf_counter()
         for step in range(2, args.steps + 2):
-            trainer.train_step(torch.from_numpy(images[order[step].numpy()]), step)
+            trainer.train_step(torch.from_numpy(images[order[step][share].numpy()]), step)
         per_step = (time.perf_counter() - start) / args.steps
-        if args.validate:
+        if args.validate and place.is_main:
             start = time.perf_counter()
             trainer.validate()
             validation_seconds = time.perf_counter() - start
@@ -87,6 +90,7 @@ def main() -> None:
         "image_shape": [h, w, c],
         "batch_size": batch,
         "threads": torch.get_num_threads(),
+        "processes": place.world_size,
         "seconds_per_step": per_step,
         "images_per_second": batch / per_step,
         "steps_per_epoch": steps_per_epoch,
@@ -113,6 +117,8 @@ def main() -> None:
         result["schedule_minutes_with_validation"] = (
             result["schedule_minutes_without_validation"] + validations * validation_seconds / 60
         )
+    if not place.is_main:
+        return
     print(json.dumps(result, indent=2))
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -67,3 +67,21 @@ def make_idx_dataset(root: Path, n_train: int, n_test: int, size: int = 12, seed
 def tiny_fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A Fashion-MNIST-format folder: 320 train / 60 test images of 12x12."""
     return make_idx_dataset(tmp_path_factory.mktemp("fashion"), 320, 60)
+
+
+def encode_index(model_file, database, out, device="cpu"):
+    """Encode ``database`` with a model file into the index directory ``out`` (the API's
+    load -> build_index -> save)."""
+    from quantrieve.api import Retriever
+
+    retriever = Retriever.load(model_file, device=device)
+    index = retriever.build_index(database)
+    retriever.save(out)
+    return index
+
+
+def embed_queries(index_dir, images, device="cpu"):
+    """Embeddings of query images with an index's own model."""
+    from quantrieve.api import Retriever
+
+    return Retriever.load(index_dir, device=device).embed(images)

@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY_RUN, encode_index
 
-from quantrieve.api import Retriever
 from quantrieve.config import ModelConfig, load_config
 from quantrieve.data import ImageSet, read_dataset
 from quantrieve.errors import QuantrieveWarning
@@ -19,19 +18,6 @@ from quantrieve.evaluate.code_usage import check_code_usage, code_usage
 from quantrieve.index.store import PQIndex
 from quantrieve.models.retrieval import RetrievalModel, embed_images
 from quantrieve.train.trainer import Trainer
-
-
-def encode_index(model_file, database, out, device="cpu", show_progress=False):
-    """Encode ``database`` with the model file into the index directory ``out``."""
-    retriever = Retriever.load(model_file, device=device)
-    index = retriever.build_index(database)
-    retriever.save(out)
-    return index
-
-
-def embed_queries(index_dir, images, device="cpu", show_progress=False):
-    """Embeddings of query images with the index's own model."""
-    return Retriever.load(index_dir, device=device).embed(images)
 
 
 def test_identical_codes_are_degenerate_with_a_warning() -> None:

@@ -10,27 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import embed_queries, encode_index
 
-from quantrieve.api import Retriever
 from quantrieve.config import ModelConfig
 from quantrieve.data import ImageSet
 from quantrieve.errors import QuantrieveWarning
 from quantrieve.index.store import IndexFormatError, PQIndex, model_path, verify_index_model
 from quantrieve.models.retrieval import RetrievalModel
-
-
-def encode_index(model_file, database, out, device="cpu", show_progress=False):
-    """Encode ``database`` with the model file into the index directory ``out``."""
-    retriever = Retriever.load(model_file, device=device)
-    index = retriever.build_index(database)
-    retriever.save(out)
-    return index
-
-
-def embed_queries(index_dir, images, device="cpu", show_progress=False):
-    """Embeddings of query images with the index's own model."""
-    return Retriever.load(index_dir, device=device).embed(images)
-
 
 CONFIG = ModelConfig(width=4, proj_hidden=16, num_books=2, num_codewords=16, codeword_dim=4)
 
@@ -55,7 +41,7 @@ def index_dir(tmp_path: Path) -> Path:
     with warnings.catch_warnings():  # an untrained model's codes collapse: not the point here
         warnings.simplefilter("ignore")
         model = _model(tmp_path / "run-a.pt", 0)
-        encode_index(model, database, out, device="cpu", show_progress=False)
+        encode_index(model, database, out, device="cpu")
     return out
 
 
@@ -84,14 +70,14 @@ def test_index_json_records_hashes_and_a_clean_index_loads(index_dir: Path) -> N
         assert model_path(index_dir) == index_dir / "model.pt"
     assert len(index) == 30 and index.meta["model"]["epoch"] == 1
     assert "checksums" not in index.meta  # format keys are not carried into a re-save
-    assert embed_queries(index_dir, QUERIES, "cpu", show_progress=False).shape == (2, 8)
+    assert embed_queries(index_dir, QUERIES, "cpu").shape == (2, 8)
 
 
 def test_model_from_another_run_is_refused(index_dir: Path, tmp_path: Path) -> None:
     """The reported case: model.pt replaced by another run's, which evaluated silently at 0.13."""
     shutil.copyfile(_model(tmp_path / "run-b.pt", 1), index_dir / "model.pt")
     with pytest.raises(IndexFormatError, match="file hash differs from model_sha256") as info:
-        embed_queries(index_dir, QUERIES, "cpu", show_progress=False)
+        embed_queries(index_dir, QUERIES, "cpu")
     assert "not the model this index was encoded with" in str(info.value)
     assert "--overwrite" in str(info.value)
     # Even with the hash made to match, the quantizer codebooks give the swap away.
@@ -140,7 +126,7 @@ def test_version_1_index_loads_with_a_note_and_its_model_is_still_checked(
     with pytest.warns(QuantrieveWarning, match="index version 1 records no checksums"):
         index = PQIndex.load(index_dir)
     assert len(index) == 30 and index.codes.shape == (30, 2)
-    assert embed_queries(index_dir, QUERIES, "cpu", show_progress=False).shape == (2, 8)
+    assert embed_queries(index_dir, QUERIES, "cpu").shape == (2, 8)
     _edit_meta(index_dir, bits=12)
     with (
         pytest.raises(IndexFormatError, match="'bits' is 12"),
@@ -150,7 +136,7 @@ def test_version_1_index_loads_with_a_note_and_its_model_is_still_checked(
     _edit_meta(index_dir, bits=8)  # loading checks index.json first: put it right again
     shutil.copyfile(_model(tmp_path / "run-b.pt", 1), index_dir / "model.pt")
     with pytest.raises(IndexFormatError, match=r"differ from codebooks\.npy"):
-        embed_queries(index_dir, QUERIES, "cpu", show_progress=False)
+        embed_queries(index_dir, QUERIES, "cpu")
 
 
 def test_a_file_that_is_no_model_is_refused(index_dir: Path) -> None:
