@@ -338,8 +338,9 @@ def _draw_grid(retriever: Retriever, queries: ImageSet, neighbours: np.ndarray, 
     database, _ = _run_part(retriever, None, None, part)
     if database.ids != retriever.index.ids:
         raise DataError(
-            f"the index's source images ({part}) changed since it was encoded, so results "
-            "cannot be drawn; encode it again"
+            f"the index's items are not its source images ({part}): they changed since it was "
+            "encoded, or the search service added or deleted items, so results cannot be "
+            "drawn; search without --grid, or encode it again"
         )
     shown = min(len(queries), 16)
     plot_retrieval_grid(queries.subset(np.arange(shown)), database, neighbours[:shown], path)
@@ -552,7 +553,11 @@ def serve(
         return
     application.state.service.close()
     os.environ[OPTIONS_ENV] = json.dumps(
-        {"index_dir": str(index_dir), "options": dataclasses.asdict(options)}
+        {
+            "index_dir": str(index_dir),
+            "options": dataclasses.asdict(options),
+            "log_level": log_level,
+        }
     )
     uvicorn.run(
         "quantrieve.serve.app:app_from_environment",

@@ -447,6 +447,10 @@ def app_from_environment() -> FastAPI:
     """App factory for several worker processes (``uvicorn --factory``): the index directory
     and options come from the ``QUANTRIEVE_SERVE_OPTIONS`` environment variable (JSON)."""
     config = json.loads(os.environ[OPTIONS_ENV])
+    logging.basicConfig(  # a worker process: log like the command that started it
+        level=str(config.get("log_level", "info")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+    )
     options = config["options"]
     options["cors_origins"] = tuple(options.get("cors_origins") or ())
     return create_app(config["index_dir"], ServeOptions(**options))
