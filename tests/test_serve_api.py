@@ -263,6 +263,10 @@ def test_bad_requests_are_refused_and_the_service_goes_on(client: TestClient) ->
         "/search", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"}
     )
     assert streamed.status_code == 413
+    streamed_json = client.post(
+        "/search", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert streamed_json.status_code == 413 and "over the limit" in streamed_json.json()["detail"]
     for path in ("/items/abc", "/items/-1", "/items/1.5", f"/items/{2**63}"):
         assert client.get(path).status_code == 422, path
     assert client.get("/items/..%2F..%2Fetc%2Fpasswd").status_code in (404, 422)

@@ -260,6 +260,12 @@ def create_app(
     )
     app.state.service = service
 
+    @app.exception_handler(BodyTooLargeError)
+    async def too_large(_: Request, exc: BodyTooLargeError) -> JSONResponse:
+        limit = opts.max_upload_bytes
+        message = f"request body over the limit of {limit:,} bytes (--max-upload-mb)"
+        return JSONResponse({"detail": message}, status_code=413, headers={"Connection": "close"})
+
     @app.exception_handler(RequestError)
     async def refused(_: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
