@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test lint data clean
+.PHONY: venv demo test lint data browser clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,10 +33,22 @@ data:
 	  fi; \
 	fi
 
+# Headless Chromium and its driver for the web page's browser test (tests/test_serve_browser.py),
+# from Debian when missing and we are allowed to install them; without root the test is skipped
+# with its reason.
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver)); \
+	  else \
+	    echo "chromium / chromedriver not found: the browser test will be skipped (install the Debian packages chromium and chromium-driver as root)"; \
+	  fi; \
+	fi
+
 demo: venv data
 	$(VENV)/bin/quantrieve demo --data-dir $(DATA_DIR) --out $(DEMO_DIR)
 
-test: venv
+test: venv browser
 	$(PY) -m ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest

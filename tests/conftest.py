@@ -85,3 +85,26 @@ def embed_queries(index_dir, images, device="cpu"):
     from quantrieve.api import Retriever
 
     return Retriever.load(index_dir, device=device).embed(images)
+
+
+def build_tiny_index(data_dir: Path, out: Path, *extra: str) -> Path:
+    """Train a tiny run on ``data_dir`` and encode its index into ``out / "index"``."""
+    from typer.testing import CliRunner
+
+    from quantrieve.cli import app
+
+    sets = [x for item in [*TINY_RUN, "model.num_books=4"] for x in ("--set", item)]
+    for args in (
+        ["train", "--out", str(out / "run"), "--data-dir", str(data_dir), *extra, *sets],
+        ["encode", str(out / "run"), "--out", str(out / "index")],
+    ):
+        result = CliRunner().invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    return out / "index"
+
+
+@pytest.fixture(scope="session")
+def tiny_index(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An index of the 320 tiny Fashion-MNIST-format training images (16 bits, model.pt in it).
+    Copy it before changing it."""
+    return build_tiny_index(tiny_fashion, tmp_path_factory.mktemp("served"))

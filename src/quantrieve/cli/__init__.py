@@ -390,8 +390,9 @@ def _draw_grid(retriever: Retriever, queries: ImageSet, neighbours: np.ndarray, 
     database, _ = _run_part(retriever, None, None, part)
     if database.ids != retriever.index.ids:
         raise DataError(
-            f"the index's source images ({part}) changed since it was encoded, so results "
-            "cannot be drawn; encode it again"
+            f"the index's items are not its source images ({part}): they changed since it was "
+            "encoded, or the search service added or deleted items, so results cannot be "
+            "drawn; search without --grid, or encode it again"
         )
     shown = min(len(queries), 16)
     plot_retrieval_grid(queries.subset(np.arange(shown)), database, neighbours[:shown], path)
@@ -581,6 +582,120 @@ def export_faiss_cmd(
     export_faiss(index, out, fast_scan, overwrite)
     console.print(
         f"faiss {'IndexPQFastScan' if fast_scan else 'IndexPQ'} of {len(index)} items -> {out}"
+    )
+
+
+@app.command()
+def serve(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory to serve.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes; more than 1 needs --read-only.")
+    ] = 1,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Refuse adds and deletes; take no write lock.")
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="QUANTRIEVE_API_KEY",
+            help="Key that adds and deletes must send (X-API-Key); or QUANTRIEVE_API_KEY.",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow this origin by CORS (repeatable; off if none)."),
+    ] = None,
+    max_k: Annotated[int, typer.Option(help="Largest k of a search.")] = 100,
+    max_batch: Annotated[
+        int, typer.Option(help="Most queries (or added images) in one request.")
+    ] = 16,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 16.0,
+    device: DeviceOpt = "auto",
+    threads: Annotated[
+        int, typer.Option(help="torch threads per process (requests already run in parallel).")
+    ] = 1,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Serve an index over HTTP: search by image, item or embedding; add and delete items; a
+    web page at /. The index is verified at start and its newest complete version served."""
+    import logging
+    import os
+
+    import uvicorn
+
+    from quantrieve.serve import ServeOptions, create_app
+    from quantrieve.serve.app import OPTIONS_ENV
+
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if workers > 1 and not read_only:
+        raise ConfigError(
+            f"--workers {workers} needs --read-only: with live adds and deletes one process "
+            "holds the index in memory and its write lock, so every search sees every "
+            "acknowledged change (searches run concurrently in its threads); separate worker "
+            "processes would each hold their own copy. Serve changes with one worker, or add "
+            "--read-only to spread searches over several processes"
+        )
+    for name, value in (("--max-k", max_k), ("--max-batch", max_batch), ("--threads", threads)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if max_upload_mb <= 0:
+        raise ConfigError(f"--max-upload-mb must be > 0, got {max_upload_mb}")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    options = ServeOptions(
+        read_only=read_only,
+        api_key=api_key or None,
+        cors_origins=tuple(cors_origin or ()),
+        max_k=max_k,
+        max_batch=max_batch,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        device=device,
+        torch_threads=threads,
+    )
+    application = create_app(index_dir, options)  # verifies the index before binding a port
+    console.print(f"quantrieve search service on http://{host}:{port}/ (API: /docs)")
+    if workers == 1:
+        uvicorn.run(application, host=host, port=port, log_level=log_level.lower())
+        return
+    application.state.service.close()
+    os.environ[OPTIONS_ENV] = json.dumps(
+        {
+            "index_dir": str(index_dir),
+            "options": dataclasses.asdict(options),
+            "log_level": log_level,
+        }
+    )
+    uvicorn.run(
+        "quantrieve.serve.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level.lower(),
+    )
+
+
+@app.command()
+def compact(
+    index_dir: Annotated[Path, typer.Argument(help="Index directory changed by a service.")],
+) -> None:
+    """Rewrite an index without its deleted items, its added items in one segment (item
+    numbers kept). The new version is complete before the old one is removed; refused while a
+    service writes to the index."""
+    from quantrieve.index.segments import compact as compact_index
+
+    report = compact_index(index_dir)
+    console.print(
+        f"compacted {index_dir}: {report.items} items ({report.base_items} in the base, "
+        f"{report.added_items} added, in one segment); {report.dropped} deleted items dropped, "
+        f"{report.segments_before} segments merged; index version {report.generation}"
     )
 
 

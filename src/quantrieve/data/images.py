@@ -11,6 +11,8 @@ faster to decode; the result can differ by a few grey levels from a full-size de
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,17 @@ from PIL import Image, ImageOps
 from quantrieve.data.base import DataError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
+# The formats of IMAGE_EXTENSIONS: what an image from outside (an upload) may be. PIL is asked to
+# identify only these, so no other decoder (EPS through Ghostscript, ...) ever sees the bytes.
+UPLOAD_FORMATS = ("JPEG", "PNG", "BMP", "WEBP", "GIF")
+# Pixel modes that convert to RGB faithfully; 16-bit, 32-bit and float images ("I;16", "I", "F")
+# would be clipped to 255 and come out mostly white, so they are refused instead.
+CONVERTIBLE_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+)
+# Default pixel limit of an uploaded image (width x height, before any decoding): 40 megapixels,
+# e.g. 8000 x 5000. A small file that claims more is a decompression bomb.
+MAX_UPLOAD_PIXELS = 40_000_000
 
 
 class UnreadableImageError(DataError):
@@ -125,10 +138,7 @@ def decode_image(path: Path, image_size: int, channels: int = 3) -> np.ndarray:
         raise DataError(f"{path}: cannot decode an image to {channels} channels (only 1 or 3)")
     try:
         with Image.open(path) as image:
-            if image.format == "JPEG":
-                image.draft(mode, (image_size, image_size))
-            converted = image.convert(mode)
-            square = ImageOps.fit(converted, (image_size, image_size), Image.Resampling.BILINEAR)
+            square = _fit_square(image, image_size, channels)
     # PIL signals corrupt data with many exception types (OSError, SyntaxError, ValueError, ...).
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(path, str(exc) or type(exc).__name__) from None
@@ -151,6 +161,98 @@ def collection_channels(paths: Sequence[Path]) -> int:
         except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
             continue
     return 1 if paths else 3
+
+
+class BadUploadError(DataError):
+    """Bytes from outside that are not an image quantrieve accepts (not an image, a format or
+    pixel mode it refuses, too many pixels, truncated data); the message says which."""
+
+
+def _fit_square(image: Image.Image, image_size: int, channels: int = 3) -> Image.Image:
+    """RGB (or L for one channel), then the largest centred square resized (bilinear) to
+    ``image_size``: the one rule every decoded image follows (files, uploads, queries)."""
+    mode = {3: "RGB", 1: "L"}[channels]
+    if image.format == "JPEG":
+        image.draft(mode, (image_size, image_size))
+    return ImageOps.fit(image.convert(mode), (image_size, image_size), Image.Resampling.BILINEAR)
+
+
+def decode_image_bytes(
+    data: bytes,
+    image_size: int,
+    channels: int = 3,
+    max_pixels: int = MAX_UPLOAD_PIXELS,
+    name: str = "upload",
+) -> np.ndarray:
+    """Decode an image received from outside (an upload) exactly as a file in a dataset folder.
+
+    Stricter than :func:`decode_image`: only :data:`UPLOAD_FORMATS` are identified, the pixel
+    count in the header is checked against ``max_pixels`` before anything is decoded
+    (decompression bombs), and modes that do not convert faithfully to RGB are refused.
+
+    Args:
+        data: the file's bytes.
+        image_size: side of the square output.
+        channels: 3 (RGB) or 1 (grayscale, as :func:`load_image_file`).
+        max_pixels: largest width x height accepted.
+        name: what to call the image in messages (e.g. the uploaded file name).
+
+    Returns:
+        uint8 array (image_size, image_size, channels), equal to what the dataset readers decode
+        from the same file.
+
+    Raises:
+        BadUploadError: not an image, another format, a refused mode, too many pixels, or
+            corrupt data (the message says which).
+    """
+    if channels not in (1, 3):
+        raise DataError(f"{name}: cannot decode an image to {channels} channels (only 1 or 3)")
+    image = open_image_bytes(data, max_pixels, name)
+    try:
+        with image:
+            square = _fit_square(image, image_size, channels)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
+        raise BadUploadError(f"{name}: corrupt image data ({exc or type(exc).__name__})") from None
+    return np.asarray(square, dtype=np.uint8).reshape(image_size, image_size, channels)
+
+
+def open_image_bytes(
+    data: bytes, max_pixels: int = MAX_UPLOAD_PIXELS, name: str = "upload"
+) -> Image.Image:
+    """Open (not decode) image bytes after the checks of :func:`decode_image_bytes`: a format of
+    :data:`UPLOAD_FORMATS`, a convertible mode, at most ``max_pixels`` pixels. The caller closes
+    the returned ``PIL.Image.Image``."""
+    if not data:
+        raise BadUploadError(f"{name}: empty file, not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
+    except Image.UnidentifiedImageError:
+        raise BadUploadError(
+            f"{name}: not an image quantrieve reads (accepted: {', '.join(UPLOAD_FORMATS)})"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadUploadError(
+            f"{name}: too many pixels, refused as a decompression bomb ({exc})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise BadUploadError(f"{name}: unreadable image ({exc or type(exc).__name__})") from None
+    width, height = image.size
+    if width * height > max_pixels or width < 1 or height < 1:
+        image.close()
+        raise BadUploadError(
+            f"{name}: {width} x {height} pixels is over the limit of {max_pixels:,} pixels "
+            "(a decompression bomb, or a photo to downscale first)"
+        )
+    if image.mode not in CONVERTIBLE_MODES:
+        mode = image.mode
+        image.close()
+        raise BadUploadError(
+            f"{name}: pixel mode {mode!r} (16-bit, 32-bit or float pixels) is not accepted; "
+            "save the image as 8-bit RGB or grayscale"
+        )
+    return image
 
 
 def load_image_file(path: str | Path, image_size: int, channels: int) -> np.ndarray:

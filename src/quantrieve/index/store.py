@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from quantrieve.errors import OutputError, QuantrieveError, QuantrieveWarning
-from quantrieve.pq import DISTANCES, search_codes
+from quantrieve.pq import DISTANCES, CodeSearcher
 from quantrieve.runtime.outputs import OutputKind, folder_state, refuse_foreign, replace_folder
 
 INDEX_FORMAT = "quantrieve-pq-index"
@@ -251,14 +251,24 @@ class PQIndex:
     def search(
         self, queries: torch.Tensor | np.ndarray, k: int = 10, distance: str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k)."""
-        return search_codes(
-            torch.as_tensor(queries),
-            torch.from_numpy(self.codebooks),
-            torch.from_numpy(self.codes),
-            k,
-            distance or self.distance,
-        )
+        """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k).
+
+        The search state (per-book code columns, the one-hot matrix) is built on the first search
+        and kept with these codes (:meth:`searcher`), so repeated searches cost a look-up table, a
+        gather or product and a top-k."""
+        return self.searcher().search(torch.as_tensor(queries), k, distance or self.distance)
+
+    def searcher(self) -> CodeSearcher:
+        """The :class:`~quantrieve.pq.CodeSearcher` of the current codes (built once, kept until
+        :meth:`add` changes the codes)."""
+        cached = self.__dict__.get("_searcher")
+        if cached is not None and cached[0] is self.codes and cached[1] is self.codebooks:
+            return cached[2]
+        with warnings.catch_warnings():  # a read-only memory map is only ever read here
+            warnings.simplefilter("ignore", UserWarning)
+            searcher = CodeSearcher(torch.from_numpy(self.codebooks), torch.from_numpy(self.codes))
+        self.__dict__["_searcher"] = (self.codes, self.codebooks, searcher)
+        return searcher
 
     def save(
         self,
@@ -278,62 +288,93 @@ class PQIndex:
         """
 
         def write(tmp: Path) -> None:
-            np.save(tmp / "codebooks.npy", self.codebooks)
-            np.save(tmp / "codes.npy", self.codes)
-            (tmp / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
-            if self.labels is not None:
-                np.save(tmp / "labels.npy", self.labels.astype(bool))
-            if self.content is not None:
-                np.save(tmp / "content.npy", self.content)
-            if model_file is not None:
-                shutil.copyfile(model_file, tmp / "model.pt")
-            elif model is not None:
-                model.save(tmp / "model.pt", model.training_info)
-            meta = {
-                "format": INDEX_FORMAT,
-                "version": INDEX_VERSION,
-                "num_items": len(self),
-                "num_books": self.num_books,
-                "num_codewords": self.num_codewords,
-                "codeword_dim": int(self.codebooks.shape[2]),
-                "bits": self.bits,
-                "distance": self.distance,
-                "has_labels": self.labels is not None,
-                "has_content": self.content is not None,
-                "has_model": model_file is not None or model is not None,
-                "class_names": self.class_names,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "codebooks_sha256": codebooks_sha256(self.codebooks),
-                "model_sha256": (
-                    file_sha256(tmp / "model.pt") if (tmp / "model.pt").is_file() else None
-                ),
-                "checksums": {
-                    name: file_sha256(tmp / name)
-                    for name in CHECKSUMMED_FILES
-                    if (tmp / name).is_file()
-                },
-                **self.meta,
-            }
-            (tmp / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+            self.write_files(tmp, model_file, model)
 
         return replace_folder(path, INDEX_KIND, write, overwrite, INDEX_FILES)
 
+    def write_files(
+        self,
+        folder: Path,
+        model_file: str | Path | None = None,
+        model: SavableModel | None = None,
+    ) -> None:
+        """Write the base files of the format into an existing, empty ``folder`` (no swap: see
+        :meth:`save`, which calls this on a temporary folder)."""
+        np.save(folder / "codebooks.npy", self.codebooks)
+        np.save(folder / "codes.npy", self.codes)
+        (folder / "ids.txt").write_text("".join(f"{i}\n" for i in self.ids), encoding="utf-8")
+        if self.labels is not None:
+            np.save(folder / "labels.npy", self.labels.astype(bool))
+        if self.content is not None:
+            np.save(folder / "content.npy", self.content)
+        if model_file is not None:
+            shutil.copyfile(model_file, folder / "model.pt")
+        elif model is not None:
+            model.save(folder / "model.pt", model.training_info)
+        meta = {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "num_items": len(self),
+            "num_books": self.num_books,
+            "num_codewords": self.num_codewords,
+            "codeword_dim": int(self.codebooks.shape[2]),
+            "bits": self.bits,
+            "distance": self.distance,
+            "has_labels": self.labels is not None,
+            "has_content": self.content is not None,
+            "has_model": model_file is not None or model is not None,
+            "class_names": self.class_names,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "codebooks_sha256": codebooks_sha256(self.codebooks),
+            "model_sha256": (
+                file_sha256(folder / "model.pt") if (folder / "model.pt").is_file() else None
+            ),
+            "checksums": {
+                name: file_sha256(folder / name)
+                for name in CHECKSUMMED_FILES
+                if (folder / name).is_file()
+            },
+            **self.meta,
+        }
+        (folder / "index.json").write_text(json.dumps(meta, indent=2) + "\n")
+
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = False, verify: bool = True) -> PQIndex:
+    def load(
+        cls, path: str | Path, mmap: bool = False, verify: bool = True, segments: bool = True
+    ) -> PQIndex:
         """Read an index directory; errors name the directory and the file or key at fault.
+
+        An index changed by a search service (``segments/manifest.json``, see
+        :mod:`quantrieve.index.segments`) loads as it stands now: the base items, then the items
+        of every appended segment, less the deleted ones; ``quantrieve search`` and
+        ``evaluate`` see what the service serves.
 
         Args:
             path: the index directory.
-            mmap: memory-map codes and labels instead of reading them.
+            mmap: memory-map codes and labels instead of reading them (an index with segments
+                is merged into memory).
             verify: check codes.npy, ids.txt and labels.npy against their checksums in
-                index.json (reads each file once; turn off for very large memory-mapped
-                indexes). The cheap checks (M, K, d, bits, item count, codebook hash) always run.
+                index.json, and each segment against the manifest (reads each file once; turn
+                off for very large memory-mapped indexes). The cheap checks (M, K, d, bits, item
+                count, codebook hash) always run.
+            segments: apply the segments and deletions; False reads the base files alone.
 
         Raises:
             IndexFormatError: a missing or malformed file, a newer version, or an index altered
                 since it was written (the message names the file or index.json key).
         """
-        path = Path(path)
+        base = cls._load_base(Path(path), mmap, verify)
+        if not segments:
+            return base
+        from quantrieve.index.segments import has_segments, open_live  # imports this module
+
+        if not has_segments(path):
+            return base
+        return open_live(path, verify=verify, base=base).index
+
+    @classmethod
+    def _load_base(cls, path: Path, mmap: bool, verify: bool) -> PQIndex:
+        """The base files of an index directory (see :meth:`load`)."""
         meta_path = path / "index.json"
         if not meta_path.is_file():
             raise IndexFormatError(f"{path}: not an index directory (no index.json)")
@@ -453,11 +494,19 @@ def _verify_shape_keys(meta_path: Path, meta: dict[str, Any], codebooks: np.ndar
 
 
 def check_index_output(path: str | Path, overwrite: bool = False) -> None:
-    """Fail before any work if ``path`` cannot take a new index (see :meth:`PQIndex.save`)."""
+    """Fail before any work if ``path`` cannot take a new index (see :meth:`PQIndex.save`).
+
+    An index holding items added by a search service (its ``segments/`` folder) is never
+    replaced: those items exist nowhere else."""
     path = Path(path)
     state = folder_state(path, INDEX_KIND)
     if state == "other":
         refuse_foreign(path, INDEX_KIND, hint=f"{path / 'index'}")
+    if state == "own" and (path / "segments").exists():
+        raise OutputError(
+            f"{path} holds items added or deleted through the search service (segments/), "
+            "which exist nowhere else and would be lost; write the new index to another folder"
+        )
     if state == "own" and not overwrite:
         raise OutputError(
             f"{path} already holds a quantrieve index; pass --overwrite to replace it (the new "

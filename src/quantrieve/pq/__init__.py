@@ -3,6 +3,7 @@
 from quantrieve.pq.adc import (
     DISTANCES,
     ADCScorer,
+    CodeSearcher,
     adc_distances,
     lookup_tables,
     search_codes,
@@ -13,6 +14,7 @@ from quantrieve.pq.ranking import query_chunks, topk_smallest
 __all__ = [
     "DISTANCES",
     "ADCScorer",
+    "CodeSearcher",
     "adc_distances",
     "lookup_tables",
     "query_chunks",

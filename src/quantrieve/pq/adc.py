@@ -96,6 +96,76 @@ def squared_l2_distances(queries: Tensor, database: Tensor) -> Tensor:
     return d.clamp_min_(0)
 
 
+# Query chunks up to this size are scored by gathering table entries book by book (cheapest for a
+# few queries: 0.7 ms for one query against 60,000 codes on one core, against 7 ms for the one-hot
+# product, whose matrix is read whole); larger chunks use the one-hot product (4x faster at 256).
+SMALL_BATCH = 8
+
+
+class CodeSearcher:
+    """Exact top-k ADC search over a fixed set of codes, with its per-codes state built once.
+
+    A service answers many small searches against the same codes: the one-hot matrix of
+    :class:`ADCScorer` and the per-book index columns are built on first use and kept, so a search
+    costs a table, a gather or product, and a top-k. Chunks of at most :data:`SMALL_BATCH`
+    queries sum ``T[q, m, codes[n, m]]`` book by book; larger chunks use the one-hot product. The
+    two differ at most in the last bit of a float32 distance (summation order); a given batch of
+    queries always takes the same path, so a search repeated with the same queries returns the
+    same result.
+
+    Args:
+        codebooks: (M, K, d).
+        codes: uint8 (N, M).
+    """
+
+    def __init__(self, codebooks: Tensor, codes: Tensor) -> None:
+        self.codebooks = codebooks
+        self.codes = codes
+        self._columns: list[Tensor] | None = None
+        self._scorer: ADCScorer | None = None
+
+    def _gather(self, tables: Tensor) -> Tensor:
+        if self._columns is None:
+            self._columns = [
+                self.codes[:, m].long().contiguous() for m in range(self.codes.shape[1])
+            ]
+        columns = self._columns
+        out = tables[:, 0, :].index_select(1, columns[0])
+        for m in range(1, len(columns)):
+            out += tables[:, m, :].index_select(1, columns[m])
+        return out
+
+    def distances(self, tables: Tensor) -> Tensor:
+        """Distances (Q, N) from look-up tables (Q, M, K), by the path the chunk size picks."""
+        if len(tables) <= SMALL_BATCH:
+            return self._gather(tables)
+        if self._scorer is None:
+            self._scorer = ADCScorer(self.codes, self.codebooks.shape[1])
+        return self._scorer(tables)
+
+    def prepare(self) -> CodeSearcher:
+        """Build the per-codes state now (e.g. before a new index version takes searches)."""
+        self._gather(torch.zeros(1, *self.codebooks.shape[:2]))
+        if self._scorer is None:
+            self._scorer = ADCScorer(self.codes, self.codebooks.shape[1])
+        return self
+
+    def search(self, queries: Tensor, k: int, distance: str = "l2") -> tuple[Tensor, Tensor]:
+        """Top-k coded items for each query: (distances, indices), both (Q, min(k, N))."""
+        if len(self.codes) == 0:
+            empty = torch.zeros(len(queries), 0)
+            return empty, empty.long()
+        out_d, out_i = [], []
+        for chunk in query_chunks(len(queries), len(self.codes)):
+            dist = self.distances(lookup_tables(queries[chunk], self.codebooks, distance))
+            d, i = topk_smallest(dist, k)
+            out_d.append(d)
+            out_i.append(i)
+        if not out_d:
+            return torch.zeros(0, min(k, len(self.codes))), torch.zeros(0, 0, dtype=torch.long)
+        return torch.cat(out_d), torch.cat(out_i)
+
+
 def search_codes(
     queries: Tensor,
     codebooks: Tensor,
@@ -103,12 +173,7 @@ def search_codes(
     k: int,
     distance: str = "l2",
 ) -> tuple[Tensor, Tensor]:
-    """Top-k coded items for each query by ADC: returns (distances, indices), both (Q, k)."""
-    out_d, out_i = [], []
-    scorer = ADCScorer(codes, codebooks.shape[1])
-    for chunk in query_chunks(len(queries), len(codes)):
-        dist = scorer(lookup_tables(queries[chunk], codebooks, distance))
-        d, i = topk_smallest(dist, k)
-        out_d.append(d)
-        out_i.append(i)
-    return torch.cat(out_d), torch.cat(out_i)
+    """Top-k coded items for each query by ADC: returns (distances, indices), both (Q, k).
+
+    One-off: :class:`CodeSearcher` keeps its state for repeated searches of the same codes."""
+    return CodeSearcher(codebooks, codes).search(queries, k, distance)

@@ -1,0 +1,173 @@
+"""Live index changes (index/segments.py): appended segments, deletions, the manifest written
+last, a crash between the two, compaction, and the command line seeing what a service serves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from quantrieve.errors import OutputError
+from quantrieve.index.segments import (
+    IndexBusyError,
+    IndexWriter,
+    NewItems,
+    compact,
+    has_segments,
+    open_live,
+)
+from quantrieve.index.store import IndexFormatError, PQIndex, check_index_output
+from quantrieve.pq import CodeSearcher, lookup_tables
+
+M, K, D = 4, 16, 3
+
+
+def _index(tmp_path: Path, n: int = 12) -> Path:
+    rng = np.random.default_rng(0)
+    index = PQIndex(
+        rng.normal(size=(M, K, D)).astype(np.float32),
+        rng.integers(0, K, (n, M)).astype(np.uint8),
+        [f"train:{i}" for i in range(n)],
+        labels=np.eye(3, dtype=bool)[np.arange(n) % 3],
+        class_names=["a", "b", "c"],
+        content=np.arange(n, dtype=np.uint64),
+        meta={"source": {"dataset": "fashion-mnist"}},
+    )
+    return index.save(tmp_path / "index")
+
+
+def _items(n: int, seed: int = 1) -> NewItems:
+    rng = np.random.default_rng(seed)
+    return NewItems(
+        codes=rng.integers(0, K, (n, M)).astype(np.uint8),
+        pixels=rng.integers(0, 255, (n, 5, 5, 1)).astype(np.uint8),
+        raw=[bytes([i]) * (i + 3) for i in range(n)],
+        names=[f"photo{i}.png" for i in range(n)],
+        labels=np.zeros((n, 3), dtype=bool),
+        content=np.arange(1000, 1000 + n, dtype=np.uint64),
+    )
+
+
+def test_adds_and_deletes_load_as_base_plus_segments_minus_deleted(tmp_path: Path) -> None:
+    path = _index(tmp_path)
+    with IndexWriter(path) as writer:
+        live = open_live(path)
+        live = writer.append(live, _items(2))
+        live = writer.delete(live, [3, 12])
+        live = writer.append(live, _items(1, seed=2))
+    assert has_segments(path)
+    assert live.generation == 3 and live.next_key == 15
+    assert live.keys.tolist() == [0, 1, 2, *range(4, 12), 13, 14]
+    loaded = PQIndex.load(path)  # what quantrieve search / evaluate see
+    assert loaded.ids == [f"train:{i}" for i in [0, 1, 2, *range(4, 12)]] + ["added:13", "added:14"]
+    np.testing.assert_array_equal(loaded.codes, live.index.codes)
+    assert loaded.labels is not None and loaded.labels.shape == (13, 3)
+    assert loaded.content is not None and loaded.content[-2:].tolist() == [1001, 1000]
+    reopened = open_live(path)
+    assert reopened.keys.tolist() == live.keys.tolist() and reopened.generation == 3
+    pixels, raw, name = reopened.read_added(reopened.row(13))  # type: ignore[arg-type]
+    np.testing.assert_array_equal(pixels, _items(2).pixels[1])
+    assert raw == bytes([1]) * 4 and name == "photo1.png"
+    assert len(PQIndex.load(path, segments=False)) == 12  # the base files are untouched
+
+
+def test_a_change_killed_before_its_manifest_leaves_the_previous_version(tmp_path: Path) -> None:
+    path = _index(tmp_path)
+
+    class KilledError(Exception):
+        pass
+
+    def die() -> None:
+        raise KilledError
+
+    with IndexWriter(path) as writer:
+        live = writer.append(open_live(path), _items(1))
+    with IndexWriter(path, before_commit=die) as writer, pytest.raises(KilledError):
+        writer.append(live, _items(2, seed=5))
+    assert (path / "segments" / "seg-000002.npz").is_file()  # written, never committed
+    after = open_live(path)
+    assert after.generation == 1 and len(after) == 13 and after.next_key == 13
+    with IndexWriter(path) as writer:
+        again = writer.append(after, _items(1, seed=6))  # same generation: orphan replaced
+    assert again.keys[-1] == 13 and open_live(path).generation == 2
+    assert len(PQIndex.load(path)) == 14
+
+
+def test_altered_or_foreign_segments_are_refused(tmp_path: Path) -> None:
+    path = _index(tmp_path)
+    with IndexWriter(path) as writer:
+        writer.append(open_live(path), _items(2))
+    segment = path / "segments" / "seg-000001.npz"
+    data = bytearray(segment.read_bytes())
+    data[-40] ^= 1
+    segment.write_bytes(bytes(data))
+    with pytest.raises(IndexFormatError, match="checksum differs"):
+        PQIndex.load(path)
+    segment.unlink()
+    with pytest.raises(IndexFormatError, match="missing"):
+        PQIndex.load(path)
+    manifest = path / "segments" / "manifest.json"
+    meta = json.loads(manifest.read_text())
+    meta["base"]["index_json_sha256"] = "0" * 64
+    manifest.write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="made for another base index"):
+        PQIndex.load(path)
+
+
+def test_one_writer_at_a_time_and_encode_never_replaces_added_items(tmp_path: Path) -> None:
+    path = _index(tmp_path)
+    with IndexWriter(path) as writer:
+        with pytest.raises(IndexBusyError, match="another process is changing this index"):
+            IndexWriter(path)
+        with pytest.raises(IndexBusyError):
+            compact(path)
+        writer.append(open_live(path), _items(1))
+    with pytest.raises(OutputError, match="items added or deleted through the search service"):
+        check_index_output(path, overwrite=True)
+
+
+def test_compaction_keeps_items_numbers_and_results(tmp_path: Path) -> None:
+    path = _index(tmp_path)
+    with IndexWriter(path) as writer:
+        live = writer.append(open_live(path), _items(3))
+        live = writer.delete(live, [0, 5, 13])
+    before = PQIndex.load(path)
+    queries = torch.randn(4, M * D)
+    d0, i0 = before.search(queries, 5)
+    report = compact(path)
+    assert (report.items, report.base_items, report.added_items, report.dropped) == (12, 10, 2, 3)
+    after = open_live(path)
+    assert after.keys.tolist() == live.keys.tolist() and after.next_key == 15
+    assert after.generation == 3 and not after.deleted and len(after.segments) == 1
+    assert after.index.ids == before.ids
+    d1, i1 = after.index.search(queries, 5)
+    assert torch.equal(i0, i1) and torch.equal(d0, d1)
+    assert len(PQIndex.load(path, segments=False)) == 10  # the new base: live base rows
+    assert after.read_added(after.row(14))[1] == bytes([2]) * 5  # type: ignore[arg-type]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["index"]  # old version removed
+    assert sorted(p.name for p in (path / "segments").iterdir()) == [
+        "base-keys-000003.npy",
+        "manifest.json",
+        "seg-000003.npz",
+    ]
+
+
+@pytest.mark.parametrize("queries", [1, 3, 8, 9, 40])
+def test_code_searcher_is_exact_and_repeatable(queries: int) -> None:
+    rng = np.random.default_rng(queries)
+    codebooks = torch.from_numpy(rng.normal(size=(M, K, D)).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, K, (300, M)).astype(np.uint8))
+    q = torch.randn(queries, M * D)
+    searcher = CodeSearcher(codebooks, codes)
+    for distance in ("l2", "sqeuclidean"):
+        d, i = searcher.search(q, 7, distance)
+        tables = lookup_tables(q, codebooks, distance)
+        brute = sum(tables[:, m, codes[:, m].long()] for m in range(M))
+        ref_d, _ = brute.sort(dim=1, stable=True)
+        torch.testing.assert_close(d, ref_d[:, :7])
+        d2, i2 = searcher.search(q, 7, distance)
+        assert torch.equal(i, i2) and torch.equal(d, d2)
+    assert searcher.search(q[:0], 3)[0].shape[0] == 0
