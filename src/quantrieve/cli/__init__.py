@@ -149,6 +149,14 @@ def train(
         typer.Option(help="Image folders: 1 (grayscale) or 3 (RGB); default the data's own."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")] = None,
+    skip_bad: Annotated[
+        bool,
+        typer.Option(
+            "--skip-bad",
+            help="Leave unreadable images out (listed in run.json) instead of stopping "
+            "(data.skip_bad).",
+        ),
+    ] = False,
     holdout: Annotated[
         int | None,
         typer.Option(
@@ -167,6 +175,7 @@ def train(
         ("data.channels", channels),
         ("train.epochs", epochs),
         ("data.holdout_queries", holdout),
+        ("data.skip_bad", "true" if skip_bad else None),
     ):
         if value is not None:
             extra.insert(0, f"{key}={value}")
