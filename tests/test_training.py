@@ -124,6 +124,9 @@ def test_run_directory_records_everything(tiny_fashion: Path, tmp_path: Path) ->
     assert any(r["kind"] == "validation" for r in log)
     assert all(math.isfinite(s.loss) for s in summaries)
     assert summaries[-1].val_map is not None and 0 <= summaries[-1].val_map <= 1
+    epochs = [r for r in log if r["kind"] == "epoch"]
+    assert all(0 < r["seconds"] < 600 and r["images_per_second"] > 0 for r in epochs)
+    assert "torch_threads" in record["environment"]
 
 
 def test_run_record_lists_images_the_reader_skipped(tiny_fashion: Path, tmp_path: Path) -> None:

@@ -466,8 +466,8 @@ class Trainer:
         self._epoch_codes = []
         for i in range(self.steps_per_epoch):
             step = (epoch - 1) * self.steps_per_epoch + i
-            start = i * t.batch_size + self.place.rank * self.local_batch
-            idx = order[start : start + self.local_batch]
+            first = i * t.batch_size + self.place.rank * self.local_batch
+            idx = order[first : first + self.local_batch]
             batch = torch.from_numpy(np.ascontiguousarray(self.images[idx.numpy()]))
             logged = self.train_step(batch, step)
             running += logged["loss"]
