@@ -278,7 +278,7 @@ def evaluate(
     if plot is not None:
         check_new_file(plot, overwrite, "PR curve")
     from quantrieve.pipeline import embed_queries, evaluate_index
-    from quantrieve.report import plot_pr_curves
+    from quantrieve.report import plot_pr_curves, pr_title
 
     index = PQIndex.load(index_dir)
     root = data_dir or RunConfig().data.root
@@ -293,7 +293,13 @@ def evaluate(
     f = embed_queries(index_dir, queries.images, device)
     result = evaluate_index(index, f, queries.labels, topk, cuts, distance)
     if plot is not None:
-        plot_pr_curves({f"{index.bits} bits": result}, plot)
+        title = pr_title(
+            f"{dataset}/{part} ({result.num_queries:,} queries vs "
+            f"{result.num_database:,} indexed items)",
+            index.bits,
+            f"{result.extra['distance']} ADC",
+        )
+        plot_pr_curves({f"{index.bits} bits": result}, plot, title)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
