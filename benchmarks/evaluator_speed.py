@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/evaluator_speed.py [--bits 32]
 
 Random codes, codebooks, query embeddings and 10-class labels of the protocol's size; the work
-(ADC, top-k, relevance, AP, PR histogram) does not depend on the values. Writes
+(ADC, top-k, relevance, AP, the PR curve's row sorts) does not depend on the values. Writes
 benchmarks/results/evaluator_speed.json. The demo's results.json holds the same timing on
 real codes ("eval_seconds").
 """

@@ -265,3 +265,64 @@ def test_report_of_a_partial_grid_lists_missing_cells(finished: Path, tmp_path: 
     assert report["missing"] == ["hqc-8", "exact-full"]
     md = (partial / "report.md").read_text()
     assert "Not yet computed: hqc-8, exact-full" in md
+
+
+def test_report_leaves_out_pr_curves_saved_at_distance_thresholds(
+    finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells saved before the per-query, rank-based PR curve (no ``pr_method``) are not drawn:
+    their curve used thresholds shared by all queries. The report says which were left out;
+    the titles name dataset, bits and the distances."""
+    drawn: list[tuple[list[str], str]] = []
+    real_plot = benchmark.plot_pr_curves
+
+    def recording(curves: dict, path: Path, title: str) -> Path:
+        drawn.append((list(curves), title))
+        return real_plot(curves, path, title)
+
+    monkeypatch.setattr(benchmark, "plot_pr_curves", recording)
+    out = tmp_path / "old"
+    (out / "cells").mkdir(parents=True)
+    setup = json.loads((finished / "benchmark.json").read_text())
+    setup["out"] = str(out)
+    (out / "benchmark.json").write_text(json.dumps(setup))
+    for name in ("hqc-8", "pq-8", "exact-full"):
+        cell = _cell(finished, name)
+        assert cell["result"]["pr_method"] == "rank-interpolated"
+        if name == "hqc-8":
+            del cell["result"]["pr_method"]
+        (out / "cells" / f"{name}.json").write_text(json.dumps(cell))
+    report = write_report(out)
+    assert report["pr_left_out"] == ["hqc-8"]
+    assert [(labels, title.replace("\n", " ")) for labels, title in drawn] == [
+        (
+            ["pq (sqeuclidean)", "exact (pixels)"],
+            "fashion-mnist (60 queries) 8 bits; distance: sqeuclidean (pq); l2 (exact)",
+        )
+    ]
+    md = (out / "report.md").read_text()
+    assert "![pr_8bits](pr_8bits.png)" in md and "No PR curve for hqc-8:" in md
+    for name in ("pq-8", "exact-full"):  # nothing comparable left: no PR figure at all
+        cell = _cell(out, name)
+        del cell["result"]["pr_method"]
+        (out / "cells" / f"{name}.json").write_text(json.dumps(cell))
+    (out / "pr_8bits.png").unlink()
+    report = write_report(out)
+    assert report["pr_left_out"] == ["hqc-8", "pq-8", "exact-full"]
+    assert report["figures"] == ["map_vs_bits.png"] and not (out / "pr_8bits.png").exists()
+    assert "No PR curve for hqc-8, pq-8, exact-full:" in (out / "report.md").read_text()
+
+
+def test_pr_plot_refuses_a_curve_saved_at_distance_thresholds(
+    finished: Path, tmp_path: Path
+) -> None:
+    """A saved result without ``pr_method`` (a curve of old, at shared distance thresholds)
+    cannot be drawn next to rank-based curves."""
+    from quantrieve.experiments.figures import plot_pr_curves
+
+    result = _cell(finished, "pq-8")["result"]
+    plot_pr_curves({"pq": benchmark.result_from_dict(result)}, tmp_path / "ok.png", "t")
+    del result["pr_method"]
+    with pytest.raises(ValueError, match="shared distance thresholds"):
+        plot_pr_curves({"pq": benchmark.result_from_dict(result)}, tmp_path / "old.png", "t")
+    assert not (tmp_path / "old.png").exists()

@@ -178,10 +178,7 @@ def test_evaluate_matches_numpy_reference_multi_label() -> None:
 
 
 def test_evaluate_chunking_invariance() -> None:
-    """A tiny chunk budget (one query per chunk) gives the same mAP and precision@N.
-
-    The PR curve is not compared: its thresholds come from the first chunk by design.
-    """
+    """A tiny chunk budget (one query per chunk) gives the same mAP, precision@N and PR curve."""
     dist, q_cls, db_cls = _random_problem(seed=11, queries=20, items=40)
     args = (_fn(dist), _onehot(q_cls, 5), _onehot(db_cls, 5))
     calls: list[slice] = []
@@ -196,23 +193,157 @@ def test_evaluate_chunking_invariance() -> None:
     assert small.map_at_k == pytest.approx(large.map_at_k, abs=1e-6)
     for n in (3, 10):
         assert small.precision_at[n] == pytest.approx(large.precision_at[n], abs=1e-6)
+    np.testing.assert_allclose(small.pr_precision, large.pr_precision, atol=1e-12)
+    assert small.pr_recall == large.pr_recall
 
 
-def test_pr_curve_shape_and_range() -> None:
-    """Equal lengths, recall non-decreasing, values in [0, 1]; end point is the whole database."""
-    dist, q_cls, db_cls = _random_problem(seed=5, queries=20, items=60)
-    result = evaluate_retrieval(
-        _fn(dist), _onehot(q_cls, 5), _onehot(db_cls, 5), k=10, precision_at=(5,), pr_points=12
-    )
-    prec, rec = np.array(result.pr_precision), np.array(result.pr_recall)
-    assert len(prec) == len(rec) >= 2
-    assert ((prec >= 0) & (prec <= 1)).all() and ((rec >= 0) & (rec <= 1)).all()
-    assert (np.diff(rec) >= -1e-12).all()
+def reference_pr(dist: np.ndarray, relevant: np.ndarray, levels: int) -> tuple[np.ndarray, int]:
+    """Per query: stable argsort, precision and hits at every cut-off, then the max precision
+    over the cut-offs with recall >= each level (as integers: hits * steps >= level * R).
+    Returns the mean over the queries with a relevant item, and how many had none."""
+    steps = levels - 1
+    curves, empty = [], 0
+    for i in range(len(dist)):
+        rel = relevant[i, np.argsort(dist[i], kind="stable")]
+        total = int(rel.sum())
+        if total == 0:
+            empty += 1
+            continue
+        hits = np.cumsum(rel)
+        precision = hits / np.arange(1, len(rel) + 1)
+        curves.append(
+            [
+                max(p for h, p in zip(hits, precision, strict=True) if h * steps >= lv * total)
+                for lv in range(levels)
+            ]
+        )
+    return np.mean(curves, axis=0), empty
+
+
+@pytest.mark.parametrize("levels", [2, 11, 21])
+@pytest.mark.parametrize("budget", [7, 500, 2**24])
+def test_pr_curve_matches_numpy_reference(levels: int, budget: int) -> None:
+    """Interpolated precision at every recall level equals a slow per-query loop, on tie-heavy
+    random data (budget 500: several queries per chunk, one per PR block)."""
+    dist, q_cls, db_cls = _random_problem(seed=levels, queries=40, items=120)
     relevant = q_cls[:, None] == db_cls[None, :]
-    # the last threshold is the largest distance of the (single) chunk: everything retrieved
-    assert rec[-1] == pytest.approx(relevant.any(1).mean(), abs=1e-9)
-    assert prec[-1] == pytest.approx(relevant.mean(1).mean(), abs=1e-6)
-    assert result.to_dict()["precision_at"] == {"5": result.precision_at[5]}
+    result = evaluate_retrieval(
+        _fn(dist),
+        _onehot(q_cls, 5),
+        _onehot(db_cls, 5),
+        k=10,
+        precision_at=(5,),
+        pr_levels=levels,
+        pr_queries=0,
+        chunk_budget=budget,
+    )
+    ref, empty = reference_pr(dist, relevant, levels)
+    np.testing.assert_allclose(result.pr_precision, ref, atol=1e-6)
+    np.testing.assert_allclose(result.pr_recall, np.linspace(0, 1, levels), atol=1e-12)
+    assert result.extra == {"pr_queries": 40 - empty, "pr_queries_without_relevant": empty}
+    assert result.pr_method == "rank-interpolated"
+    assert (np.diff(result.pr_precision) <= 1e-12).all()  # interpolated: never rises
+
+
+def test_pr_curve_matches_numpy_reference_multi_label_and_subset() -> None:
+    """Multi-hot labels with queries that share nothing; ``pr_queries`` picks evenly spaced
+    queries (every 3rd of 30 for 10)."""
+    rng = np.random.default_rng(4)
+    q_lab = (rng.random((30, 5)) < 0.25).astype(np.int64)
+    db_lab = (rng.random((200, 5)) < 0.25).astype(np.int64)
+    dist = (rng.integers(0, 30, (30, 200)) / 7).astype(np.float32)
+    relevant = (q_lab @ db_lab.T) > 0
+    args = (_fn(dist), torch.from_numpy(q_lab), torch.from_numpy(db_lab))
+    every = evaluate_retrieval(*args, k=50, precision_at=(5,), pr_queries=0)
+    ref, empty = reference_pr(dist, relevant, 21)
+    assert empty > 0  # the case is exercised
+    np.testing.assert_allclose(every.pr_precision, ref, atol=1e-6)
+    assert every.extra == {"pr_queries": 30 - empty, "pr_queries_without_relevant": empty}
+    subset = evaluate_retrieval(*args, k=50, precision_at=(5,), pr_queries=10)
+    ref, empty = reference_pr(dist[::3], relevant[::3], 21)
+    np.testing.assert_allclose(subset.pr_precision, ref, atol=1e-6)
+    assert subset.extra == {"pr_queries": 10 - empty, "pr_queries_without_relevant": empty}
+
+
+def test_pr_curve_by_hand_multi_label() -> None:
+    """The multi-label case above at recall levels 0, 1/2, 1.
+
+    q0: rel 0 0 1 1 1 (R = 3): precision at its relevant items 1/3, 2/4, 3/5; the max over
+    recall >= 0, >= 1/2 (2nd item on) and >= 1 (3rd item) is 3/5 each time.
+    q1: rel 1 0 1 1 0: precision 1, 2/3, 3/4 -> 1, 3/4, 3/4. Mean: 0.8, 0.675, 0.675.
+    """
+    db = torch.tensor([[0, 1, 1], [0, 0, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
+    queries = torch.tensor([[1, 1, 0], [0, 0, 1]])
+    dist = [[0.3, 0.1, 0.5, 0.4, 0.2]] * 2
+    result = evaluate_retrieval(_fn(dist), queries, db, k=5, precision_at=(1,), pr_levels=3)
+    assert result.pr_recall == [0.0, 0.5, 1.0]
+    np.testing.assert_allclose(result.pr_precision, [0.8, 0.675, 0.675], atol=1e-6)
+
+
+def test_pr_curve_leaves_out_queries_without_relevant_items() -> None:
+    """q2 of the tie case has no relevant item, hence no recall: the curve is that of q0 and
+    q1 alone (mAP counts q2 as 0), and ``extra`` counts q2 as left out.
+
+    q0: rel 0 1 0 1 -> precision 1/2, 2/4; q1: rel 0 1 1 0 -> 1/2, 2/3. Every level: the mean
+    of the maxima, (1/2 + 2/3) / 2.
+    """
+    db = _onehot(_DB, 3)
+    kwargs = {"k": 2, "precision_at": (2,), "pr_levels": 5}
+    with_empty = evaluate_retrieval(_fn(_DIST), _onehot([0, 1, 2], 3), db, **kwargs)
+    without = evaluate_retrieval(_fn(_DIST[:2]), _onehot([0, 1], 3), db, **kwargs)
+    assert with_empty.pr_precision == without.pr_precision
+    np.testing.assert_allclose(with_empty.pr_precision, [(1 / 2 + 2 / 3) / 2] * 5, atol=1e-6)
+    assert with_empty.extra == {"pr_queries": 2, "pr_queries_without_relevant": 1}
+    assert without.extra == {"pr_queries": 2, "pr_queries_without_relevant": 0}
+    nothing = evaluate_retrieval(_fn(_DIST[2:]), _onehot([2], 3), db, **kwargs)
+    assert nothing.pr_precision == nothing.pr_recall == []
+    assert nothing.extra == {"pr_queries": 0, "pr_queries_without_relevant": 1}
+
+
+def test_pr_curve_higher_ap_at_every_query_gives_higher_curve() -> None:
+    """The issue's case: ranking A beats ranking B in AP at every query, so A's curve lies on or
+    above B's at every recall level, and clearly above somewhere.
+
+    A is B with some relevant items moved forward (none moved back), so no relevant item's
+    precision drops. A's distances are scaled per query by 10^-3 to 10^3, B's are not: distance
+    thresholds shared by all queries would mix those scales, each query's own ranking does not.
+    """
+    rng = np.random.default_rng(0)
+    num_q, num_db = 40, 200
+    db_cls = np.arange(num_db) % 4
+    q_cls = rng.integers(0, 4, num_q)
+    relevant = q_cls[:, None] == db_cls[None, :]
+    order_b = np.stack([rng.permutation(num_db) for _ in range(num_q)])  # ranked item ids
+    order_a = order_b.copy()
+    for i in range(num_q):
+        # move a third of the relevant items (never the first-ranked one) forward by 1 to 30
+        # places: each passes only irrelevant or relevant items, which move back by one
+        places = np.flatnonzero(relevant[i, order_b[i]])[1:]
+        for p in np.sort(rng.choice(places, size=len(places) // 3, replace=False)):
+            to = max(0, p - int(rng.integers(1, 31)))
+            order_a[i, to : p + 1] = np.roll(order_a[i, to : p + 1], 1)
+    scales = 10.0 ** rng.uniform(-3, 3, num_q)
+    place = np.arange(1, num_db + 1, dtype=np.float64)
+    dist_a = np.empty((num_q, num_db), dtype=np.float32)
+    dist_b = np.empty_like(dist_a)
+    for i in range(num_q):  # the item ranked r-th (from 1) is at distance r (times the scale)
+        dist_a[i, order_a[i]] = place * scales[i]
+        dist_b[i, order_b[i]] = place
+    labels = (_onehot(q_cls, 4), _onehot(db_cls, 4))
+    a = evaluate_retrieval(_fn(dist_a), *labels, k=num_db, precision_at=(10,))
+    b = evaluate_retrieval(_fn(dist_b), *labels, k=num_db, precision_at=(10,))
+    rows = np.arange(num_q)[:, None]
+    ap_a = average_precision_at_k(torch.from_numpy(relevant[rows, order_a]))
+    ap_b = average_precision_at_k(torch.from_numpy(relevant[rows, order_b]))
+    assert (ap_a > ap_b).all()  # the premise, at every query
+    assert a.map_at_k == pytest.approx(ap_a.mean().item(), abs=1e-6)
+    assert b.map_at_k == pytest.approx(ap_b.mean().item(), abs=1e-6)
+    prec_a, prec_b = np.array(a.pr_precision), np.array(b.pr_precision)
+    assert (prec_a >= prec_b - 1e-9).all()
+    assert (prec_a > prec_b + 0.02).any()
+    # a ranking metric: rescaling each query's distances changes nothing
+    unscaled = evaluate_retrieval(_fn(dist_a / scales[:, None]), *labels, k=num_db)
+    np.testing.assert_allclose(unscaled.pr_precision, a.pr_precision, atol=1e-12)
 
 
 def test_evaluate_invalid_inputs() -> None:
@@ -222,6 +353,8 @@ def test_evaluate_invalid_inputs() -> None:
         evaluate_retrieval(_fn(np.zeros((0, 4))), db[:0], db, k=2, precision_at=(1,))
     with pytest.raises(ValueError):
         evaluate_retrieval(_fn(np.zeros((3, 3))), _onehot([0, 1, 2], 3), db, k=2, precision_at=(1,))
+    with pytest.raises(ValueError):
+        evaluate_retrieval(_fn(_DIST), _onehot([0, 1, 2], 3), db, k=2, pr_levels=1)
 
 
 def test_evaluate_without_precision_cutoffs() -> None:

@@ -481,9 +481,15 @@ def evaluate(
     index = retriever.index
     assert index is not None
     if plot is not None:
-        from quantrieve.experiments.figures import plot_pr_curves
+        from quantrieve.experiments.figures import plot_pr_curves, pr_title
 
-        plot_pr_curves({f"{index.bits} bits": result}, plot)
+        title = pr_title(
+            f"{where['dataset']}/{part} ({result.num_queries:,} queries vs "
+            f"{result.num_database:,} indexed items)",
+            index.bits,
+            f"{result.extra['distance']} ADC",
+        )
+        plot_pr_curves({f"{index.bits} bits": result}, plot, title)
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return

@@ -9,11 +9,18 @@ Definitions (docs/method.md, protocol):
   K (the literature's normaliser); a query with no relevant item in its top K scores 0 and still
   counts. mAP@K is the mean over all queries.
 - precision@N: the fraction of relevant items in the top N, averaged over queries.
-- PR curve: precision and recall of the set {items with distance <= t}, averaged over queries,
-  for a grid of distance thresholds t (quantiles of the first chunk's distances). It needs every
-  query's full distance histogram, so by default it is estimated on ``pr_queries`` evenly
-  spaced queries (all queries when there are fewer, or when ``pr_queries`` is 0); mAP and
-  precision@N always use every query.
+- PR curve (P-R by ranking, with interpolated precision): for each query, precision P(j) and
+  recall r(j) = hits(j) / R of its top j, at every rank cut-off j = 1..N of its full ranking (R:
+  the query's number of relevant items in the whole database). At each recall level
+  r_l = l / (levels - 1), l = 0..levels-1 (0, 0.05, ..., 1 by default), the query's interpolated
+  precision is max{P(j) : r(j) >= r_l}; the curve is its mean over queries. Queries are compared
+  only through their own rankings, never through distance values, so continuous queries whose
+  distances live on different scales are fine. A query with no relevant item has no recall and
+  is left out of the curve (``extra["pr_queries_without_relevant"]`` counts them;
+  ``extra["pr_queries"]`` is the number averaged). The curve needs every query's full ranking
+  (a sort of its N distances), so by default it is estimated on ``pr_queries`` evenly spaced
+  queries (all queries when there are fewer, or when ``pr_queries`` is 0); mAP and precision@N
+  always use every query.
 
 The distance matrix is computed chunk by chunk over queries, with the full database per chunk;
 memory stays bounded by the chunk budget. No Python loop runs per query.
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -30,6 +38,7 @@ import torch
 from torch import Tensor
 
 from quantrieve.pq import query_chunks, topk_smallest
+from quantrieve.runtime.progress import Progress, report
 
 
 def relevance_matrix(query_labels: Tensor, db_labels: Tensor) -> Tensor:
@@ -59,9 +68,20 @@ def average_precision_at_k(relevant: Tensor) -> Tensor:
     return torch.where(hits > 0, (rel * precision_at_j).sum(1) / hits.clamp_min(1), 0.0)
 
 
+#: ``RetrievalResult.pr_method`` of the curve computed here (see the module docstring). Results
+#: saved before it have ``""``: their curve used distance thresholds shared by all queries and is
+#: not comparable.
+PR_METHOD = "rank-interpolated"
+
+
 @dataclass
 class RetrievalResult:
-    """Every number of one evaluation (see the module docstring for the definitions)."""
+    """Every number of one evaluation (see the module docstring for the definitions).
+
+    ``pr_recall`` holds the recall levels and ``pr_precision`` the mean interpolated precision
+    at each; ``pr_method`` names how they were computed (:data:`PR_METHOD`, or ``""`` for a
+    result saved by an older version, whose curve used shared distance thresholds).
+    """
 
     map_at_k: float
     k: int
@@ -72,6 +92,7 @@ class RetrievalResult:
     num_database: int
     seconds: float
     extra: dict[str, float] = field(default_factory=dict)
+    pr_method: str = ""
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -85,10 +106,10 @@ def evaluate_retrieval(
     db_labels: Tensor,
     k: int = 1000,
     precision_at: tuple[int, ...] | list[int] = (10, 100, 1000),
-    pr_points: int = 40,
+    pr_levels: int = 21,
     pr_queries: int = 2000,
     chunk_budget: int = 2**24,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> RetrievalResult:
     """Rank the database for every query and score the rankings.
 
@@ -99,10 +120,12 @@ def evaluate_retrieval(
         db_labels: (N, C) multi-hot labels of the database.
         k: K of mAP@K.
         precision_at: cut-offs N of precision@N.
-        pr_points: number of thresholds of the precision-recall curve.
-        pr_queries: evenly spaced queries the PR curve is estimated on (0 = all).
+        pr_levels: number of recall levels of the PR curve, evenly spaced from 0 to 1 (>= 2).
+        pr_queries: evenly spaced queries the PR curve is estimated on (0 = all). Queries
+            among them with no relevant item are left out of the curve and counted in
+            ``extra["pr_queries_without_relevant"]``.
         chunk_budget: about how many (query, item) distances are held at once.
-        progress: optional callable, given the number of queries done after every chunk.
+        progress: ``progress(queries_done, num_queries)`` after every chunk.
     """
     start = time.perf_counter()
     num_q, num_db = len(query_labels), len(db_labels)
@@ -110,6 +133,10 @@ def evaluate_retrieval(
         raise ValueError("evaluation needs at least one query and one database item")
     if k < 1 or any(n < 1 for n in precision_at):
         raise ValueError(f"K and the precision cut-offs must be >= 1, got {k}, {precision_at}")
+    if pr_levels < 2 or pr_queries < 0:
+        raise ValueError(
+            f"pr_levels must be >= 2 and pr_queries >= 0, got {pr_levels}, {pr_queries}"
+        )
     if query_labels.shape[1] != db_labels.shape[1]:
         raise ValueError(
             f"query labels have {query_labels.shape[1]} classes, database labels "
@@ -118,11 +145,14 @@ def evaluate_retrieval(
     depth = min(max([k, *precision_at]), num_db)
     ap_sum = 0.0
     prec_sum = dict.fromkeys(precision_at, 0.0)
-    thresholds: Tensor | None = None
-    pr_prec = pr_rec = pr_count = None
+    steps = pr_levels - 1
+    pr_sum = torch.zeros(pr_levels, dtype=torch.float64)
+    pr_used = pr_empty = 0
     relevance = _label_relevance(query_labels, db_labels)
     stride = max(1, -(-num_q // pr_queries)) if pr_queries else 1
-    pr_used = 0
+    # The PR curve sorts whole rows into int64 keys plus temporaries (~30 bytes per distance):
+    # a quarter of the chunk budget at a time keeps it within the chunk's own footprint.
+    pr_rows = max(1, chunk_budget // 4 // num_db)
     for chunk in query_chunks(num_q, num_db, chunk_budget):
         dist = distances(chunk).float()
         if dist.shape != (chunk.stop - chunk.start, num_db):
@@ -133,57 +163,85 @@ def evaluate_retrieval(
         ap_sum += average_precision_at_k(rel[:, :k]).sum().item()
         for n in precision_at:
             prec_sum[n] += rel[:, :n].float().mean(1).sum().item()
-        if progress is not None:
-            progress(chunk.stop)
         rows = torch.arange(chunk.start, chunk.stop)
-        rows = (rows[rows % stride == 0] - chunk.start).tolist()
-        if not rows:
-            continue
-        if thresholds is None:
-            thresholds = _pr_thresholds(dist[rows], pr_points)
-            pr_prec = torch.zeros(len(thresholds), dtype=torch.float64)
-            pr_rec = torch.zeros_like(pr_prec)
-            pr_count = torch.zeros_like(pr_prec)
-        p, r, c = _pr_sums(dist[rows], rel_full[rows], thresholds)
-        pr_prec += p
-        pr_rec += r
-        pr_count += c
-        pr_used += len(rows)
-    assert pr_prec is not None and pr_rec is not None and pr_count is not None
+        rows = rows[rows % stride == 0] - chunk.start
+        for part in rows.split(pr_rows):
+            interp = interpolated_precision(dist[part], rel_full[part], steps)
+            pr_sum += interp.sum(0)
+            pr_used += len(interp)
+            pr_empty += len(part) - len(interp)
+        report(progress, chunk.stop, num_q)
     return RetrievalResult(
         map_at_k=ap_sum / num_q,
         k=k,
         precision_at={n: prec_sum[n] / num_q for n in precision_at},
-        pr_precision=(pr_prec / pr_count.clamp_min(1)).tolist(),
-        pr_recall=(pr_rec / max(1, pr_used)).tolist(),
+        pr_precision=(pr_sum / max(1, pr_used)).tolist() if pr_used else [],
+        pr_recall=[level / steps for level in range(pr_levels)] if pr_used else [],
         num_queries=num_q,
         num_database=num_db,
         seconds=time.perf_counter() - start,
-        extra={"pr_queries": pr_used},
+        extra={"pr_queries": pr_used, "pr_queries_without_relevant": pr_empty},
+        pr_method=PR_METHOD,
     )
 
 
-def _pr_thresholds(dist: Tensor, points: int) -> Tensor:
-    """Distance thresholds at geometric fractions of the database, from a sample of distances."""
-    flat = dist.flatten()
-    flat = flat[:: max(1, flat.numel() // 1_000_000)].sort().values
-    fractions = np.geomspace(1e-4, 1.0, points)
-    positions = torch.from_numpy((fractions * (len(flat) - 1)).round().astype(np.int64))
-    return flat[positions].unique()
+def interpolated_precision(dist: Tensor, relevant: Tensor, steps: int) -> Tensor:
+    """Per query, interpolated precision at recall levels l / steps, l = 0..steps.
+
+    Each row is ranked by ascending distance, ties by column (as everywhere in this module).
+    With R the row's number of relevant items, the i-th relevant item found at rank p_i gives
+    the cut-off (recall i / R, precision i / p_i); precision between two relevant items only
+    falls, so these cut-offs hold every maximum. The interpolated precision at level r is
+    max{i / p_i : i / R >= r}. Rows without a relevant item have no recall and are dropped.
+
+    Args:
+        dist: (q, N) non-negative distances.
+        relevant: (q, N) bool.
+        steps: number of recall intervals (``steps + 1`` levels).
+
+    Returns:
+        (q', steps + 1) float64, one row per query with at least one relevant item, in order.
+    """
+    num_db = dist.shape[1]
+    dist, relevant = dist.cpu().float(), relevant.cpu()
+    total = relevant.sum(1)
+    if not bool((total > 0).all()):
+        keep = total > 0
+        dist, relevant, total = dist[keep], relevant[keep], total[keep]
+    q = len(dist)
+    if q == 0:
+        return torch.zeros(0, steps + 1, dtype=torch.float64)
+    # One int64 key per item orders like (distance, column): a non-negative float32's bits
+    # order like its value; the relevance rides along in the lowest bit.
+    shift = max(1, (num_db - 1).bit_length()) + 1
+    bits = torch.where(dist > 0, dist, 0.0).numpy().view(np.int32)  # also turns -0.0 into 0.0
+    keys = np.left_shift(bits, shift, dtype=np.int64)
+    keys |= np.arange(num_db, dtype=np.int64) << 1
+    keys |= relevant.numpy()
+    _sort_rows(keys)
+    row, col = torch.from_numpy(keys & 1).bool().nonzero(as_tuple=True)  # relevant, ranked
+    first = total.cumsum(0) - total
+    # i: the relevant items up to this one, in its row
+    found = torch.arange(1, len(row) + 1).sub_(first.index_select(0, row))
+    precision = found.float().div_(col.add_(1).float())  # i / p_i
+    # The item counts at level l when i / R >= l / steps, i.e. when l <= floor(i * steps / R)
+    # (non-negative integers: truncation is the floor).
+    level = found.mul_(steps).div_(total.index_select(0, row), rounding_mode="trunc")
+    cell = level.add_(row.mul_(steps + 1))
+    best = torch.zeros(q * (steps + 1)).scatter_reduce_(0, cell, precision, "amax")
+    # max over the items of every level >= l: a running max from the highest level down
+    return best.view(q, steps + 1).double().flip(1).cummax(1).values.flip(1)
 
 
-def _pr_sums(dist: Tensor, rel_full: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per threshold: sum over queries of precision (where defined), of recall, and the count."""
-    buckets = torch.bucketize(dist, thresholds)  # item counts as retrieved at t if dist <= t
-    width = len(thresholds) + 1
-    # One histogram per row over (bucket, relevant) pairs: column 2*b + rel.
-    cells = buckets * 2 + rel_full.long()
-    counts = torch.zeros(dist.shape[0], 2 * width).scatter_add_(1, cells, torch.ones_like(dist))
-    counts = counts.view(-1, width, 2).cumsum(1)[:, :-1].double()
-    hits = counts[..., 1]
-    retrieved = counts.sum(-1)
-    total = rel_full.sum(1, keepdim=True).double()
-    has_any = retrieved > 0
-    precision = torch.where(has_any, hits / retrieved.clamp_min(1), 0.0).sum(0)
-    recall = torch.where(total > 0, hits / total.clamp_min(1), 0.0).sum(0)
-    return precision, recall, has_any.double().sum(0)
+def _sort_rows(array: np.ndarray) -> None:
+    """Sort each row of a 2-D array in place, rows split over torch's thread count.
+
+    numpy's sort (vectorised on x86) releases the GIL, so a thread per block of rows uses the
+    cores torch would.
+    """
+    blocks = [b for b in np.array_split(array, max(1, torch.get_num_threads())) if len(b)]
+    if len(blocks) == 1:
+        array.sort(axis=1)
+        return
+    with ThreadPoolExecutor(len(blocks)) as pool:
+        list(pool.map(lambda block: block.sort(axis=1), blocks))

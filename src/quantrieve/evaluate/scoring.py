@@ -16,7 +16,7 @@ from torch import Tensor
 
 from quantrieve.evaluate.retrieval import RetrievalResult, evaluate_retrieval
 from quantrieve.pq import ADCScorer, lookup_tables
-from quantrieve.runtime.progress import Progress, report
+from quantrieve.runtime.progress import Progress
 
 
 def evaluate_distances(
@@ -31,14 +31,14 @@ def evaluate_distances(
     database size (mAP@1000 of a 500-item database is mAP@500; the result says which K)."""
     query_labels = torch.as_tensor(np.asarray(query_labels))
     db_labels = torch.as_tensor(np.asarray(db_labels))
-    num_db, num_q = len(db_labels), len(query_labels)
+    num_db = len(db_labels)
     return evaluate_retrieval(
         distances,
         query_labels,
         db_labels,
         k=min(k, num_db),
         precision_at=[min(n, num_db) for n in precision_at],
-        progress=None if progress is None else (lambda done: report(progress, done, num_q)),
+        progress=progress,
     )
 
 

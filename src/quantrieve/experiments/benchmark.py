@@ -37,8 +37,8 @@ from quantrieve.baselines import fit_baseline
 from quantrieve.config import METHODS as DEEP
 from quantrieve.config import RunConfig, config_differences, load_config, num_books_for_bits
 from quantrieve.errors import QuantrieveError
-from quantrieve.evaluate import RetrievalResult, evaluate_distances
-from quantrieve.experiments.figures import plot_pr_curves
+from quantrieve.evaluate import PR_METHOD, RetrievalResult, evaluate_distances
+from quantrieve.experiments.figures import plot_pr_curves, pr_title
 from quantrieve.experiments.protocols import Protocol, ProtocolData, get_protocol, materialize
 from quantrieve.runtime.atomic import atomic_write_json
 from quantrieve.runtime.device import resolve_device
@@ -301,6 +301,7 @@ def result_from_dict(data: dict[str, Any]) -> RetrievalResult:
         num_database=data["num_database"],
         seconds=data["seconds"],
         extra=dict(data.get("extra", {})),
+        pr_method=data.get("pr_method", ""),  # absent: a threshold-based curve of old
     )
 
 
@@ -541,6 +542,11 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
+def _ranked_pr(cell: dict[str, Any]) -> bool:
+    """The cell's PR curve was computed per query by ranking (not at shared thresholds)."""
+    return cell["result"].get("pr_method") == PR_METHOD
+
+
 def _effective_k(protocol: dict[str, Any], cells: list[dict[str, Any]]) -> int:
     """K actually used (the evaluator clamps K to the database size)."""
     return cells[0]["result"]["k"] if cells else protocol["topk"]
@@ -670,9 +676,20 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
         "validation), or the fit time of a shallow baseline. images/s: training images per "
         "second over those epochs.",
     ]
-    if figures:
+    left_out = report.get("pr_left_out") or []
+    if figures or left_out:
         lines += ["", "## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})" for f in figures]
+    if left_out:
+        lines += [""] if figures else []
+        lines.append(
+            f"No PR curve for {', '.join(left_out)}: these cells were saved with a curve taken "
+            "at distance thresholds shared by all queries, which is not comparable across "
+            "queries or methods (PR curves are now taken per query, by ranking). "
+            "Re-evaluating those cells (rerun the command after deleting their "
+            "`cells/<cell>.json`) draws them. A `pr_<bits>bits.png` not shown above is left "
+            "over from an earlier report."
+        )
     env = report["environment"]
     devices = "; ".join(
         dict.fromkeys(
@@ -732,16 +749,30 @@ def write_report(out_dir: str | Path) -> dict[str, Any]:
         "missing": [name for name in expected if name not in done],
     }
     figures: list[str] = []
-    exact = [c for c in cells if c["method"] == "exact"]
-    for bits in sorted({c["bits"] for c in cells if c["method"] != "exact"}):
+    # Cells saved before the PR curve was computed per query by ranking hold a curve at
+    # distance thresholds shared by all queries: not comparable, so they are left out.
+    ranked = [c for c in cells if _ranked_pr(c)]
+    report["pr_left_out"] = [c["cell"] for c in cells if not _ranked_pr(c)]
+    exact = [c for c in ranked if c["method"] == "exact"]
+    for bits in sorted({c["bits"] for c in ranked if c["method"] != "exact"}):
+        shown = [c for c in ranked if c["bits"] == bits and c["method"] != "exact"] + exact
         curves = {
-            f"{c['method']} {bits} bits": result_from_dict(c["result"])
-            for c in cells
-            if c["bits"] == bits and c["method"] != "exact"
+            "exact (pixels)"
+            if c["method"] == "exact"
+            else f"{c['method']} ({c.get('distance')})": result_from_dict(c["result"])
+            for c in shown
         }
-        for cell in exact:
-            curves["exact (pixels)"] = result_from_dict(cell["result"])
-        figures.append(plot_pr_curves(curves, out_dir / f"pr_{bits}bits.png").name)
+        by_distance: dict[str, list[str]] = {}
+        for c in shown:  # e.g. "l2 (hqc, spq); sqeuclidean (pq, opq); l2 (exact)"
+            methods = by_distance.setdefault(str(c.get("distance")), [])
+            methods += [] if c["method"] == "exact" else [c["method"]]
+        title = pr_title(
+            f"{setup['protocol']['name']} ({_fmt_count(setup.get('data', {}).get('queries'))} "
+            "queries)",
+            bits,
+            "; ".join(f"{d} ({', '.join(m)})" if m else d for d, m in by_distance.items()),
+        )
+        figures.append(plot_pr_curves(curves, out_dir / f"pr_{bits}bits.png", title).name)
     if cells:
         k = _effective_k(setup["protocol"], cells)
         title = f"{setup['protocol']['name']}: mAP@{k} vs code length"

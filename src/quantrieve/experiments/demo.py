@@ -14,7 +14,7 @@ from quantrieve.api.retriever import Retriever
 from quantrieve.baselines import fit_baseline
 from quantrieve.data import read_dataset
 from quantrieve.evaluate import RetrievalResult, evaluate_distances
-from quantrieve.experiments.figures import plot_pr_curves, plot_retrieval_grid
+from quantrieve.experiments.figures import plot_pr_curves, plot_retrieval_grid, pr_title
 from quantrieve.runtime.atomic import atomic_write_json
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.runtime.progress import ProgressFactory
@@ -79,14 +79,21 @@ def run_demo(
 
     say("4/4 faiss PQ on raw pixels, same M and K")
     m, k = config.model.num_books, config.model.num_codewords
-    pq = fit_baseline("pq", train.images, test.images, m, k, "sqeuclidean")
+    pq_distance = "sqeuclidean"
+    pq = fit_baseline("pq", train.images, test.images, m, k, pq_distance)
     assert test.labels is not None and train.labels is not None
     pq_result = evaluate_distances(
         pq.distances, test.labels, train.labels, 1000, progress=step("evaluating PQ")
     )
+    bits = f"{index.bits}" if index.bits == pq.bits else f"{index.bits} (HQC) / {pq.bits} (PQ)"
     curves = plot_pr_curves(
         {f"HQC {index.bits} bits": hqc, f"PQ on pixels {pq.bits} bits": pq_result},
         out / "pr_curve.png",
+        pr_title(
+            f"{config.data.dataset} ({len(test):,} test queries vs {len(train):,} training images)",
+            bits,
+            f"HQC {index.distance} ADC, PQ {pq_distance} ADC",
+        ),
     )
     rows = [
         _row(f"HQC ({config.model.backbone}, {config.train.epochs} epochs)", index.bits, hqc),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -12,24 +13,62 @@ import numpy as np
 from rich.table import Table
 
 from quantrieve.data import ImageSet
-from quantrieve.evaluate import RetrievalResult
+from quantrieve.evaluate import PR_METHOD, RetrievalResult
 
 
-def plot_pr_curves(results: dict[str, RetrievalResult], path: str | Path) -> Path:
-    """One precision-recall curve per named result, in one PNG."""
+def pr_title(dataset: str, bits: str | int, distance: str) -> str:
+    """The title of a PR plot: what the curves compare (dataset, code length, distance)."""
+    lines = (dataset, f"{bits} bits; distance: {distance}")
+    return "\n".join(textwrap.fill(line, 72) for line in lines)
+
+
+def plot_pr_curves(results: dict[str, RetrievalResult], path: str | Path, title: str) -> Path:
+    """One precision-recall curve per named result, in one PNG.
+
+    The curves are the evaluator's P-R by ranking (interpolated precision at fixed recall
+    levels, averaged over queries; :mod:`quantrieve.evaluate.retrieval`); each legend entry
+    gives the result's mAP@K and how many queries the curve averages.
+
+    Args:
+        results: legend label -> result.
+        path: the PNG to write.
+        title: dataset, code length and distance of the curves (see :func:`pr_title`).
+
+    Raises:
+        ValueError: a result's curve was not computed by ranking (``pr_method``), e.g. one
+            saved by a version that used distance thresholds: it is not comparable.
+    """
+    stale = [name for name, r in results.items() if r.pr_method != PR_METHOD]
+    if stale:
+        raise ValueError(
+            f"{', '.join(stale)}: PR curve computed at shared distance thresholds by an older "
+            "version; re-evaluate to plot it"
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(5.5, 4.6), dpi=120)
     for name, result in results.items():
-        ax.plot(result.pr_recall, result.pr_precision, marker=".", label=name)
+        label = (
+            f"{name} (mAP@{result.k} {result.map_at_k:.3f}; "
+            f"PR over {int(result.extra.get('pr_queries', 0)):,} queries)"
+        )
+        ax.plot(result.pr_recall, result.pr_precision, marker=".", label=label)
     ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
+    ax.set_ylabel("interpolated precision")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title("precision-recall")
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(title, fontsize=9)
+    fig.text(
+        0.5,
+        0.01,
+        "per query: max precision over its rank cut-offs with recall >= r; mean over queries",
+        ha="center",
+        fontsize=6.5,
+        color="0.35",
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
