@@ -33,6 +33,7 @@ def main() -> None:
             "train.epochs=2",
             "train.warmup_epochs=0",
             "train.amp=false",
+            "train.device=cpu",  # gloo on the CPU, also where a GPU is present
             "data.val_queries=0",
             f"train.sync_batchnorm={sync}",
             *sys.argv[5:],

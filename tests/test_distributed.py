@@ -101,6 +101,8 @@ TRAIN = [
     "data.val_queries=40",
     "--set",
     "train.sync_batchnorm=true",
+    "--set",
+    "train.device=cpu",
 ]
 
 

@@ -58,6 +58,7 @@ def test_backbone_starts_from_the_file(tiny_fashion: Path, tmp_path: Path) -> No
             f"model.pretrained={tmp_path / 'resnet18.pth'}",
             "train.batch_size=32",
             "train.epochs=1",
+            "train.device=cpu",
             "train.warmup_epochs=0",
             "data.val_queries=0",
         ]
