@@ -63,10 +63,13 @@ class DistributedBatchNorm(_BatchNorm):
         return y.to(x.dtype)
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every batch norm replaced by :class:`DistributedBatchNorm` (in place for
+def convert_sync_batchnorm(module: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """``module`` with every batch norm synchronised over the process group: PyTorch's fused
+    ``nn.SyncBatchNorm`` on CUDA, :class:`DistributedBatchNorm` elsewhere (in place for
     children; the returned module is ``module`` unless it is a batch norm itself). Weights and
     running statistics are kept."""
+    if device is not None and device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, _BatchNorm) and not isinstance(module, DistributedBatchNorm):
         replaced = DistributedBatchNorm(
             module.num_features,

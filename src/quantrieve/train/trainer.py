@@ -185,7 +185,7 @@ class Trainer:
             )
         self.local_batch = self._local_batch()
         if self.place.enabled and config.train.sync_batchnorm:
-            convert_sync_batchnorm(self.model)
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.augment = TwoViewAugment(config.augment, h, c).to(self.device)
         self.objective = Objective(config.loss, config.model.num_books)
         self.optimizer = torch.optim.Adam(
