@@ -83,6 +83,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--single", type=int, default=50, help="one-by-one queries timed")
     parser.add_argument("--nprobe", default="1,4,16,64")
+    parser.add_argument(
+        "--nlist-factor", type=float, default=1.0, help="IVF lists = factor * sqrt(N)"
+    )
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     faiss.cvar.distance_compute_blas_threshold = 20
@@ -139,7 +142,7 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
             del built
-        nlist = int(4 * np.sqrt(n))
+        nlist = int(args.nlist_factor * np.sqrt(n))
         ivf, build_s = timed(build_ivf, index, nlist)
         memory = estimate_memory(n, m, int(np.log2(k)), m * d, nlist).total / 1e6
         for nprobe in (int(p) for p in args.nprobe.split(",")):
