@@ -12,15 +12,12 @@ from conftest import TINY_RUN
 from typer.testing import CliRunner
 
 from quantrieve.cli import app, main
-from quantrieve.experiments import benchmark
-from quantrieve.experiments.benchmark import (
-    BenchmarkError,
-    benchmark_commands,
-    grid_cells,
-    run_benchmark,
-    training_stats,
-    write_report,
-)
+from quantrieve.experiments import cells
+from quantrieve.experiments import report as report_module
+from quantrieve.experiments.benchmark import run_benchmark
+from quantrieve.experiments.cells import training_stats
+from quantrieve.experiments.grid import BenchmarkError, benchmark_commands, grid_cells
+from quantrieve.experiments.report import write_report
 
 # A tiny deep run; bits set model.num_books (8 bits = 2 books of 16 codewords).
 TINY = [*TINY_RUN, "model.num_codewords=16"]
@@ -83,8 +80,8 @@ def test_rerun_keeps_finished_cells(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a finished cell was recomputed")
 
-    monkeypatch.setattr(benchmark.Retriever, "fit", refuse)
-    monkeypatch.setattr(benchmark, "fit_baseline", refuse)
+    monkeypatch.setattr(cells.Retriever, "fit", refuse)
+    monkeypatch.setattr(cells, "fit_baseline", refuse)
     run_benchmark("fashion-mnist", **GRID, out_dir=finished, root=tiny_fashion, overrides=TINY)
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (finished / "cells").glob("*.json")}
 
@@ -93,13 +90,13 @@ def test_unfinished_deep_cell_resumes_its_run(
     finished: Path, tiny_fashion: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[bool] = []
-    real = benchmark.Retriever.fit
+    real = cells.Retriever.fit
 
     def spy(self, images, run_dir=None, resume=False, **kwargs):
         seen.append(resume)
         return real(self, images, run_dir, resume=resume, **kwargs)
 
-    monkeypatch.setattr(benchmark.Retriever, "fit", spy)
+    monkeypatch.setattr(cells.Retriever, "fit", spy)
     before = _cell(finished, "hqc-8")
     (finished / "cells" / "hqc-8.json").unlink()
     run_benchmark(
@@ -274,13 +271,13 @@ def test_report_leaves_out_pr_curves_saved_at_distance_thresholds(
     their curve used thresholds shared by all queries. The report says which were left out;
     the titles name dataset, bits and the distances."""
     drawn: list[tuple[list[str], str]] = []
-    real_plot = benchmark.plot_pr_curves
+    real_plot = report_module.plot_pr_curves
 
     def recording(curves: dict, path: Path, title: str) -> Path:
         drawn.append((list(curves), title))
         return real_plot(curves, path, title)
 
-    monkeypatch.setattr(benchmark, "plot_pr_curves", recording)
+    monkeypatch.setattr(report_module, "plot_pr_curves", recording)
     out = tmp_path / "old"
     (out / "cells").mkdir(parents=True)
     setup = json.loads((finished / "benchmark.json").read_text())
@@ -321,8 +318,8 @@ def test_pr_plot_refuses_a_curve_saved_at_distance_thresholds(
     from quantrieve.experiments.figures import plot_pr_curves
 
     result = _cell(finished, "pq-8")["result"]
-    plot_pr_curves({"pq": benchmark.result_from_dict(result)}, tmp_path / "ok.png", "t")
+    plot_pr_curves({"pq": cells.result_from_dict(result)}, tmp_path / "ok.png", "t")
     del result["pr_method"]
     with pytest.raises(ValueError, match="shared distance thresholds"):
-        plot_pr_curves({"pq": benchmark.result_from_dict(result)}, tmp_path / "old.png", "t")
+        plot_pr_curves({"pq": cells.result_from_dict(result)}, tmp_path / "old.png", "t")
     assert not (tmp_path / "old.png").exists()

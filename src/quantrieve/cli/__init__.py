@@ -780,15 +780,10 @@ def benchmark(
     force: Annotated[bool, typer.Option("--force", help="Recompute finished cells.")] = False,
 ) -> None:
     """Run a methods x bits grid under a protocol (resumable) and write report.md/json + PNGs."""
-    from quantrieve.experiments.benchmark import (
-        check_methods,
-        map_table,
-        parse_bits,
-        parse_list,
-        run_benchmark,
-        write_report,
-    )
+    from quantrieve.experiments.benchmark import run_benchmark
+    from quantrieve.experiments.grid import check_methods, parse_bits, parse_list
     from quantrieve.experiments.protocols import get_protocol
+    from quantrieve.experiments.report import map_table, write_report
 
     spec = get_protocol(protocol)
     folder = out or Path("runs") / f"benchmark-{spec.name}"

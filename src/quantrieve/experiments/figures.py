@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -141,3 +142,36 @@ def results_table(rows: list[dict], title: str) -> Table:
             f"{row['eval_seconds']:.1f}",
         )
     return table
+
+
+def plot_map_vs_bits(
+    cells: list[dict[str, Any]], path: str | Path, title: str = "mAP vs code length"
+) -> Path:
+    """One line per method of mAP@K against bits; ``exact`` as a horizontal reference."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(5.5, 4), dpi=120)
+    by_method: dict[str, list[tuple[int, float]]] = {}
+    for cell in cells:
+        by_method.setdefault(cell["method"], []).append((cell["bits"], cell["result"]["map_at_k"]))
+    bits_seen = sorted({c["bits"] for c in cells if c["method"] != "exact"})
+    for method, points in by_method.items():
+        if method == "exact":
+            ax.axhline(points[0][1], color="gray", linestyle="--", label="exact (pixels)")
+            continue
+        points.sort()
+        ax.plot([b for b, _ in points], [m for _, m in points], marker="o", label=method)
+    if bits_seen:
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(bits_seen, [str(b) for b in bits_seen])
+        ax.minorticks_off()
+    ax.set_xlabel("bits")
+    ax.set_ylabel(f"mAP@{cells[0]['result']['k']}" if cells else "mAP")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
