@@ -164,3 +164,21 @@ def test_every_protocol_has_a_cpu_preset_for_its_dataset(name: str) -> None:
         assert gpu.data.dataset == name
         assert gpu.model.backbone.startswith("resnet")
         assert gpu.eval.topk == PROTOCOLS[name].topk
+
+
+def test_one_rule_for_the_training_part() -> None:
+    """What `train` trains on, `encode` indexes and the benchmark uses as database: the
+    database part of a list-file release (its train part is a small labelled subset)."""
+    import numpy as np
+
+    from quantrieve.data import ImageSet
+    from quantrieve.data.run_parts import training_part
+
+    def images(n: int) -> ImageSet:
+        return ImageSet(np.zeros((n, 2, 2, 1), np.uint8), None, [str(i) for i in range(n)])
+
+    assert training_part({"database": images(3), "train": images(1), "test": images(1)}) == (
+        "database"
+    )
+    assert training_part({"train": images(3), "test": images(1)}) == "train"
+    assert training_part({"all": images(3)}) == "all"

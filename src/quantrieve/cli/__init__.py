@@ -90,7 +90,8 @@ def _run_parts(
     return parts, where
 
 
-def _pick(parts: dict[str, ImageSet], where: dict[str, Any], part: str) -> ImageSet:
+def _pick(parts: dict[str, ImageSet], where: dict[str, Any], part: str | None) -> ImageSet:
+    part = part or training_part(parts)
     if part not in parts:
         raise DataError(
             f"dataset '{where['dataset']}' at {where['root']} has no part '{part}' (has: "
@@ -101,10 +102,12 @@ def _pick(parts: dict[str, ImageSet], where: dict[str, Any], part: str) -> Image
 
 
 def _run_part(
-    retriever: Retriever, dataset: str | None, data_dir: str | None, part: str
+    retriever: Retriever, dataset: str | None, data_dir: str | None, part: str | None
 ) -> tuple[ImageSet, dict[str, Any]]:
-    """One part of :func:`_run_parts`, and where it came from (saved in an index)."""
+    """One part of :func:`_run_parts` (``None``: the training part, which is the database),
+    and where it came from (saved in an index)."""
     parts, where = _run_parts(retriever, dataset, data_dir)
+    part = part or training_part(parts)
     return _pick(parts, where, part), {**where, "part": part}
 
 
@@ -242,7 +245,10 @@ def encode(
     out: Annotated[Path, typer.Option("--out", "-o", help="Index directory to write.")],
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    part: Annotated[str, typer.Option(help="Dataset part to encode as the database.")] = "train",
+    part: Annotated[
+        str | None,
+        typer.Option(help="Dataset part to encode (default: the part the run trained on)."),
+    ] = None,
     distance: Annotated[str, typer.Option(help=f"Default ranking distance: {DISTANCES}.")] = "l2",
     device: DeviceOpt = "auto",
     overwrite: Annotated[
@@ -537,7 +543,7 @@ def baseline(
     _check_distance(distance)
     retriever = Retriever.load(run) if run is not None else Retriever()
     parts, where = _run_parts(retriever, dataset, data_dir)
-    database, queries = _pick(parts, where, "train"), _pick(parts, where, "test")
+    database, queries = _pick(parts, where, None), _pick(parts, where, "test")
     if queries.labels is None or database.labels is None:
         raise DataError(
             f"{where['dataset']} at {where['root']} is unlabelled; a baseline needs labels "

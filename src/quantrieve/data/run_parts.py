@@ -12,8 +12,11 @@ from quantrieve.runtime.progress import Progress
 
 
 def training_part(parts: dict[str, ImageSet]) -> str:
-    """The part a model trains on: ``train``, else ``database``, else the only part."""
-    for name in ("train", "database"):
+    """The one rule for the unlabelled training set, which is also the database an index
+    holds: ``database`` (list-file releases, whose ``train`` part is a small labelled subset
+    for supervised methods), else ``train`` (IDX, CIFAR, a collection with held-out queries),
+    else the only part. The benchmark protocols train on the database too."""
+    for name in ("database", "train"):
         if name in parts:
             return name
     if len(parts) == 1:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from quantrieve.data import DataError, ImageSet, read_dataset
+from quantrieve.data.run_parts import training_part
 from quantrieve.data.splits import load_split, random_split, save_split
 from quantrieve.errors import QuantrieveError
 from quantrieve.runtime.progress import Progress
@@ -335,8 +336,9 @@ def materialize(
     split_path: Path | None = None
     checksum: str | None = None
     if "test" in parts and ("database" in parts or "train" in parts):
-        source = "database/test" if "database" in parts else "train/test"
-        database = parts["database"] if "database" in parts else parts["train"]
+        part = training_part(parts)  # the one rule: what trains is what the index holds
+        source = f"{part}/test"
+        database = parts[part]
         queries = parts["test"]
     elif "all" in parts and protocol.num_queries is not None:
         everything = parts["all"]
