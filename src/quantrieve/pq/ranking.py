@@ -30,22 +30,25 @@ def topk_smallest(distances: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """
     num = distances.shape[1]
     k = min(k, num)
-    dist = distances.float().clamp_min(0) + 0.0  # +0.0 turns -0.0 into 0.0
-    # One extra candidate tells whether a tie straddles the k-th place.
-    values, indices = dist.topk(min(k + 1, num), dim=1, largest=False, sorted=True)
+    # One copy of the matrix; +0.0 turns -0.0 into 0.0.
+    dist = torch.clamp_min(distances.float(), 0.0).add_(0.0)
+    # k + 1 candidates, unordered; one extra tells whether a tie straddles the k-th place.
+    _, cand = dist.topk(min(k + 1, num), dim=1, largest=False, sorted=False)
+    # Order the candidates by (distance, index) in one sort of int64 keys: a non-negative
+    # float32's bit pattern orders like its value (see _topk_by_keys).
+    keys = (dist.gather(1, cand).view(torch.int32).to(torch.int64) << 32) | cand
+    keys = keys.sort(dim=1).values
+    cand = keys & 0xFFFFFFFF
+    vals = (keys >> 32).to(torch.int32).view(torch.float32)
     straddles = (
-        values[:, k] == values[:, k - 1]
-        if k < num
-        else torch.zeros_like(values[:, 0], dtype=torch.bool)
+        vals[:, k] == vals[:, k - 1] if k < num else torch.zeros_like(vals[:, 0], dtype=torch.bool)
     )
-    values, indices = values[:, :k], indices[:, :k]
-    # Stable re-sort of the selection by (distance, index).
-    indices = indices.gather(1, indices.sort(dim=1).indices)
-    indices = indices.gather(1, dist.gather(1, indices).sort(dim=1, stable=True).indices)
+    indices, values = cand[:, :k].contiguous(), vals[:, :k].contiguous()
     if straddles.any():
         rows = straddles.nonzero().squeeze(1)
         indices[rows] = _topk_by_keys(dist[rows], k)
-    return dist.gather(1, indices), indices
+        values[rows] = dist[rows].gather(1, indices[rows])
+    return values, indices
 
 
 def query_chunks(num_queries: int, num_items: int, budget: int = 2**24) -> Iterator[slice]:
