@@ -323,3 +323,29 @@ def test_pr_plot_refuses_a_curve_saved_at_distance_thresholds(
     with pytest.raises(ValueError, match="shared distance thresholds"):
         plot_pr_curves({"pq": cells.result_from_dict(result)}, tmp_path / "old.png", "t")
     assert not (tmp_path / "old.png").exists()
+
+
+def test_seeds_run_as_part_of_the_grid_and_are_aggregated(tiny_fashion: Path, tmp_path: Path):
+    out = tmp_path / "seeds"
+    report = run_benchmark(
+        "fashion-mnist",
+        ["hqc", "pq"],
+        [8],
+        "fashion-mnist-cpu",
+        out,
+        root=tiny_fashion,
+        overrides=TINY,
+        seeds=[0, 1],
+    )
+    names = sorted(p.stem for p in (out / "cells").glob("*.json"))
+    assert names == ["hqc-8", "hqc-8-seed1", "pq-8", "pq-8-seed1"]
+    seed1 = _cell(out, "hqc-8-seed1")
+    assert seed1["seed"] == 1 and seed1["config"]["train"]["seed"] == 1
+    assert _cell(out, "hqc-8")["config"]["train"]["seed"] == 0
+    assert report["missing"] == []
+    md = (out / "report.md").read_text()
+    values = [_cell(out, n)["result"]["map_at_k"] for n in ("hqc-8", "hqc-8-seed1")]
+    mean = sum(values) / 2
+    assert f"{mean:.4f} ± " in md and "(2)" in md
+    assert "## Seeds" in md and "| pq | 8 | 2 |" in md  # paired: hqc minus pq on 2 seeds
+    assert "--seeds 0,1" in report["command"]

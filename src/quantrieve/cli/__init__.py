@@ -784,10 +784,14 @@ def benchmark(
         bool, typer.Option("--report-only", help="Rewrite the report from finished cells.")
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Recompute finished cells.")] = False,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated seeds: every cell once per seed, then aggregated."),
+    ] = None,
 ) -> None:
     """Run a methods x bits grid under a protocol (resumable) and write report.md/json + PNGs."""
     from quantrieve.experiments.benchmark import run_benchmark
-    from quantrieve.experiments.grid import check_methods, parse_bits, parse_list
+    from quantrieve.experiments.grid import check_methods, parse_bits, parse_list, parse_seeds
     from quantrieve.experiments.protocols import get_protocol
     from quantrieve.experiments.report import map_table, write_report
 
@@ -805,6 +809,7 @@ def benchmark(
             root=data_dir,
             overrides=overrides or [],
             force=force,
+            seeds=parse_seeds(seeds) if seeds is not None else None,
             log=console.print,
             progress=progress_bar,
         )

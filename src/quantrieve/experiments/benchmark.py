@@ -42,6 +42,7 @@ from quantrieve.experiments.grid import (
     grid_cells,
     merge_setup,
     parse_bits,
+    parse_seeds,
     protocol_overrides,
     read_json,
 )
@@ -65,6 +66,7 @@ def run_benchmark(
     force: bool = False,
     log: Callable[[str], Any] | None = None,
     progress: ProgressFactory | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) a benchmark grid and write its report.
 
@@ -79,6 +81,9 @@ def run_benchmark(
         force: Recompute finished cells (deep runs still resume from their ``last.pt``).
         log: Called with one line per cell (started, kept, its mAP).
         progress: Gives the ``progress(done, total)`` callback of a named step.
+        seeds: Run every cell once per seed (``train.seed``, and the baselines' seed); the
+            report gives mean, standard deviation and paired differences over seeds. Default:
+            the preset's seed alone.
 
     Returns:
         The report (as written to ``report.json``).
@@ -101,21 +106,28 @@ def run_benchmark(
     refuse_foreign(out_dir, BENCHMARK_KIND, hint=f"runs/benchmark-{protocol.name}")
     base_config = load_config(preset, overrides=[*protocol_overrides(protocol), *overrides])
     root = str(root if root is not None else base_config.data.root)
+    explicit = seeds is not None
+    seed_list = parse_seeds(list(seeds)) if seeds is not None else [base_config.train.seed]
 
     # Resolve every cell's config before any work, so a bad key fails at once.
-    cells: list[tuple[str, int, RunConfig | None]] = []
+    cells: list[tuple[str, int, int, RunConfig | None]] = []
     shallow = [m for m in methods if METHODS[m].kind == "shallow"]
     deep = [m for m in methods if METHODS[m].kind == "deep"]
-    for method in shallow:
-        for bits in [0] if method == "exact" else bits_list:
-            if method != "exact":
-                num_books_for_bits(bits, base_config.model.num_codewords)
-            cells.append((method, bits, None))
-    for method in deep:
-        for bits in bits_list:
-            cells.append(
-                (method, bits, cell_config(preset, protocol, root, overrides, method, bits))
-            )
+    for seed in seed_list:
+        for method in shallow:
+            if method == "exact" and seed != seed_list[0]:
+                continue  # exhaustive search has no seed: one cell
+            for bits in [0] if method == "exact" else bits_list:
+                if method != "exact":
+                    num_books_for_bits(bits, base_config.model.num_codewords)
+                cells.append((method, bits, seed, None))
+    for seed in seed_list:
+        for method in deep:
+            for bits in bits_list:
+                config = cell_config(
+                    preset, protocol, root, overrides, method, bits, seed if explicit else None
+                )
+                cells.append((method, bits, seed, config))
 
     setup = merge_setup(
         out_dir,
@@ -127,7 +139,8 @@ def run_benchmark(
             "out": str(out_dir),
             "methods": methods,
             "bits": bits_list,
-            "cells": grid_cells(methods, bits_list),
+            "seeds": seed_list,
+            "cells": grid_cells(methods, bits_list, seed_list),
             "commands": [" ".join(sys.argv)],
         },
     )
@@ -141,8 +154,8 @@ def run_benchmark(
     setup["data"] = data.summary()
     atomic_write_json(setup, out_dir / SETUP_FILE)
     device = str(resolve_device(base_config.train.device))
-    for method, bits, config in cells:
-        name = cell_name(method, bits)
+    for method, bits, seed, config in cells:
+        name = cell_name(method, bits, seed)
         path = out_dir / "cells" / f"{name}.json"
         if path.is_file() and not force:
             finished = read_json(path)
@@ -152,9 +165,7 @@ def run_benchmark(
             continue
         if config is None:
             say(f"{name}: fitting on {len(data.database):,} database images")
-            body = shallow_cell(
-                method, bits, base_config.model.num_codewords, base_config.train.seed, data
-            )
+            body = shallow_cell(method, bits, base_config.model.num_codewords, seed, data)
         else:
             body = deep_cell(config, data, out_dir / "runs" / name, say, step)
         cell = {
@@ -163,6 +174,7 @@ def run_benchmark(
             "kind": METHODS[method].kind,
             "description": METHODS[method].description,
             "bits": bits,
+            "seed": None if method == "exact" else seed,
             "protocol": protocol.name,
             "data": data.summary(),
             **body,

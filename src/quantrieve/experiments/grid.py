@@ -99,9 +99,24 @@ def parse_bits(text: str | Sequence[int | str]) -> list[int]:
     return sorted(dict.fromkeys(bits))
 
 
-def cell_name(method: str, bits: int) -> str:
-    """File stem of a cell: ``<method>-<bits>``, or ``exact-full`` for the uncompressed row."""
-    return "exact-full" if method == "exact" else f"{method}-{bits}"
+def cell_name(method: str, bits: int, seed: int = 0) -> str:
+    """File stem of a cell: ``<method>-<bits>`` (``-seed<S>`` added for seeds other than 0),
+    or ``exact-full`` for the uncompressed row, which has no seed."""
+    if method == "exact":
+        return "exact-full"
+    return f"{method}-{bits}" + (f"-seed{seed}" if seed else "")
+
+
+def parse_seeds(text: str | Sequence[int | str]) -> list[int]:
+    """Seeds from ``"0,1,2"`` or a sequence; each an integer >= 0, without duplicates."""
+    items = parse_list(text) if isinstance(text, str) else [str(s) for s in text]
+    try:
+        seeds = [int(s) for s in items]
+    except ValueError:
+        raise BenchmarkError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise BenchmarkError(f"--seeds must be integers >= 0, got {text!r}")
+    return list(dict.fromkeys(seeds))
 
 
 def protocol_overrides(protocol: Protocol) -> list[str]:
@@ -122,13 +137,16 @@ def cell_config(
     overrides: Sequence[str],
     method: str,
     bits: int,
+    seed: int | None = None,
 ) -> RunConfig:
-    """Config of a deep cell: preset <- protocol <- user overrides <- data root <- method, bits."""
+    """Config of a deep cell: preset <- protocol <- user overrides <- data root <- method, bits
+    (<- ``train.seed``, when the grid runs several seeds)."""
     extra = [
         *protocol_overrides(protocol),
         *overrides,
         f"data.root={root}",
         *METHODS[method].overrides,
+        *([f"train.seed={seed}"] if seed is not None else []),
     ]
     config = load_config(preset, overrides=extra)
     config.model.num_books = num_books_for_bits(bits, config.model.num_codewords)
@@ -163,9 +181,17 @@ def check_finished_config(path: Path, finished: dict[str, Any], config: RunConfi
         )
 
 
-def grid_cells(methods: Sequence[str], bits_list: Sequence[int]) -> list[str]:
-    """Cell names of a methods x bits grid (``exact`` contributes one ``exact-full`` cell)."""
-    names = [cell_name(m, b) for m in methods for b in ([0] if m == "exact" else bits_list)]
+def grid_cells(
+    methods: Sequence[str], bits_list: Sequence[int], seeds: Sequence[int] = (0,)
+) -> list[str]:
+    """Cell names of a methods x bits x seeds grid (``exact`` contributes one ``exact-full``
+    cell)."""
+    names = [
+        cell_name(m, b, s)
+        for s in seeds
+        for m in methods
+        for b in ([0] if m == "exact" else bits_list)
+    ]
     return list(dict.fromkeys(names))
 
 
@@ -175,6 +201,8 @@ def grid_command(setup: dict[str, Any], methods: list[str], bits: list[int]) -> 
     args += ["--methods", ",".join(methods)]
     if bits:
         args += ["--bits", ",".join(str(b) for b in bits)]
+    if setup.get("seeds") and setup["seeds"] != [0]:
+        args += ["--seeds", ",".join(str(s) for s in setup["seeds"])]
     if setup.get("preset"):
         args += ["--preset", setup["preset"]]
     args += ["--out", setup["out"]]
@@ -191,12 +219,15 @@ def benchmark_commands(setup: dict[str, Any]) -> list[str]:
     Methods asked for at the same code lengths share one command, so a grid with ablations at
     32 bits only gives two lines; ``exact`` joins the first.
     """
-    cells = setup.get("cells") or grid_cells(setup["methods"], setup["bits"])
+    seeds = setup.get("seeds") or [0]
+    cells = setup.get("cells") or grid_cells(setup["methods"], setup["bits"], seeds)
     groups: dict[tuple[int, ...], list[str]] = {}
     for method in setup["methods"]:
         if method == "exact":
             continue
-        bits = tuple(b for b in setup["bits"] if cell_name(method, b) in cells)
+        bits = tuple(
+            b for b in setup["bits"] if any(cell_name(method, b, s) in cells for s in seeds)
+        )
         if bits:
             groups.setdefault(bits, []).append(method)
     lines = [(methods, list(bits)) for bits, methods in groups.items()]
@@ -224,10 +255,12 @@ def merge_setup(out_dir: Path, setup: dict[str, Any]) -> dict[str, Any]:
                     f"({before!r}, now {now!r}); use another --out or the same "
                     "--protocol, --preset and --set values"
                 )
-        old_cells = old.get("cells") or grid_cells(old["methods"], old["bits"])
+        old_seeds = old.get("seeds") or [0]
+        old_cells = old.get("cells") or grid_cells(old["methods"], old["bits"], old_seeds)
         setup["cells"] = list(dict.fromkeys([*old_cells, *setup["cells"]]))
         setup["methods"] = list(dict.fromkeys([*old["methods"], *setup["methods"]]))
         setup["bits"] = sorted(set(old["bits"]) | set(setup["bits"]))
+        setup["seeds"] = list(dict.fromkeys([*old_seeds, *setup.get("seeds", [0])]))
         setup["commands"] = [*old.get("commands", []), *setup["commands"]]
     setup["command"] = "\n".join(benchmark_commands(setup))
     atomic_write_json(setup, path)

@@ -85,6 +85,9 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
             f"- Query split: `{data['split_dir']}/splits.npz`, SHA-256 `{data['split_sha256']}`."
         )
     lines += ["", *map_section(report)]
+    seeds = seeds_section(report)
+    if seeds:
+        lines += ["", *seeds]
 
     # Cut-offs beyond the database size were clamped by the evaluator: use the saved keys.
     cuts = list(cells[0]["result"]["precision_at"]) if cells else []
@@ -183,7 +186,9 @@ def write_report(out_dir: str | Path) -> dict[str, Any]:
     setup = read_json(setup_path)
     cells = ordered_cells(load_cells(out_dir))
     done = {c["cell"] for c in cells}
-    expected = setup.get("cells") or grid_cells(setup["methods"], setup["bits"])
+    expected = setup.get("cells") or grid_cells(
+        setup["methods"], setup["bits"], setup.get("seeds") or [0]
+    )
     device = next((c["device"] for c in cells if c.get("kind") == "deep"), None)
     report = {
         "protocol": setup["protocol"],
@@ -196,7 +201,9 @@ def write_report(out_dir: str | Path) -> dict[str, Any]:
     figures: list[str] = []
     # Cells saved before the PR curve was computed per query by ranking hold a curve at
     # distance thresholds shared by all queries: not comparable, so they are left out.
-    ranked = [c for c in cells if _ranked_pr(c)]
+    # One seed per curve: the grid's first seed (cells saved before seeds have none).
+    first_seed = (setup.get("seeds") or [0])[0]
+    ranked = [c for c in cells if _ranked_pr(c) and c.get("seed") in (None, first_seed)]
     report["pr_left_out"] = [c["cell"] for c in cells if not _ranked_pr(c)]
     exact = [c for c in ranked if c["method"] == "exact"]
     for bits in sorted({c["bits"] for c in ranked if c["method"] != "exact"}):
@@ -235,11 +242,20 @@ def map_section(report: dict[str, Any]) -> list[str]:
     protocol, setup, cells = report["protocol"], report["setup"], report["cells"]
     k = effective_k(protocol, cells)
     bits_cols = setup["bits"]
-    by_key = {(c["method"], c["bits"]): c for c in cells}
+    by_key: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for c in cells:
+        by_key.setdefault((c["method"], c["bits"]), []).append(c)
+    several = any(len(group) > 1 for group in by_key.values())
     methods = sorted(
         dict.fromkeys([*setup["methods"], *(c["method"] for c in cells)]), key=method_rank
     )
     lines = [f"## mAP@{k}", ""]
+    if several:
+        lines += [
+            f"Mean ± standard deviation over seeds {', '.join(map(str, setup['seeds']))} "
+            "(n = cells finished); per-seed values and paired differences: section Seeds.",
+            "",
+        ]
     if k != protocol["topk"]:
         lines += [
             f"K of the protocol ({protocol['topk']}) exceeds the database: clamped to {k}.",
@@ -253,18 +269,77 @@ def map_section(report: dict[str, Any]) -> list[str]:
     for method in methods:
         row = [method]
         for b in bits_cols:
-            cell = by_key.get((method, b))
-            row.append(
-                "–" if method == "exact" or cell is None else _fmt(cell["result"]["map_at_k"])
-            )
+            group = by_key.get((method, b))
+            row.append("–" if method == "exact" or not group else _fmt_group(group, several))
         if has_exact:
-            cell = by_key.get((method, 0)) if method == "exact" else None
-            row.append(_fmt(cell["result"]["map_at_k"]) if cell else "–")
+            group = by_key.get((method, 0)) if method == "exact" else None
+            row.append(_fmt_group(group, several) if group else "–")
         lines.append("| " + " | ".join(row) + " |")
     lines += [""] + [f"- `{m}`: {METHODS[m].description}" for m in methods if m in METHODS]
     missing = report["missing"]
     if missing:
         lines += ["", f"Not yet computed: {', '.join(missing)} (rerun the command to resume)."]
+    return lines
+
+
+def _fmt_group(group: list[dict[str, Any]], several: bool) -> str:
+    """One cell's mAP, or mean ± sd (n) of a method's cells over seeds."""
+    values = [c["result"]["map_at_k"] for c in group]
+    if not several:
+        return _fmt(values[0])
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0
+    return f"{mean:.4f} ± {sd:.4f} ({len(values)})"
+
+
+def seeds_section(report: dict[str, Any]) -> list[str]:
+    """Per-seed mAP of every method and code length, and paired differences on common seeds
+    against the first deep method of the grid (Markdown lines; empty for one seed)."""
+    cells = [c for c in report["cells"] if c["method"] != "exact"]
+    seeds = report["setup"].get("seeds") or [0]
+    if len(seeds) < 2:
+        return []
+    value = {(c["method"], c["bits"], c.get("seed") or 0): c["result"]["map_at_k"] for c in cells}
+    methods = sorted(dict.fromkeys(c["method"] for c in cells), key=method_rank)
+    bits_list = sorted({c["bits"] for c in cells})
+    lines = ["## Seeds", "", "| method | bits | " + " | ".join(f"seed {s}" for s in seeds) + " |"]
+    lines.append("|" + "---|" * (len(seeds) + 2))
+    for method in methods:
+        for bits in bits_list:
+            row = [_fmt(value.get((method, bits, s))) for s in seeds]
+            if any(r != "–" for r in row):
+                lines.append(f"| {method} | {bits} | " + " | ".join(row) + " |")
+    reference = next((m for m in methods if METHODS[m].kind == "deep"), None)
+    if reference is None:
+        return lines
+    lines += [
+        "",
+        f"Paired differences, `{reference}` minus each method, on the seeds both finished:",
+        "",
+        "| method | bits | seeds | mean difference | sd | " + f"{reference} better |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        if method == reference:
+            continue
+        for bits in bits_list:
+            common = [
+                s for s in seeds if (reference, bits, s) in value and (method, bits, s) in value
+            ]
+            if not common:
+                continue
+            diffs = [value[(reference, bits, s)] - value[(method, bits, s)] for s in common]
+            mean = sum(diffs) / len(diffs)
+            sd = (
+                (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+                if len(diffs) > 1
+                else 0.0
+            )
+            wins = sum(d > 0 for d in diffs)
+            lines.append(
+                f"| {method} | {bits} | {len(common)} | {mean:+.4f} | {sd:.4f} | "
+                f"{wins} of {len(common)} |"
+            )
     return lines
 
 
