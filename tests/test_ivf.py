@@ -23,6 +23,17 @@ def index() -> PQIndex:
     return PQIndex(codebooks, codes, [str(i) for i in range(3000)], distance="sqeuclidean")
 
 
+def _exact(index: PQIndex, queries: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exhaustive squared-L2 ADC top-10: the ground truth."""
+    return search_codes(
+        torch.from_numpy(queries),
+        torch.from_numpy(index.codebooks),
+        torch.from_numpy(index.codes),
+        10,
+        "sqeuclidean",
+    )
+
+
 @pytest.fixture(scope="module")
 def queries() -> np.ndarray:
     return np.random.default_rng(1).normal(size=(25, 16)).astype(np.float32)
@@ -31,13 +42,7 @@ def queries() -> np.ndarray:
 def test_all_lists_probed_is_exhaustive_adc(index: PQIndex, queries: np.ndarray) -> None:
     ivf = build_ivf(index, nlist=32)
     dist, ids = search_ivf(ivf, queries, 10, nprobe=32)
-    exact_d, exact_i = search_codes(
-        torch.from_numpy(queries),
-        torch.from_numpy(index.codebooks),
-        torch.from_numpy(index.codes),
-        10,
-        "sqeuclidean",
-    )
+    exact_d, exact_i = _exact(index, queries)
     np.testing.assert_allclose(dist, exact_d.numpy(), rtol=1e-4, atol=1e-4)
     same = [len(set(a) & set(b)) for a, b in zip(ids, exact_i.numpy(), strict=True)]
     assert np.mean(same) >= 9.9  # equal up to the order of exact ties
@@ -47,13 +52,7 @@ def test_fewer_lists_trade_recall_and_distances_stay_adc(
     index: PQIndex, queries: np.ndarray
 ) -> None:
     ivf = build_ivf(index, nlist=32)
-    _, exact_i = search_codes(
-        torch.from_numpy(queries),
-        torch.from_numpy(index.codebooks),
-        torch.from_numpy(index.codes),
-        10,
-        "sqeuclidean",
-    )
+    _, exact_i = _exact(index, queries)
     recalls = []
     for nprobe in (1, 4, 32):
         dist, ids = search_ivf(ivf, queries, 10, nprobe)
@@ -101,13 +100,7 @@ def test_fast_scan_export_is_approximate_but_close(index: PQIndex, queries: np.n
 
     fast = to_faiss(index, fast_scan=True)
     dist, ids = fast.search(queries, 10)
-    exact_d, exact_i = search_codes(
-        torch.from_numpy(queries),
-        torch.from_numpy(index.codebooks),
-        torch.from_numpy(index.codes),
-        10,
-        "sqeuclidean",
-    )
+    exact_d, exact_i = _exact(index, queries)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact_i.numpy(), strict=True)])
     assert recall >= 0.8  # approximate: 8-bit tables
     np.testing.assert_allclose(dist[:, 0], exact_d.numpy()[:, 0], rtol=0.1)
