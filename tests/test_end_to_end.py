@@ -145,9 +145,10 @@ def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
             ["train", "--preset", "fashion-mnist-cpu", "--resume"],
             "--resume continues with the run's saved config.json; drop --preset / --config",
         ),
-        (["train", "--bits", "30"], "--bits 30 is not a multiple of log2(K) = 4"),
-        (["train", "--bits", "0"], "--bits must be a positive multiple of log2(K) = 4"),
-        (["train", "--bits", "-8"], "--bits must be a positive multiple of log2(K) = 4"),
+        (["train", "--bits", "30"], "bits (model.bits) 30 is not a multiple of log2(K) = 4"),
+        (["train", "--bits", "0"], "bits (model.bits) must be a positive multiple of log2(K)"),
+        (["train", "--bits", "-8"], "bits (model.bits) must be a positive multiple of log2(K)"),
+        (["train", "--set", "model.bits=10"], "bits (model.bits) 10 is not a multiple"),
         (
             ["encode", "/nonexistent/run", "--out", "/nonexistent/ix", "--distance", "foo"],
             "--distance must be one of l2, sqeuclidean, got 'foo'",

@@ -146,7 +146,8 @@ BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
 class ModelConfig:
     """Encoder and product quantizer (docs/method.md, Model).
 
-    Code length in bits is ``num_books * log2(num_codewords)``. ``pretrained``: a local
+    Code length in bits is ``num_books * log2(num_codewords)``; the key ``model.bits`` (and
+    ``--bits``) sets ``num_books`` from it, the one place bits become books. ``pretrained``: a local
     torchvision-style ResNet state dict the backbone starts from (resnet18 / resnet50; see
     :mod:`quantrieve.models.pretrained`); empty = trained from scratch.
     """
@@ -417,6 +418,7 @@ def _apply_section(section: Any, values: dict[str, Any], prefix: str) -> None:
     names = {f.name for f in fields(section)}
     if prefix == "loss" and "preset" in values:
         apply_loss_preset(section, str(values["preset"]))
+    bits = values.pop("bits", None) if prefix == "model" else None
     for key, value in values.items():
         full = f"{prefix}.{key}"
         if key not in names:
@@ -424,6 +426,12 @@ def _apply_section(section: Any, values: dict[str, Any], prefix: str) -> None:
                 f"unknown config key '{full}'; known keys: {', '.join(sorted(names))}"
             )
         setattr(section, key, _coerce(value, hints[key], full))
+    if bits is not None:
+        # The code length is set as bits and kept as books: bits = M * log2(K), applied after
+        # the section's other keys so that K is the one this config ends with.
+        section.num_books = num_books_for_bits(
+            _coerce(bits, int, "model.bits"), section.num_codewords, "bits (model.bits)"
+        )
 
 
 def apply_loss_preset(loss: LossConfig, name: str) -> None:
@@ -521,17 +529,21 @@ def load_config(
     return config.validate()
 
 
-def num_books_for_bits(bits: int, num_codewords: int) -> int:
-    """Number of books M giving ``bits = M * log2(K)``; raises if it does not divide."""
+def num_books_for_bits(bits: int, num_codewords: int, name: str = "--bits") -> int:
+    """Number of books M giving ``bits = M * log2(K)``; raises if it does not divide.
+
+    Args:
+        name: how the user gave the bits (``--bits``, ``config key 'model.bits'``), for errors.
+    """
     per_book = math.log2(num_codewords)
     if bits < per_book:
         raise ConfigError(
-            f"--bits must be a positive multiple of log2(K) = {per_book:g} (K = {num_codewords}),"
+            f"{name} must be a positive multiple of log2(K) = {per_book:g} (K = {num_codewords}),"
             f" got {bits}"
         )
     books = bits / per_book
     if books < 1 or not books.is_integer():
         raise ConfigError(
-            f"--bits {bits} is not a multiple of log2(K) = {per_book:g} (K = {num_codewords})"
+            f"{name} {bits} is not a multiple of log2(K) = {per_book:g} (K = {num_codewords})"
         )
     return int(books)

@@ -35,7 +35,6 @@ from quantrieve.config import (
     config_from_dict,
     load_config,
     method_overrides,
-    num_books_for_bits,
 )
 from quantrieve.data import DataError, ImageSet
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
@@ -193,11 +192,9 @@ class Retriever:
             extra.insert(0, f"train.epochs={epochs}")
         if method is not None:
             extra[:0] = method_overrides(method)
-        config = load_config(preset, config_file, extra)
         if bits is not None:
-            config.model.num_books = num_books_for_bits(bits, config.model.num_codewords)
-            config.validate()
-        return cls(config, device=device)
+            extra.append(f"model.bits={bits}")
+        return cls(load_config(preset, config_file, extra), device=device)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", need_index: bool = False) -> Retriever:

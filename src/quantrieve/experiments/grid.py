@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from quantrieve.config import METHODS as DEEP
-from quantrieve.config import RunConfig, config_differences, load_config, num_books_for_bits
+from quantrieve.config import RunConfig, config_differences, load_config
 from quantrieve.errors import QuantrieveError
 from quantrieve.experiments.protocols import Protocol
 from quantrieve.runtime.atomic import atomic_write_json
@@ -147,10 +147,9 @@ def cell_config(
         f"data.root={root}",
         *METHODS[method].overrides,
         *([f"train.seed={seed}"] if seed is not None else []),
+        f"model.bits={bits}",
     ]
-    config = load_config(preset, overrides=extra)
-    config.model.num_books = num_books_for_bits(bits, config.model.num_codewords)
-    return config.validate()
+    return load_config(preset, overrides=extra)
 
 
 def read_json(path: Path) -> Any:
