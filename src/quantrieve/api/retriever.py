@@ -219,15 +219,11 @@ class Retriever:
             saved = index.meta.get("training_config")
             if isinstance(saved, dict):
                 config = _config_or_default(saved)
-        elif path.is_dir():
-            model_file = path / "model.pt"
+        else:  # a run directory, or a model file in one
+            model_file = path / "model.pt" if path.is_dir() else path
+            path = model_file.parent
             if (path / "config.json").is_file():
                 config = _config_or_default(json.loads((path / "config.json").read_text()))
-        else:
-            model_file = path
-            if (path.parent / "config.json").is_file():
-                config = _config_or_default(json.loads((path.parent / "config.json").read_text()))
-            path = path.parent
         model = None
         if model_file.is_file():
             model = RetrievalModel.load(model_file)
