@@ -746,7 +746,16 @@ def demo(
     from quantrieve.experiments.demo import run_demo
     from quantrieve.experiments.figures import results_table
 
-    summary = run_demo(out, preset, data_dir, overrides, stage=console.rule, progress=progress_bar)
+    epochs = load_config(preset, overrides=list(overrides or [])).train.epochs
+    summary = run_demo(
+        out,
+        preset,
+        data_dir,
+        overrides,
+        stage=console.rule,
+        progress=progress_bar,
+        on_epoch=lambda s: _print_epoch(s, epochs),
+    )
     stdout.print(results_table(summary["rows"], summary["table_title"]))
     console.print(
         f"outputs in {out}/: results.json, retrieval_grid.png, pr_curve.png, index/, train/"

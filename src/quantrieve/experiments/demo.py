@@ -18,6 +18,7 @@ from quantrieve.experiments.figures import plot_pr_curves, plot_retrieval_grid, 
 from quantrieve.runtime.atomic import atomic_write_json
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.runtime.progress import ProgressFactory
+from quantrieve.train.trainer import EpochCallback
 
 DEMO_KIND = OutputKind("demo folder", "demo.json")
 
@@ -29,6 +30,7 @@ def run_demo(
     overrides: list[str] | None = None,
     stage: Callable[[str], Any] | None = None,
     progress: ProgressFactory | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> dict:
     """Train HQC briefly on Fashion-MNIST, index the 60,000 training images, evaluate the
     10,000 test queries (mAP@1000), draw a top-10 grid and compare with faiss PQ on pixels.
@@ -36,6 +38,7 @@ def run_demo(
     Args:
         stage: called with a one-line title as each of the four steps starts.
         progress: gives the ``progress(done, total)`` callback of a named step.
+        on_epoch: called with each training epoch's summary (loss, validation mAP).
 
     Returns:
         The summary written to ``results.json`` (rows of the results table, files, seconds).
@@ -55,7 +58,7 @@ def run_demo(
     run_dir = out / "train"
     resume = (run_dir / "last.pt").exists()
     say(f"1/4 training ({preset}, {config.model.bits} bits)")
-    retriever.fit(train, run_dir, resume=resume, progress=step("training"))
+    retriever.fit(train, run_dir, resume=resume, progress=step("training"), on_epoch=on_epoch)
 
     say(f"2/4 encoding the {len(train):,} training images as the database")
     index = retriever.build_index(
