@@ -222,3 +222,20 @@ def _load(path: Path) -> np.ndarray:
     from quantrieve.data.images import load_image_file
 
     return load_image_file(path, 16, 3)
+
+
+def test_search_draws_a_result_grid(own_run: dict[str, Path], tmp_path: Path) -> None:
+    files = sorted((own_run["photos"] / "circle").glob("*.png"))[:2]
+    grid = tmp_path / "grid.png"
+    _invoke("search", str(own_run["index"]), *map(str, files), "-k", "4", "--grid", str(grid))
+    assert grid.stat().st_size > 1000
+    assert "already exists" in _refused(
+        "search", str(own_run["index"]), str(files[0]), "--grid", str(grid)
+    )
+
+
+def test_pixel_baseline_on_the_run_s_own_images(own_run: dict[str, Path]) -> None:
+    out = _invoke("baseline", "pq", "--run", str(own_run["run"]), "--bits", "16", "--json")
+    result = json.loads(out[out.index("{") :])
+    assert result["num_queries"] == 20 and result["num_database"] == 100  # held-out queries
+    assert result["bits"] == 16 and 0 <= result["map_at_k"] <= 1
