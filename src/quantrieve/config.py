@@ -216,6 +216,18 @@ class LossConfig:
     top_n: int = 20
     fusion: str = "sum"
 
+    def weights(self) -> dict[str, float]:
+        """The weight of every objective term, by term name (``icf``, ``icz``, ``cc``,
+        ``pn``, ``cd``, ``xqc``): what makes a run HQC, SPQ or an ablation."""
+        return {
+            "icf": self.w_icf,
+            "icz": self.w_icz,
+            "cc": self.w_cc,
+            "pn": self.w_pn,
+            "cd": self.w_cd,
+            "xqc": self.w_xqc,
+        }
+
     def validate(self) -> None:
         for name in ("w_icf", "w_icz", "w_cc", "w_pn", "w_cd", "w_xqc"):
             _check(getattr(self, name) >= 0, f"loss.{name}", "weights must be >= 0")

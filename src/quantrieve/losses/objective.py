@@ -43,7 +43,7 @@ class Objective:
         config.validate()
         self.config = config
         self.num_books = num_books
-        self.weights = {name: float(getattr(config, f"w_{name}")) for name in TERMS}
+        self.weights = {name: float(w) for name, w in config.weights().items()}
 
     def __call__(
         self, f_a: Tensor, f_b: Tensor, z_a: Tensor, z_b: Tensor, codebooks: Tensor
