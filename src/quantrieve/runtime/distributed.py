@@ -70,7 +70,15 @@ def all_gather_with_grad(tensor: Tensor) -> Tensor:
     pass sums each slice's gradients over ranks and returns them to the slice's rank."""
     from torch.distributed import _functional_collectives as collectives
 
-    return collectives.all_gather_single_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+    # The name changed across torch releases (2.13: all_gather_single_autograd; earlier:
+    # all_gather_tensor_autograd); torch.distributed.nn's all_gather is the old, deprecated API.
+    for name in ("all_gather_single_autograd", "all_gather_tensor_autograd"):
+        gather_fn = getattr(collectives, name, None)
+        if gather_fn is not None:
+            return gather_fn(tensor.contiguous(), 0, dist.group.WORLD)
+    import torch.distributed.nn.functional as dist_nn
+
+    return torch.cat(dist_nn.all_gather(tensor.contiguous()))
 
 
 def barrier(place: Distributed) -> None:
