@@ -17,8 +17,7 @@ from pathlib import Path
 
 import torch
 
-from quantrieve.evaluate import evaluate_retrieval
-from quantrieve.pq import ADCScorer, lookup_tables
+from quantrieve.evaluate import evaluate_codes
 
 
 def main() -> None:
@@ -37,13 +36,7 @@ def main() -> None:
     q_labels = torch.nn.functional.one_hot(torch.randint(0, 10, (args.queries,), generator=g), 10)
     db_labels = torch.nn.functional.one_hot(torch.randint(0, 10, (args.database,), generator=g), 10)
     start = time.perf_counter()
-    scorer = ADCScorer(codes, k)
-    result = evaluate_retrieval(
-        lambda s: scorer(lookup_tables(queries[s], codebooks, "l2")),
-        q_labels.bool(),
-        db_labels.bool(),
-        k=args.topk,
-    )
+    result = evaluate_codes(queries, codebooks, codes, q_labels, db_labels, k=args.topk)
     total = time.perf_counter() - start
     out = {
         "queries": args.queries,

@@ -10,9 +10,12 @@ from torch.testing import assert_close
 
 from quantrieve.models import ProductQuantizer
 from quantrieve.pq import (
+    ADCScorer,
+    GatherADC,
     adc_distances,
     lookup_tables,
     query_chunks,
+    ranking,
     search_codes,
     squared_l2_distances,
     topk_smallest,
@@ -67,6 +70,31 @@ def test_tables_and_adc_match_brute_force(distance: str, books: int, words: int,
     assert_close(
         dist.double(), brute_distances(q, codebooks, codes, distance), rtol=1e-5, atol=1e-4
     )
+
+
+@pytest.mark.parametrize(
+    ("books", "words", "paired"), [(8, 16, True), (5, 16, True), (1, 16, False), (3, 32, False)]
+)
+def test_gather_and_onehot_scoring_equal_adc(books: int, words: int, paired: bool) -> None:
+    """GatherADC (books paired into K*K tables when K <= 16, an odd book left single) and both
+    ADCScorer paths equal adc_distances, into a reused buffer too, a few queries at a time."""
+    codebooks, q, codes = _setup(books, words, 3, queries=9, items=50, seed=books + words)
+    tables = lookup_tables(q, codebooks, "l2")
+    expected = adc_distances(tables, codes)
+    gather = GatherADC(codes, words, rows_budget=100)  # two queries per step
+    assert gather.paired == paired
+    assert len(gather.columns) == (books // 2 + books % 2 if paired else books)
+    assert gather.nbytes() == len(gather.columns) * 50 * 8
+    assert_close(gather(tables), expected, rtol=1e-6, atol=1e-5)
+    for scorer in (ADCScorer(codes, words), ADCScorer(codes, words, max_onehot_bytes=0)):
+        assert (scorer.onehot is None) == (scorer.gather is not None)
+        buffer = torch.full((12, 50), float("nan"))
+        out = scorer(tables, out=buffer)
+        assert out.data_ptr() == buffer.data_ptr() and out.shape == (9, 50)
+        assert_close(out, expected, rtol=1e-6, atol=1e-5)
+        assert_close(scorer(tables[:4]), expected[:4], rtol=1e-6, atol=1e-5)
+    with pytest.raises(ValueError, match="books"):
+        gather(torch.cat([tables, tables[:, :1]], 1))
 
 
 def test_sqeuclidean_adc_equals_decoded_distance_via_quantizer() -> None:
@@ -155,6 +183,26 @@ def test_topk_matches_stable_argsort(k: int, seed: int) -> None:
         expected = np.argsort(d, axis=1, kind="stable")[:, :k]
         np.testing.assert_array_equal(idx.numpy(), expected)
         np.testing.assert_array_equal(values.numpy(), np.take_along_axis(d, expected, 1))
+
+
+@pytest.mark.parametrize("k", [1, 30, 120])
+def test_sampled_topk_matches_stable_argsort(k: int) -> None:
+    """Rows wide enough for the sampled threshold give numpy's stable order: many ties, signed
+    zeros, a row of one value, and rows whose sampled columns are all small (the threshold then
+    admits fewer than k + 1 items and the row is redone directly)."""
+    width = 16 * (k + 1) + 5
+    assert width >= ranking.MIN_SAMPLED_WIDTH * (k + 1)
+    rng = np.random.default_rng(k)
+    ties = rng.integers(0, 30, size=(6, width)).astype(np.float32) / 8
+    ties[0] = 1.5
+    ties[1, ::3] = -0.0
+    unlucky = (1.0 + rng.random((3, width))).astype(np.float32)
+    unlucky[:, :: ranking.STRIDE] = rng.random((3, len(range(0, width, ranking.STRIDE)))) / 10
+    for d in (ties, unlucky, np.concatenate([ties, unlucky])):
+        values, idx = topk_smallest(torch.from_numpy(d), k)
+        expected = np.argsort(np.where(d == 0, 0.0, d), axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(idx.numpy(), expected)
+        np.testing.assert_array_equal(values.numpy(), np.take_along_axis(d, expected, 1) + 0.0)
 
 
 def test_query_chunks_cover_queries_within_budget() -> None:

@@ -69,8 +69,13 @@ def evaluate_codes(
     queries = queries.float().cpu()
     pairs = torch.as_tensor(np.zeros((0, 2)) if exclude is None else exclude, dtype=torch.long)
 
+    buffer: list[Tensor] = []  # one (chunk, N) matrix, reused: each chunk is consumed first
+
     def distances(s: slice) -> Tensor:
-        dist = scorer(lookup_tables(queries[s], books, distance))
+        rows = s.stop - s.start
+        if not buffer or len(buffer[0]) < rows:
+            buffer[:] = [torch.empty(rows, scorer.codes.shape[0])]
+        dist = scorer(lookup_tables(queries[s], books, distance), out=buffer[0])
         inside = (pairs[:, 0] >= s.start) & (pairs[:, 0] < s.stop)
         if inside.any():
             dist[pairs[inside, 0] - s.start, pairs[inside, 1]] = float("inf")
