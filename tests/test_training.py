@@ -211,3 +211,49 @@ def test_resume_extends_a_finished_run(tiny_fashion: Path, tmp_path: Path) -> No
     assert shorter.train.epochs == 2
     with pytest.raises(TrainingError, match="below the 3 epochs"):
         Trainer(shorter, train, tmp_path / "run", resume=True)
+
+
+def test_separate_views_normalise_each_view_on_its_own(tiny_fashion: Path) -> None:
+    """train.separate_views: batch norm sees each view's batch (as two calls of the model do);
+    the joint pass of 2B images gives other numbers in training mode, the same in eval mode."""
+    from quantrieve.train.trainer import TrainingForward
+
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    config = tiny_config(tiny_fashion, "train.separate_views=true", "train.amp=false")
+    trainer = Trainer(config, train)
+    views = torch.rand(2 * 8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    model = trainer.model
+    separate = TrainingForward(model, amp=False, separate_views=True)
+    joint = TrainingForward(model, amp=False)
+    f_sep, z_sep = separate(views)
+    expected = torch.cat([model.embed(views[:8]), model.embed(views[8:])])
+    torch.testing.assert_close(f_sep, expected)
+    torch.testing.assert_close(z_sep, model.quantizer(expected))
+    assert not torch.allclose(joint(views)[0], f_sep, atol=1e-4)
+    model.eval()
+    torch.testing.assert_close(joint(views)[0], separate(views)[0], rtol=1e-5, atol=1e-5)
+    model.train()
+    assert math.isfinite(trainer.step_on_views(views, 0)["loss"])
+
+
+def test_reference_init_scales_codebooks_and_head() -> None:
+    """model.init=reference: Xavier over (K, M*d) codebooks (bound sqrt(6 / (K + M*d))) and a
+    N(0, 0.01^2) first head layer; the default keeps PyTorch's initialisation."""
+    from quantrieve.config import ModelConfig
+    from quantrieve.models import QuantizationEncoder
+
+    torch.manual_seed(0)
+    ref = QuantizationEncoder(ModelConfig(init="reference"), 1)
+    torch.manual_seed(0)
+    default = QuantizationEncoder(ModelConfig(), 1)
+    m, k, d = ref.quantizer.codebooks.shape
+    bound = math.sqrt(6 / (k + m * d))
+    books = ref.quantizer.codebooks.detach()
+    assert books.abs().max() <= bound and books.abs().max() > 0.95 * bound
+    assert books.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+    default_bound = math.sqrt(6 / (k * d + m * d))
+    assert default.quantizer.codebooks.detach().abs().max() <= default_bound
+    assert ref.head.net[0].weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert default.head.net[0].weight.std().item() > 0.02
+    # the backbone is built first, from the same random stream: the same weights
+    torch.testing.assert_close(ref.backbone.state_dict(), default.backbone.state_dict())

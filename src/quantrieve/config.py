@@ -140,6 +140,7 @@ class AugmentConfig:
 
 
 BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
+INITS = ("pytorch", "reference")
 
 
 @dataclass
@@ -149,7 +150,10 @@ class ModelConfig:
     Code length in bits is ``num_books * log2(num_codewords)``; the key ``model.bits`` (and
     ``--bits``) sets ``num_books`` from it, the one place bits become books. ``pretrained``: a local
     torchvision-style ResNet state dict the backbone starts from (resnet18 / resnet50; see
-    :mod:`quantrieve.models.pretrained`); empty = trained from scratch.
+    :mod:`quantrieve.models.pretrained`); empty = trained from scratch. ``init``: ``pytorch``
+    (PyTorch's defaults; Xavier over the (M, K, d) codebooks) or ``reference`` (as the HQC
+    authors' code: Xavier over codebooks shaped (K, M*d), codewords about 1.6x larger at
+    M = 8, K = 16, d = 16, and the head's first layer drawn from N(0, 0.01^2)).
     """
 
     backbone: str = "small_cnn"
@@ -162,6 +166,7 @@ class ModelConfig:
     tau_sq: float = 0.2
     channels_last: bool = True
     pretrained: str = ""
+    init: str = "pytorch"
 
     @property
     def bits(self) -> int:
@@ -184,6 +189,7 @@ class ModelConfig:
         )
         _check(self.codeword_dim >= 1, "model.codeword_dim", "must be >= 1")
         _check(self.tau_sq > 0, "model.tau_sq", "must be > 0")
+        _check(self.init in INITS, "model.init", f"one of {INITS}")
         _check(
             not self.pretrained or self.backbone in ("resnet18", "resnet50"),
             "model.pretrained",
@@ -303,7 +309,9 @@ class TrainConfig:
     ``batch_size`` is the global batch: under ``torchrun`` each of N processes takes
     ``batch_size / N`` images per step. ``sync_batchnorm`` makes batch norm use the statistics
     of the whole global batch (one process's numbers); off, each process normalises its own
-    share, as most self-supervised code does.
+    share, as most self-supervised code does. ``separate_views`` passes the two views of a
+    batch through the network one after the other, so batch norm normalises each view's batch
+    on its own (as the HQC authors' code); off, both views go through one pass of 2B images.
     """
 
     epochs: int = 20
@@ -319,6 +327,7 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int = 0
     sync_batchnorm: bool = False
+    separate_views: bool = False
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

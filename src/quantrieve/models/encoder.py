@@ -23,6 +23,24 @@ class ProjectionHead(nn.Module):
         return self.net(x)
 
 
+def reference_init(encoder: QuantizationEncoder) -> None:
+    """The HQC authors' initialisation of the head and codebooks (``model.init = reference``).
+
+    Their codebooks are one (K, M*d) matrix under Xavier-uniform, bound sqrt(6 / (K + M*d)),
+    where Xavier over our (M, K, d) tensor has bound sqrt(6 / (K*d + M*d)): 1.6x smaller at
+    M = 8, K = 16, d = 16. The head's first linear layer is drawn from N(0, 0.01^2).
+    """
+    quantizer = encoder.quantizer
+    m, k, d = quantizer.codebooks.shape
+    with torch.no_grad():
+        flat = torch.empty(k, m * d)
+        nn.init.xavier_uniform_(flat)
+        quantizer.codebooks.copy_(flat.reshape(k, m, d).transpose(0, 1))
+        first = encoder.head.net[0]
+        assert isinstance(first, nn.Linear)
+        nn.init.normal_(first.weight, std=0.01)
+
+
 class QuantizationEncoder(nn.Module):
     """Maps images to embeddings f and soft-quantized z; encodes to uint8 PQ codes.
 
@@ -45,6 +63,8 @@ class QuantizationEncoder(nn.Module):
         self.quantizer = ProductQuantizer(
             config.num_books, config.num_codewords, config.codeword_dim, config.tau_sq
         )
+        if config.init == "reference":
+            reference_init(self)
 
     def embed(self, x: Tensor) -> Tensor:
         """Continuous embedding f (B, M*d): the query side of retrieval."""

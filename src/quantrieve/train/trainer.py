@@ -105,13 +105,17 @@ class TrainingForward(nn.Module):
     """The forward pass of a training step, as one module (what DistributedDataParallel
     wraps): views (2b, C, H, W) in [0, 1] -> embeddings f and soft quantizations z."""
 
-    def __init__(self, model: RetrievalModel, amp: bool) -> None:
+    def __init__(self, model: RetrievalModel, amp: bool, separate_views: bool = False) -> None:
         super().__init__()
         self.model = model
         self.amp = amp
+        self.separate_views = separate_views
 
     def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.model.embed(views, self.amp)
+        if self.separate_views:  # batch norm sees each view's batch on its own
+            f = torch.cat([self.model.embed(v, self.amp) for v in views.chunk(2)])
+        else:
+            f = self.model.embed(views, self.amp)
         return f, self.model.quantizer(f)
 
 
@@ -237,7 +241,8 @@ class Trainer:
     def _forward_module(self) -> nn.Module:
         """The training forward pass (views -> f, z), wrapped in DistributedDataParallel when
         there are several processes (it averages the gradients over ranks)."""
-        module = TrainingForward(self.model, self.config.train.amp)
+        train = self.config.train
+        module = TrainingForward(self.model, train.amp, train.separate_views)
         if not self.place.enabled:
             return module
         ids = [self.device.index] if self.device.type == "cuda" else None
