@@ -81,11 +81,14 @@ def test_gather_and_onehot_scoring_equal_adc(books: int, words: int, paired: boo
     codebooks, q, codes = _setup(books, words, 3, queries=9, items=50, seed=books + words)
     tables = lookup_tables(q, codebooks, "l2")
     expected = adc_distances(tables, codes)
-    gather = GatherADC(codes, words, rows_budget=100)  # two queries per step
+    gather = GatherADC(codes, words)
     assert gather.paired == paired
-    assert len(gather.columns) == (books // 2 + books % 2 if paired else books)
-    assert gather.nbytes() == len(gather.columns) * 50 * 8
+    assert gather.nbytes() == (books // 2 + books % 2 if paired else books) * 50  # uint8 keys
     assert_close(gather(tables), expected, rtol=1e-6, atol=1e-5)
+    many = torch.cat([codes] * 200)  # 10,000 items: blocks of 4,096 items
+    assert_close(
+        GatherADC(many, words)(tables), torch.cat([expected] * 200, 1), rtol=1e-6, atol=1e-5
+    )
     for scorer in (ADCScorer(codes, words), ADCScorer(codes, words, max_onehot_bytes=0)):
         assert (scorer.onehot is None) == (scorer.gather is not None)
         buffer = torch.full((12, 50), float("nan"))

@@ -65,36 +65,35 @@ def adc_distances(tables: Tensor, codes: Tensor) -> Tensor:
 
 
 class GatherADC:
-    """ADC by gathering table entries, with paired books: for each query, T[m, codes[:, m]]
-    summed over books, with no (Q, N, M) intermediate.
+    """ADC by gathering table entries: for each query, the sum over books of T[m, codes[:, m]],
+    with no (Q, N, M) intermediate and memory linear in N.
 
     With K * K <= 256 (4-bit codes), books are paired: a table of K * K entries holds
-    T[2p, a] + T[2p + 1, b] for the pair's two codes, so every item costs M / 2 gathers instead
-    of M (about twice as fast). Queries are gathered a few at a time so the partial sums stay
-    in cache (``rows_budget`` distances at once). The index columns (int64, one per pair) are
-    built once: 8 bytes per item per pair, 4x the 4-bit codes' own size at M = 8.
+    T[2p, a] + T[2p + 1, b], so every item costs M / 2 gathers instead of M (about twice as
+    fast), and the pair's code a * K + b still fits a byte. The per-codes state is these keys,
+    one uint8 column per pair (N * M / 2 bytes at 4 bits: the size of faiss's packed codes).
+    Items are scored in blocks of about ``block_budget / Q`` items, each block's keys widened to
+    int64 and its partial sums kept in cache, so the time per item stays flat from thousands to
+    tens of millions of items.
     """
 
-    def __init__(self, codes: Tensor, num_codewords: int, rows_budget: int = 2**20) -> None:
+    def __init__(self, codes: Tensor, num_codewords: int, block_budget: int = 2**16) -> None:
         self.num_books = codes.shape[1]
         self.num_codewords = num_codewords
         self.paired = num_codewords * num_codewords <= 256 and self.num_books >= 2
-        idx = codes.long()
         self.pairs = self.num_books // 2 if self.paired else 0
-        self.columns = [
-            (idx[:, m] * num_codewords + idx[:, m + 1]).contiguous()
-            for m in range(0, 2 * self.pairs, 2)
-        ]
-        self.columns += [idx[:, m].contiguous() for m in range(2 * self.pairs, self.num_books)]
+        keys = [codes[:, m] * num_codewords + codes[:, m + 1] for m in range(0, 2 * self.pairs, 2)]
+        keys += [codes[:, m] for m in range(2 * self.pairs, self.num_books)]
+        self.keys = torch.stack(keys).to(torch.uint8).contiguous()  # (columns, N)
         self.num_items = len(codes)
-        self.rows_budget = rows_budget
+        self.block_budget = block_budget
 
     def nbytes(self) -> int:
-        """Memory of the index columns."""
-        return sum(c.numel() * c.element_size() for c in self.columns)
+        """Memory of the keys."""
+        return self.keys.numel()
 
     def _tables(self, tables: Tensor) -> list[Tensor]:
-        """One (Q, entries) table per column: pair sums, then the unpaired books."""
+        """One (Q, entries) table per key column: pair sums, then the unpaired books."""
         q, k, pairs = len(tables), self.num_codewords, self.pairs
         out: list[Tensor] = []
         if pairs:
@@ -108,14 +107,17 @@ class GatherADC:
             raise ValueError(f"tables have {tables.shape[1]} books, codes {self.num_books}")
         num_q = len(tables)
         dist = torch.empty(num_q, self.num_items) if out is None else out[:num_q]
-        step = max(1, self.rows_budget // max(1, self.num_items))
-        for start in range(0, num_q, step):
-            rows = slice(start, min(start + step, num_q))
-            parts = self._tables(tables[rows].float())
-            block = dist[rows]
-            torch.index_select(parts[0], 1, self.columns[0], out=block)
-            for part, column in zip(parts[1:], self.columns[1:], strict=True):
+        if num_q == 0:
+            return dist
+        parts = self._tables(tables.float())
+        step = max(4096, self.block_budget // num_q)
+        for start in range(0, self.num_items, step):
+            cols = slice(start, min(start + step, self.num_items))
+            keys = self.keys[:, cols].long()
+            block = parts[0].index_select(1, keys[0])
+            for part, column in zip(parts[1:], keys[1:], strict=True):
                 block += part.index_select(1, column)
+            dist[:, cols] = block
         return dist
 
 
