@@ -70,6 +70,18 @@ def test_evaluate_json_reports_every_number(trained: dict[str, Path], tmp_path: 
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_evaluate_pr_queries_sets_the_curve_sample(trained: dict[str, Path]) -> None:
+    """--pr-queries picks how many evenly spaced queries the PR curve ranks in full; mAP and
+    precision@N still use every query."""
+    args = ["evaluate", str(trained["index"]), "--data-dir", str(trained["data"]), "--json"]
+    every = json.loads(_invoke(*args, "--pr-queries", "0"))
+    few = json.loads(_invoke(*args, "--pr-queries", "6"))
+    assert every["extra"]["pr_queries"] + every["extra"]["pr_queries_without_relevant"] == 60
+    assert few["extra"]["pr_queries"] + few["extra"]["pr_queries_without_relevant"] == 6
+    assert few["map_at_k"] == every["map_at_k"]
+    assert few["pr_precision"] != every["pr_precision"]
+
+
 def test_search_returns_ranked_hits(trained: dict[str, Path]) -> None:
     out = _invoke(
         "search",

@@ -353,14 +353,17 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     """Retrieval evaluation (docs/method.md, protocol). ``l2`` is the papers' sum of non-squared
-    sub-space distances, ``sqeuclidean`` the standard ADC of faiss."""
+    sub-space distances, ``sqeuclidean`` the standard ADC of faiss. ``pr_queries``: evenly
+    spaced queries the PR curve is estimated on (0 = all; each ranks the whole database)."""
 
     topk: int = 1000
     distance: str = "l2"
     precision_at: list[int] = field(default_factory=lambda: [10, 100, 1000])
+    pr_queries: int = 2000
 
     def validate(self) -> None:
         _check(self.topk >= 1, "eval.topk", "must be >= 1")
+        _check(self.pr_queries >= 0, "eval.pr_queries", "must be >= 0 (0 = every query)")
         _check(self.distance in DISTANCES, "eval.distance", f"one of {DISTANCES}")
         _check(all(n >= 1 for n in self.precision_at), "eval.precision_at", "values >= 1")
 

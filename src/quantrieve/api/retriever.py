@@ -395,6 +395,7 @@ class Retriever:
         distance: str | None = None,
         progress: Progress | None = None,
         embeddings: torch.Tensor | None = None,
+        pr_queries: int | None = None,
     ) -> RetrievalResult:
         """mAP@K, precision@N and the PR curve of labelled queries against the index.
 
@@ -404,6 +405,8 @@ class Retriever:
 
         Args:
             embeddings: the queries' embeddings, if already computed (skips embedding).
+            pr_queries: evenly spaced queries the PR curve is estimated on (0 = all; default:
+                the config's ``eval.pr_queries``).
         """
         index = self._require_index()
         if queries.labels is None:
@@ -435,6 +438,7 @@ class Retriever:
             distance or index.distance,
             progress,
             exclude=selves,
+            pr_queries=e.pr_queries if pr_queries is None else pr_queries,
         )
 
     def _self_matches(self, queries: ImageSet, f: torch.Tensor) -> np.ndarray:

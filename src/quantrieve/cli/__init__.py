@@ -462,6 +462,13 @@ def evaluate(
         str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Write the PR curve PNG here.")] = None,
+    pr_queries: Annotated[
+        int | None,
+        typer.Option(
+            help="Queries the PR curve is estimated on (0 = all; default: the run's "
+            "eval.pr_queries, 2,000). Each ranks the whole index."
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
     overwrite: Annotated[
@@ -476,6 +483,8 @@ def evaluate(
     cuts = _positive_ints(precision_at, "--precision-at")
     if topk < 1:
         raise ConfigError(f"--topk must be >= 1, got {topk}")
+    if pr_queries is not None and pr_queries < 0:
+        raise ConfigError(f"--pr-queries must be >= 0 (0 = every query), got {pr_queries}")
     _check_distance(distance)
     retriever = Retriever.load(index_dir, device=device, need_index=True)
     queries, where = _run_part(retriever, dataset, data_dir, part)
@@ -483,7 +492,9 @@ def evaluate(
         raise DataError(
             f"{where['dataset']}/{part} has no labels; evaluation needs labelled queries"
         )
-    result = retriever.evaluate(queries, topk, cuts, distance, progress=progress_bar("evaluating"))
+    result = retriever.evaluate(
+        queries, topk, cuts, distance, progress_bar("evaluating"), pr_queries=pr_queries
+    )
     index = retriever.index
     assert index is not None
     if plot is not None:

@@ -90,6 +90,9 @@ def average_precision_at_k(relevant: Tensor) -> Tensor:
 #: not comparable.
 PR_METHOD = "rank-interpolated"
 
+#: Default number of evenly spaced queries the PR curve is estimated on.
+PR_QUERIES = 2000
+
 
 @dataclass
 class RetrievalResult:
@@ -124,7 +127,7 @@ def evaluate_retrieval(
     k: int = 1000,
     precision_at: tuple[int, ...] | list[int] = (10, 100, 1000),
     pr_levels: int = 21,
-    pr_queries: int = 2000,
+    pr_queries: int = PR_QUERIES,
     chunk_budget: int = 2**24,
     progress: Progress | None = None,
 ) -> RetrievalResult:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from quantrieve.evaluate.retrieval import RetrievalResult, evaluate_retrieval
+from quantrieve.evaluate.retrieval import PR_QUERIES, RetrievalResult, evaluate_retrieval
 from quantrieve.pq import ADCScorer, lookup_tables
 from quantrieve.runtime.progress import Progress
 
@@ -26,9 +26,11 @@ def evaluate_distances(
     k: int = 1000,
     precision_at: Sequence[int] = (10, 100, 1000),
     progress: Progress | None = None,
+    pr_queries: int = PR_QUERIES,
 ) -> RetrievalResult:
     """mAP@K, precision@N and PR curve of any distance function, K and N capped at the
-    database size (mAP@1000 of a 500-item database is mAP@500; the result says which K)."""
+    database size (mAP@1000 of a 500-item database is mAP@500; the result says which K).
+    ``pr_queries``: evenly spaced queries the PR curve is estimated on (0 = all)."""
     query_labels = torch.as_tensor(np.asarray(query_labels))
     db_labels = torch.as_tensor(np.asarray(db_labels))
     num_db = len(db_labels)
@@ -38,6 +40,7 @@ def evaluate_distances(
         db_labels,
         k=min(k, num_db),
         precision_at=[min(n, num_db) for n in precision_at],
+        pr_queries=pr_queries,
         progress=progress,
     )
 
@@ -53,6 +56,7 @@ def evaluate_codes(
     distance: str = "l2",
     progress: Progress | None = None,
     exclude: np.ndarray | None = None,
+    pr_queries: int = PR_QUERIES,
 ) -> RetrievalResult:
     """Evaluate continuous query embeddings (Q, M*d) against PQ codes (N, M) by ADC.
 
@@ -63,6 +67,8 @@ def evaluate_codes(
         distance: ``l2`` (the papers') or ``sqeuclidean`` (faiss's ADC).
         exclude: (P, 2) pairs (query, database row) moved to the end of that query's ranking
             (distance +inf): a query that is itself in the database is not its own hit.
+        pr_queries: evenly spaced queries the PR curve is estimated on (0 = all); each ranks
+            the whole database, the largest cost of an evaluation at millions of items.
     """
     books = torch.as_tensor(np.asarray(codebooks)).float()
     scorer = ADCScorer(torch.as_tensor(np.asarray(codes)), books.shape[1])
@@ -88,6 +94,7 @@ def evaluate_codes(
         k,
         precision_at,
         progress,
+        pr_queries,
     )
     result.extra["bits"] = int(books.shape[0] * np.log2(books.shape[1]))
     result.extra["distance"] = distance  # type: ignore[assignment]
