@@ -178,6 +178,11 @@ def squared_l2_distances(queries: Tensor, database: Tensor) -> Tensor:
 # (4x faster at 256 queries).
 SMALL_BATCH = 8
 
+# Distances held at once by a search (256 MB of float32): several queries per chunk even at
+# 10 million items, where gathering a few queries together is about 1.5x faster per query
+# than one at a time.
+SEARCH_BUDGET = 2**26
+
 
 class CodeSearcher:
     """Exact top-k ADC search over a fixed set of codes, with its per-codes state built once.
@@ -235,7 +240,7 @@ class CodeSearcher:
             empty = torch.zeros(len(queries), 0)
             return empty, empty.long()
         out_d, out_i = [], []
-        for chunk in query_chunks(len(queries), len(self.codes)):
+        for chunk in query_chunks(len(queries), len(self.codes), SEARCH_BUDGET):
             dist = self.distances(lookup_tables(queries[chunk], self.codebooks, distance))
             d, i = topk_smallest(dist, k)
             out_d.append(d)
