@@ -6,8 +6,8 @@ two of the M codewords of every item redrawn at random, so the database keeps th
 real data (uniform random codes, ``--like`` omitted, have none, and no inverted file helps on
 them); queries near the data (decoded items plus Gaussian noise). Per method:
 build seconds, memory of the codes structure, single-query latency (median of one-by-one
-queries), throughput of a batch of queries (median of ``--rounds`` batches), and recall@10 /
-@100 against exhaustive ADC
+queries), throughput of a batch of queries (median of ``--rounds`` batches; the exhaustive
+methods take turns round by round), and recall@10 / @100 against exhaustive ADC
 (quantrieve's ``sqeuclidean`` search, the ground truth). All distances are squared-L2 ADC.
 Memory is what each structure holds for N items: quantrieve's uint8 codes (one byte per book)
 plus its gather keys (one byte per pair of books), faiss's packed 4-bit codes, and the IVF
@@ -120,22 +120,23 @@ def main() -> None:
         queries = codebooks[books, codes[pick].astype(np.int64)].reshape(args.queries, -1)
         queries = (queries + rng.normal(0, 0.3, queries.shape)).astype(np.float32)
         base = {"items": n, "M": m, "K": k, "queries": args.queries}
-        # The exhaustive methods are timed interleaved (query i by each in turn; batches in
-        # rounds), so a slower or faster spell of this shared machine falls on all of them.
+        # The exhaustive methods are timed in rounds, each method in turn per round (its single
+        # queries, then its batch), so a slower or faster spell of this shared machine falls on
+        # all of them; not query by query, as faiss's and torch's OpenMP threads each spin for a
+        # while after their work and would slow the other's next call.
         ours, build_ours = timed(ExactADC, torch.from_numpy(codebooks), torch.from_numpy(codes))
         (_, truth), _ = timed(ours, queries)
         exact = {"quantrieve ADC (exact)": (ours, build_ours, ours.nbytes)}
         for name, fast in (("faiss IndexPQ", False), ("faiss IndexPQFastScan", True)):
             built, build_s = timed(to_faiss, index, fast)
             exact[name] = (lambda q, b=built: b.search(q, 100), build_s, faiss_bytes(built))
-        single = {name: [] for name in exact}
-        for i in range(args.single):
-            for name, (search, _, _) in exact.items():
-                single[name].append(timed(search, queries[i : i + 1])[1])
-        batch = {name: [] for name in exact}
+        single: dict[str, list[float]] = {name: [] for name in exact}
+        batch: dict[str, list[float]] = {name: [] for name in exact}
         found = {}
         for _ in range(args.rounds):
             for name, (search, _, _) in exact.items():
+                search(queries[:1])  # warm-up after the other method
+                single[name] += [timed(search, queries[i : i + 1])[1] for i in range(args.single)]
                 (_, found[name]), seconds = timed(search, queries)
                 batch[name].append(seconds)
         for name, (_, build_s, nbytes) in exact.items():
