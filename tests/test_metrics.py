@@ -245,6 +245,24 @@ def test_pr_curve_matches_numpy_reference(levels: int, budget: int) -> None:
     assert (np.diff(result.pr_precision) <= 1e-12).all()  # interpolated: never rises
 
 
+def test_pr_curve_of_wide_rows_ranks_bucket_by_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows wider than the bucketing width (made tiny here) give the same curve as the slow
+    reference: ties inside a bucket keep their column order, a bucket boundary never splits
+    equal distances."""
+    from quantrieve.evaluate import retrieval
+
+    monkeypatch.setattr(retrieval, "_WIDE", 50)
+    monkeypatch.setattr(retrieval, "_BUCKET", 16)
+    dist, q_cls, db_cls = _random_problem(seed=3, queries=12, items=400)
+    dist[0] = 0.0  # one row of nothing but ties
+    relevant = q_cls[:, None] == db_cls[None, :]
+    result = evaluate_retrieval(
+        _fn(dist), _onehot(q_cls, 5), _onehot(db_cls, 5), k=10, precision_at=(5,), pr_queries=0
+    )
+    ref, _ = reference_pr(dist, relevant, 21)
+    np.testing.assert_allclose(result.pr_precision, ref, atol=1e-6)
+
+
 def test_pr_curve_matches_numpy_reference_multi_label_and_subset() -> None:
     """Multi-hot labels with queries that share nothing; ``pr_queries`` picks evenly spaced
     queries (every 3rd of 30 for 10)."""

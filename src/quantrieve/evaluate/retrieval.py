@@ -246,6 +246,11 @@ def interpolated_precision(dist: Tensor, relevant: Tensor, steps: int) -> Tensor
     return best.view(q, steps + 1).double().flip(1).cummax(1).values.flip(1)
 
 
+#: Rows wider than this are ranked in buckets of about ``_BUCKET`` items (see _ranked_relevance).
+_WIDE = 2**18
+_BUCKET = 2**16
+
+
 def _ranked_relevance(bits: np.ndarray, relevant: np.ndarray) -> Tensor:
     """Each row's relevance in ranked order: ascending distance, ties by column.
 
@@ -253,19 +258,19 @@ def _ranked_relevance(bits: np.ndarray, relevant: np.ndarray) -> Tensor:
     the values. Two stable passes of numpy's stable sort, a radix sort for 16-bit integers
     (low half first, then high half), order the columns by (distance, column) exactly, in
     linear time per row, about 1.8x faster than one sort of int64 (distance, column) keys.
-    Blocks of rows run on torch's thread count (numpy's sort releases the GIL).
+    Rows wider than ``_WIDE`` are first split, stably, into buckets of whole high halves (about
+    ``_BUCKET`` items each, in ascending order), and each bucket is ranked in cache: without it
+    the time per item of a 6-million-item row was 2x that of a 600,000-item row. Blocks of rows
+    run on torch's thread count (numpy's sort releases the GIL).
     """
     out = torch.empty(relevant.shape, dtype=torch.bool)
-    rel_all = torch.from_numpy(relevant)
 
     def rank_block(block: slice) -> None:
-        low = (bits[block] & 0xFFFF).astype(np.uint16)
-        order = torch.from_numpy(np.argsort(low, axis=1, kind="stable"))
-        high = torch.from_numpy((bits[block] >> 16).astype(np.uint16).view(np.int16))
-        high = torch.gather(high, 1, order).numpy().view(np.uint16)
-        rel = torch.gather(rel_all[block], 1, order)
-        second = torch.from_numpy(np.argsort(high, axis=1, kind="stable"))
-        torch.gather(rel, 1, second, out=out[block])
+        if bits.shape[1] <= _WIDE:
+            out[block] = _radix_rank(bits[block], relevant[block])
+            return
+        for row in range(block.start, block.stop):
+            out[row] = torch.from_numpy(_bucketed_rank(bits[row], relevant[row]))
 
     bounds = np.linspace(0, len(bits), max(1, min(torch.get_num_threads(), len(bits))) + 1)
     blocks = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
@@ -274,4 +279,39 @@ def _ranked_relevance(bits: np.ndarray, relevant: np.ndarray) -> Tensor:
     else:
         with ThreadPoolExecutor(len(blocks)) as pool:
             list(pool.map(rank_block, blocks))
+    return out
+
+
+def _radix_rank(bits: np.ndarray, relevant: np.ndarray) -> Tensor:
+    """Relevance (rows, n) reordered by (distance, column): two stable 16-bit radix passes."""
+    low = (bits & 0xFFFF).astype(np.uint16)
+    order = torch.from_numpy(np.argsort(low, axis=1, kind="stable"))
+    high = torch.from_numpy((bits >> 16).astype(np.uint16).view(np.int16))
+    high = torch.gather(high, 1, order).numpy().view(np.uint16)
+    rel = torch.gather(torch.from_numpy(relevant), 1, order)
+    return torch.gather(rel, 1, torch.from_numpy(np.argsort(high, axis=1, kind="stable")))
+
+
+def _bucketed_rank(bits: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """One wide row's relevance in (distance, column) order, ranked bucket by bucket.
+
+    Items are assigned to buckets by the high 16 bits of their distance (equal distances share
+    a bucket; buckets follow each other in ascending distance), moved bucket by bucket with a
+    stable sort (so a bucket keeps its items in column order), and each bucket is ranked by
+    :func:`_radix_rank`, which keeps ties in that order.
+    """
+    high = (bits >> 16).astype(np.uint16)
+    counts = np.bincount(high, minlength=2**16)
+    bucket_of = (np.cumsum(counts) - counts) // _BUCKET  # non-decreasing in the high bits
+    dtype = np.uint8 if bucket_of[-1] < 2**8 else np.uint16
+    bucket = bucket_of.astype(dtype)[high]
+    order = np.argsort(bucket, kind="stable")
+    sizes = np.bincount(bucket, minlength=int(bucket_of[-1]) + 1)
+    moved_bits, moved_rel = bits[order], relevant[order]
+    out = np.empty_like(relevant)
+    start = 0
+    for size in sizes[sizes > 0]:
+        part = slice(start, start + int(size))
+        out[part] = _radix_rank(moved_bits[None, part], moved_rel[None, part]).numpy()[0]
+        start += int(size)
     return out
