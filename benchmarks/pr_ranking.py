@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
+from record import write_record
 
 from quantrieve.evaluate import retrieval
 
@@ -47,13 +46,7 @@ def main() -> None:
             median = float(np.median(ns))
             rows.append({"items": n, "path": name, "ns_per_item": ns, "median": median})
             print(json.dumps(rows[-1]), flush=True)
-    record = {
-        "command": " ".join(["python", *sys.argv]),
-        "torch_threads": torch.get_num_threads(),
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_record(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from record import write_record
 
 from quantrieve.evaluate import evaluate_codes
 from quantrieve.pq import ADCScorer, CodeSearcher
@@ -88,13 +88,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
         del searcher, codes, db_labels
-    record = {
-        "command": " ".join(["python", *sys.argv]),
-        "torch_threads": torch.get_num_threads(),
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_record(args.json, rows)
 
 
 if __name__ == "__main__":

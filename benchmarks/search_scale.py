@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import torch
+from record import write_record
 
 from quantrieve.index import PQIndex
 from quantrieve.index.faiss_export import to_faiss
@@ -178,15 +178,12 @@ def main() -> None:
             )
             print(json.dumps(rows[-1]), flush=True)
         del ivf, codes, index
-    record = {
-        "command": " ".join(["python", *sys.argv]),
-        "codes": "resampled from " + str(args.like) if args.like else "uniform random",
-        "torch_threads": torch.get_num_threads(),
-        "faiss_threads": faiss.omp_get_max_threads(),
-        "rows": rows,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    write_record(
+        args.json,
+        rows,
+        codes="resampled from " + str(args.like) if args.like else "uniform random",
+        faiss_threads=faiss.omp_get_max_threads(),
+    )
 
 
 if __name__ == "__main__":
