@@ -143,7 +143,7 @@ class ADCScorer:
             self.gather = GatherADC(codes, num_codewords)
 
     def nbytes(self) -> int:
-        """Memory of the per-codes state (one-hot matrix or index columns)."""
+        """Memory of the per-codes state (one-hot matrix or gather keys)."""
         if self.onehot is not None:
             return self.onehot.numel() * self.onehot.element_size()
         return self.gather.nbytes() if self.gather is not None else 0
@@ -187,7 +187,7 @@ SEARCH_BUDGET = 2**26
 class CodeSearcher:
     """Exact top-k ADC search over a fixed set of codes, with its per-codes state built once.
 
-    A service answers many small searches against the same codes: the gather columns of
+    A service answers many small searches against the same codes: the gather keys of
     :class:`GatherADC` and the one-hot matrix of :class:`ADCScorer` are built on first use and
     kept, so a search costs a table, a gather or product, and a top-k. Chunks of at most
     :data:`SMALL_BATCH` queries, and every chunk when the one-hot matrix does not fit (about
