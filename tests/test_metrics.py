@@ -245,14 +245,13 @@ def test_pr_curve_matches_numpy_reference(levels: int, budget: int) -> None:
     assert (np.diff(result.pr_precision) <= 1e-12).all()  # interpolated: never rises
 
 
-def test_pr_curve_of_wide_rows_ranks_bucket_by_bucket(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows wider than the bucketing width (made tiny here) give the same curve as the slow
-    reference: ties inside a bucket keep their column order, a bucket boundary never splits
-    equal distances."""
+def test_pr_curve_through_small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Buckets of about 4 items (made tiny here) give the same curve as the slow reference:
+    ties inside a bucket keep their column order, a bucket never splits equal distances, and
+    a row of nothing but ties is ranked whole."""
     from quantrieve.evaluate import retrieval
 
-    monkeypatch.setattr(retrieval, "_WIDE", 50)
-    monkeypatch.setattr(retrieval, "_BUCKET", 16)
+    monkeypatch.setattr(retrieval, "_BUCKET_ITEMS", 4)
     dist, q_cls, db_cls = _random_problem(seed=3, queries=12, items=400)
     dist[0] = 0.0  # one row of nothing but ties
     relevant = q_cls[:, None] == db_cls[None, :]
@@ -261,6 +260,68 @@ def test_pr_curve_of_wide_rows_ranks_bucket_by_bucket(monkeypatch: pytest.Monkey
     )
     ref, _ = reference_pr(dist, relevant, 21)
     np.testing.assert_allclose(result.pr_precision, ref, atol=1e-6)
+
+
+def _curve_rows(kind: str, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    relevant = rng.random(n) < 0.1
+    dist = (rng.random(n) * 30 + 10).astype(np.float32)
+    if kind == "signal":  # relevant items nearer, as after training
+        dist -= relevant * rng.random(n).astype(np.float32) * 15
+    elif kind == "ties":
+        dist = np.round(dist * 4) / 4
+    elif kind == "inf":  # excluded pairs are at +inf
+        dist[rng.integers(0, n, 5)] = np.inf
+    elif kind == "one-relevant":
+        relevant[:] = False
+        relevant[rng.integers(0, n)] = True
+    elif kind == "all-relevant":
+        relevant[:] = True
+    elif kind == "equal":
+        dist[:] = 3.0
+    elif kind == "all-inf":
+        dist[:] = np.inf
+    return dist.astype(np.float32), relevant
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["random", "signal", "ties", "inf", "one-relevant", "all-relevant", "equal", "all-inf"],
+)
+def test_interpolated_precision_of_wide_rows_is_exact(kind: str) -> None:
+    """Rows of 20,000 items (about 300 buckets): bit-identical to the float32 precision of a
+    full stable ranking, at every level."""
+    from quantrieve.evaluate import interpolated_precision
+
+    rng = np.random.default_rng(len(kind))
+    rows = [_curve_rows(kind, rng, 20_000) for _ in range(3)]
+    dist = np.stack([d for d, _ in rows])
+    relevant = np.stack([r for _, r in rows])
+    got = interpolated_precision(torch.from_numpy(dist), torch.from_numpy(relevant), 20).numpy()
+    for row in range(3):
+        rel = relevant[row, np.argsort(dist[row], kind="stable")]
+        hits = np.cumsum(rel)[rel]
+        precision = hits.astype(np.float32) / (np.flatnonzero(rel) + 1).astype(np.float32)
+        level = hits * 20 // len(hits)
+        expected = np.array([precision[level >= lv].max() for lv in range(21)], np.float64)
+        np.testing.assert_array_equal(got[row], expected)
+
+
+def test_interpolated_precision_ranks_few_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bounds leave most of a wide row unranked: under 10% of 200,000 random items go
+    through the exact ranking (the point of the algorithm)."""
+    from quantrieve.evaluate import interpolated_precision, retrieval
+
+    ranked: list[int] = []
+    sort_chosen = retrieval._sort_chosen
+
+    def counting(keys: np.ndarray) -> np.ndarray:
+        ranked.append(len(keys))
+        return sort_chosen(keys)
+
+    monkeypatch.setattr(retrieval, "_sort_chosen", counting)
+    dist, relevant = _curve_rows("random", np.random.default_rng(0), 200_000)
+    interpolated_precision(torch.from_numpy(dist)[None], torch.from_numpy(relevant)[None], 20)
+    assert len(ranked) == 1 and 0 < ranked[0] < 20_000
 
 
 def test_pr_curve_matches_numpy_reference_multi_label_and_subset() -> None:

@@ -17,13 +17,14 @@ Definitions (docs/method.md, protocol):
   only through their own rankings, never through distance values, so continuous queries whose
   distances live on different scales are fine. A query with no relevant item has no recall and
   is left out of the curve (``extra["pr_queries_without_relevant"]`` counts them;
-  ``extra["pr_queries"]`` is the number averaged). The curve needs every query's full ranking
-  (a sort of its N distances), so by default it is estimated on ``pr_queries`` evenly spaced
-  queries (all queries when there are fewer, or when ``pr_queries`` is 0); mAP and precision@N
-  always use every query.
+  ``extra["pr_queries"]`` is the number averaged). The curve depends on every query's full
+  ranking (computed exactly in a few passes over its N distances, see :func:`_best_precision`), so
+  by default it is estimated on ``pr_queries`` evenly spaced queries (all queries when there
+  are fewer, or when ``pr_queries`` is 0); mAP and precision@N always use every query.
 
 The distance matrix is computed chunk by chunk over queries, with the full database per chunk;
-memory stays bounded by the chunk budget. No Python loop runs per query.
+memory stays bounded by the chunk budget. mAP and precision@N run without a Python loop per
+query; the PR curve runs one loop iteration (a few vectorised passes) per curve query.
 """
 
 from __future__ import annotations
@@ -171,9 +172,10 @@ def evaluate_retrieval(
     pr_used = pr_empty = 0
     relevance = _label_relevance(query_labels, db_labels)
     stride = max(1, -(-num_q // pr_queries)) if pr_queries else 1
-    # The PR curve ranks whole rows (int64 orders plus temporaries, ~30 bytes per distance):
-    # a quarter of the chunk budget at a time keeps it within the chunk's own footprint.
-    pr_rows = max(1, chunk_budget // 4 // num_db)
+    # The PR curve's temporaries take ~20 bytes per distance: a quarter of the chunk budget at
+    # a time keeps them near the chunk's own footprint, and one row per thread at least keeps
+    # every thread busy when rows hold millions of items.
+    pr_rows = max(torch.get_num_threads(), chunk_budget // 4 // num_db)
     for chunk in query_chunks(num_q, num_db, chunk_budget):
         dist = distances(chunk).float()
         if dist.shape != (chunk.stop - chunk.start, num_db):
@@ -213,6 +215,8 @@ def interpolated_precision(dist: Tensor, relevant: Tensor, steps: int) -> Tensor
     the cut-off (recall i / R, precision i / p_i); precision between two relevant items only
     falls, so these cut-offs hold every maximum. The interpolated precision at level r is
     max{i / p_i : i / R >= r}. Rows without a relevant item have no recall and are dropped.
+    Computed by :func:`_best_precision`, exactly, without ranking whole rows; blocks of rows
+    run on torch's thread count.
 
     Args:
         dist: (q, N) non-negative distances.
@@ -223,95 +227,119 @@ def interpolated_precision(dist: Tensor, relevant: Tensor, steps: int) -> Tensor
         (q', steps + 1) float64, one row per query with at least one relevant item, in order.
     """
     dist, relevant = dist.cpu().float(), relevant.cpu()
-    total = relevant.sum(1)
-    if not bool((total > 0).all()):
-        keep = total > 0
-        dist, relevant, total = dist[keep], relevant[keep], total[keep]
-    q = len(dist)
-    if q == 0:
+    keep = relevant.any(1)
+    if not bool(keep.all()):
+        dist, relevant = dist[keep], relevant[keep]
+    if len(dist) == 0:
         return torch.zeros(0, steps + 1, dtype=torch.float64)
-    bits = torch.where(dist > 0, dist, 0.0).numpy().view(np.uint32)  # -0.0 becomes 0.0
-    ranked = _ranked_relevance(bits, relevant.numpy())
-    row, col = ranked.nonzero(as_tuple=True)  # relevant, ranked
-    first = total.cumsum(0) - total
-    # i: the relevant items up to this one, in its row
-    found = torch.arange(1, len(row) + 1).sub_(first.index_select(0, row))
-    precision = found.float().div_(col.add_(1).float())  # i / p_i
-    # The item counts at level l when i / R >= l / steps, i.e. when l <= floor(i * steps / R)
-    # (non-negative integers: truncation is the floor).
-    level = found.mul_(steps).div_(total.index_select(0, row), rounding_mode="trunc")
-    cell = level.add_(row.mul_(steps + 1))
-    best = torch.zeros(q * (steps + 1)).scatter_reduce_(0, cell, precision, "amax")
-    # max over the items of every level >= l: a running max from the highest level down
-    return best.view(q, steps + 1).double().flip(1).cummax(1).values.flip(1)
+    values = torch.where(dist > 0, dist, 0.0).numpy()  # -0.0 and NaN become 0.0
+    rel = relevant.numpy()
+    best = np.zeros((len(values), steps + 1), dtype=np.float32)
 
+    def run(rows: slice) -> None:
+        best[rows] = _best_precision(values[rows], rel[rows], steps)
 
-#: Rows wider than this are ranked in buckets of about ``_BUCKET`` items (see _ranked_relevance).
-_WIDE = 2**18
-_BUCKET = 2**16
-
-
-def _ranked_relevance(bits: np.ndarray, relevant: np.ndarray) -> Tensor:
-    """Each row's relevance in ranked order: ascending distance, ties by column.
-
-    ``bits`` are the uint32 bit patterns of non-negative float32 distances, which order like
-    the values. Two stable passes of numpy's stable sort, a radix sort for 16-bit integers
-    (low half first, then high half), order the columns by (distance, column) exactly, in
-    linear time per row, about 1.8x faster than one sort of int64 (distance, column) keys.
-    Rows wider than ``_WIDE`` are first split, stably, into buckets of whole high halves (about
-    ``_BUCKET`` items each, in ascending order), and each bucket is ranked in cache: 2.1x faster
-    at 600,000 items and 1.4x at 6 million (``benchmarks/pr_ranking.py``). Blocks of rows
-    run on torch's thread count (numpy's sort releases the GIL).
-    """
-    out = torch.empty(relevant.shape, dtype=torch.bool)
-
-    def rank_block(block: slice) -> None:
-        if bits.shape[1] <= _WIDE:
-            out[block] = _radix_rank(bits[block], relevant[block])
-            return
-        for row in range(block.start, block.stop):
-            out[row] = torch.from_numpy(_bucketed_rank(bits[row], relevant[row]))
-
-    bounds = np.linspace(0, len(bits), max(1, min(torch.get_num_threads(), len(bits))) + 1)
-    blocks = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+    threads = max(1, min(torch.get_num_threads(), len(values)))
+    bounds = np.linspace(0, len(values), threads + 1).astype(int)
+    blocks = [slice(a, b) for a, b in itertools.pairwise(bounds)]
     if len(blocks) == 1:
-        rank_block(blocks[0])
+        run(blocks[0])
     else:
         with ThreadPoolExecutor(len(blocks)) as pool:
-            list(pool.map(rank_block, blocks))
-    return out
+            list(pool.map(run, blocks))
+    # max over the items of every level >= l: a running max from the highest level down
+    return torch.from_numpy(best).double().flip(1).cummax(1).values.flip(1)
 
 
-def _radix_rank(bits: np.ndarray, relevant: np.ndarray) -> Tensor:
-    """Relevance (rows, n) reordered by (distance, column): two stable 16-bit radix passes."""
-    low = (bits & 0xFFFF).astype(np.uint16)
-    order = torch.from_numpy(np.argsort(low, axis=1, kind="stable"))
-    high = torch.from_numpy((bits >> 16).astype(np.uint16).view(np.int16))
-    high = torch.gather(high, 1, order).numpy().view(np.uint16)
-    rel = torch.gather(torch.from_numpy(relevant), 1, order)
-    return torch.gather(rel, 1, torch.from_numpy(np.argsort(high, axis=1, kind="stable")))
+#: Average items per distance bucket in :func:`_best_precision` (and at most ``_MAX_BUCKETS``).
+_BUCKET_ITEMS = 16
+_MAX_BUCKETS = 2**17
+#: Relative margin of the bound test in :func:`_best_precision` (float64 error is ~1e-16).
+_MARGIN = 1e-9
 
 
-def _bucketed_rank(bits: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """One wide row's relevance in (distance, column) order, ranked bucket by bucket.
+def _best_precision(values: np.ndarray, relevant: np.ndarray, steps: int) -> np.ndarray:
+    """Per row, the best precision i / p_i at each level floor(i * steps / R), exact, float32.
 
-    Items are assigned to buckets by the high 16 bits of their distance (equal distances share
-    a bucket; buckets follow each other in ascending distance), moved bucket by bucket with a
-    stable sort (so a bucket keeps its items in column order), and each bucket is ranked by
-    :func:`_radix_rank`, which keeps ties in that order.
+    ``values``: (q, N) non-negative distances (+inf allowed); ``relevant``: (q, N), at least one
+    per row. Ranking whole rows costs a sort of N items each, out of cache at millions of
+    items. Instead, per row:
+
+    1. Items go into about N / ``_BUCKET_ITEMS`` buckets, linear in distance (monotone, so equal
+       distances share a bucket and buckets follow the ranking). Bucket b holds n_b items, r_b
+       of them relevant, after A_b items and I_b relevant ones of earlier buckets.
+    2. The j-th relevant item of bucket b is the i-th of the row (i = I_b + j), and its rank
+       lies in [A_b + j, A_b + n_b - r_b + j]: precision between lo_i = i / (A_b + n_b - r_b + j)
+       and up_i = i / (A_b + j). Let LB_l be the largest lo_i of level l.
+    3. Only buckets holding an item with up_i >= LB_l (less a margin for rounding) are ranked,
+       exactly, by (distance, column). An item of any other bucket has precision below LB_l,
+       itself at most the precision of the item that gave it (whose bucket is ranked), so it is
+       never a level's maximum: the maximum over the ranked items is the exact answer.
+
+    Every step is a pass over the (q, N) block, a bincount into a cache-sized histogram, or
+    work on the relevant or the ranked items alone, so the cost per item does not grow with N.
+    The ranked buckets hold a few percent of the items (``benchmarks/pr_ranking.py``).
+    Precision is i / p_i in float32, as a full ranking computes it.
     """
-    high = (bits >> 16).astype(np.uint16)
-    counts = np.bincount(high, minlength=2**16)
-    bucket_of = (np.cumsum(counts) - counts) // _BUCKET  # non-decreasing in the high bits
-    dtype = np.uint8 if bucket_of[-1] < 2**8 else np.uint16
-    bucket = bucket_of.astype(dtype)[high]
-    order = np.argsort(bucket, kind="stable")
-    sizes = np.bincount(bucket, minlength=int(bucket_of[-1]) + 1)
-    moved_bits, moved_rel = bits[order], relevant[order]
-    out = np.empty_like(relevant)
-    start = 0
-    for size in sizes[sizes > 0]:
-        part = slice(start, start + int(size))
-        out[part] = _radix_rank(moved_bits[None, part], moved_rel[None, part]).numpy()[0]
-        start += int(size)
-    return out
+    q, n = values.shape
+    total = np.count_nonzero(relevant, axis=1)
+    buckets = max(1, min(n // _BUCKET_ITEMS, _MAX_BUCKETS))
+    low = values.min(1)
+    high = values.max(1)
+    with np.errstate(invalid="ignore"):  # a row of nothing but +inf: NaN, sent to the end
+        if not np.isfinite(high).all():
+            high = np.where(np.isfinite(values), values, low[:, None]).max(1)
+        span = (high - low).astype(np.float64)
+        scale = np.divide(buckets - 1, span, out=np.zeros(q), where=span > 0)
+        # (v - low) * scale is monotone in v; +inf lands in the last bucket.
+        scaled = np.subtract(values, low[:, None], dtype=np.float32)
+        np.multiply(scaled, scale.astype(np.float32)[:, None], out=scaled)
+        np.fmin(scaled, np.float32(buckets - 1), out=scaled)
+    bucket = scaled.astype(np.intp)  # bincount's own index type: no conversion copy
+    bucket += (np.arange(q, dtype=np.intp) * buckets)[:, None]  # one histogram for the block
+    count = np.bincount(bucket.ravel(), minlength=q * buckets)
+    hits = np.bincount(bucket[relevant], minlength=q * buckets)
+    before = _exclusive_cumsum(count, q)
+    found_before = _exclusive_cumsum(hits, q)
+    # Every relevant item, row by row in ranked order: its bucket, row, i, j and level.
+    of = np.repeat(np.arange(q * buckets), hits)
+    row = of // buckets
+    i = np.arange(1, len(of) + 1) - (np.cumsum(total) - total)[row]
+    j = i - found_before[of]
+    cell = row * (steps + 1) + i * steps // total[row]  # non-decreasing
+    lower = i / (before[of] + count[of] - hits[of] + j)
+    upper = i / (before[of] + j)
+    floor = np.zeros(q * (steps + 1))
+    starts = np.flatnonzero(np.diff(cell, prepend=-1))
+    floor[cell[starts]] = np.maximum.reduceat(lower, starts)
+    ranked = np.zeros(q * buckets, dtype=bool)
+    ranked[of[upper >= floor[cell] * (1 - _MARGIN)]] = True
+    # The items of the ranked buckets, sorted by (row, distance), ties in column order.
+    chosen = np.flatnonzero(ranked[bucket])
+    keys = (chosen // n) << 32 | values.view(np.uint32).ravel()[chosen]
+    position = np.flatnonzero(relevant.ravel()[chosen[_sort_chosen(keys)]])
+    which = np.flatnonzero(ranked)  # in the same order: by row, then by distance
+    offset = np.cumsum(count[which]) - count[which]
+    found_offset = np.cumsum(hits[which]) - hits[which]
+    slot = np.repeat(np.arange(len(which)), hits[which])
+    of = which[slot]
+    row = of // buckets
+    i = found_before[of] + np.arange(1, len(position) + 1) - found_offset[slot]
+    rank = before[of] + position - offset[slot] + 1
+    precision = i.astype(np.float32) / rank.astype(np.float32)
+    cell = row * (steps + 1) + i * steps // total[row]
+    best = np.zeros(q * (steps + 1), dtype=np.float32)
+    starts = np.flatnonzero(np.diff(cell, prepend=-1))
+    best[cell[starts]] = np.maximum.reduceat(precision, starts)
+    return best.reshape(q, steps + 1)
+
+
+def _exclusive_cumsum(counts: np.ndarray, rows: int) -> np.ndarray:
+    """Per row of ``counts`` (flat, ``rows`` equal rows), the sum of the entries before each."""
+    table = counts.reshape(rows, -1)
+    return (np.cumsum(table, axis=1) - table).ravel()
+
+
+def _sort_chosen(keys: np.ndarray) -> np.ndarray:
+    """Stable order of (row << 32 | distance bits) keys: ties keep their column order."""
+    return np.argsort(keys, kind="stable")
