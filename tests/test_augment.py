@@ -16,7 +16,9 @@ def _op_types(augment: TwoViewAugment) -> list[type]:
 
 @pytest.mark.parametrize("channels", [1, 3])
 def test_views_keep_shape_range_and_channels(channels: int) -> None:
-    config = AugmentConfig(rotate_p=1.0, erase_p=1.0)
+    config = AugmentConfig(
+        rotate_p=1.0, erase_p=1.0, affine_p=1.0, elastic_p=1.0, sharpness_p=1.0, solarize_p=1.0
+    )
     augment = TwoViewAugment(config, image_size=28, channels=channels)
     images = torch.rand(6, channels, 28, 28)
     view = augment(images)
@@ -76,9 +78,46 @@ def test_rotation_moves_pixels() -> None:
     assert bool((moved > 1.0).all())
 
 
+_ONLY = dict(crop_scale_min=1.0, hflip_p=0.0, jitter_p=0.0, blur_p=0.0)
+_OPTIONAL = [
+    ("affine_p", K.RandomAffine),
+    ("elastic_p", K.RandomElasticTransform),
+    ("sharpness_p", K.RandomSharpness),
+    ("solarize_p", K.RandomSolarize),
+]
+
+
+@pytest.mark.parametrize(("key", "op"), _OPTIONAL)
+def test_optional_operations_only_when_enabled_and_they_change_images(key: str, op: type) -> None:
+    """Off by default; on, the operation is in the pipeline and changes every image (a bar on
+    a gradient, so that shifts, warps, sharpening and solarizing all show)."""
+    assert op not in _op_types(TwoViewAugment(AugmentConfig(), image_size=16, channels=1))
+    augment = TwoViewAugment(AugmentConfig(**_ONLY, **{key: 1.0}), image_size=16, channels=1)
+    assert op in _op_types(augment)
+    images = torch.linspace(0.2, 0.9, 16).expand(8, 1, 16, 16).clone()
+    images[:, :, 3:6, 2:14] = 1.0
+    torch.manual_seed(0)
+    changed = (augment(images) - images).abs().flatten(1).amax(1)
+    assert bool((changed > 0.05).all())
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("rotate_p", 1.5), ("erase_p", -0.1), ("rotate_degrees", 200.0), ("erase_scale_max", 1.5)],
+    [
+        ("rotate_p", 1.5),
+        ("erase_p", -0.1),
+        ("rotate_degrees", 200.0),
+        ("erase_scale_max", 1.5),
+        ("affine_p", 2.0),
+        ("elastic_p", -1.0),
+        ("sharpness_p", 1.1),
+        ("solarize_p", -0.5),
+        ("affine_translate", 1.5),
+        ("affine_shear", 95.0),
+        ("elastic_sigma", 0.0),
+        ("elastic_alpha", -1.0),
+        ("sharpness", -0.1),
+    ],
 )
 def test_invalid_values_name_their_key(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"augment.{key}"):

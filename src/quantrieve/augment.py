@@ -1,9 +1,11 @@
 """Two-view augmentation in batch on the tensor's device (kornia).
 
 The views follow docs/method.md (SimCLR-style): random resized crop, horizontal flip, colour jitter,
-random grayscale and Gaussian blur; optionally a random rotation and random erasing (off by
-default). For single-channel images the colour-only operations
-(saturation, hue, grayscale) are skipped, so the same config serves grayscale and RGB data.
+random grayscale and Gaussian blur; optionally (off by default) shape and intensity operations
+for small grayscale images: rotation, erasing, affine shift and shear, elastic distortion
+(Simard et al. 2003), sharpness and solarization (BYOL). For single-channel images the
+colour-only operations (saturation, hue, grayscale) are skipped, so the same config serves
+grayscale and RGB data.
 """
 
 from __future__ import annotations
@@ -55,6 +57,29 @@ class TwoViewAugment(nn.Module):
             )
         if config.rotate_p > 0:
             ops.append(K.RandomRotation(config.rotate_degrees, p=config.rotate_p))
+        if config.affine_p > 0:
+            ops.append(
+                K.RandomAffine(
+                    degrees=0.0,
+                    translate=(config.affine_translate, config.affine_translate),
+                    shear=config.affine_shear,
+                    p=config.affine_p,
+                )
+            )
+        if config.elastic_p > 0:
+            side = 2 * int(2 * config.elastic_sigma) + 1  # the Gaussian to +-2 sigma
+            ops.append(
+                K.RandomElasticTransform(
+                    kernel_size=(side, side),
+                    sigma=(config.elastic_sigma, config.elastic_sigma),
+                    alpha=(config.elastic_alpha, config.elastic_alpha),
+                    p=config.elastic_p,
+                )
+            )
+        if config.sharpness_p > 0:
+            ops.append(K.RandomSharpness(sharpness=config.sharpness, p=config.sharpness_p))
+        if config.solarize_p > 0:
+            ops.append(K.RandomSolarize(p=config.solarize_p))
         if config.erase_p > 0:
             ops.append(K.RandomErasing(scale=(0.02, config.erase_scale_max), p=config.erase_p))
         self.pipeline = K.AugmentationSequential(*ops)

@@ -109,6 +109,22 @@ class AugmentConfig:
     rotate_degrees: float = 15.0
     erase_p: float = 0.0
     erase_scale_max: float = 0.25
+    # Affine: shift by up to ``affine_translate`` of the side and shear by up to
+    # ``affine_shear`` degrees (scale and rotation have their own keys: crops, rotate_*).
+    affine_p: float = 0.0
+    affine_translate: float = 0.1
+    affine_shear: float = 10.0
+    # Elastic distortion (Simard et al. 2003): uniform noise displacements smoothed by a
+    # Gaussian of ``elastic_sigma`` pixels, scaled by ``elastic_alpha`` (in kornia's [-1, 1]
+    # image coordinates, before smoothing).
+    elastic_p: float = 0.0
+    elastic_sigma: float = 4.0
+    elastic_alpha: float = 2.0
+    # Sharpness: blend with a smoothed image by a factor drawn from [0, sharpness].
+    sharpness_p: float = 0.0
+    sharpness: float = 0.5
+    # Solarize: invert the pixels above a threshold drawn around 0.5 (BYOL's views).
+    solarize_p: float = 0.0
 
     def validate(self) -> None:
         _check(
@@ -116,7 +132,9 @@ class AugmentConfig:
             "augment.crop_scale_min",
             "need 0 < crop_scale_min <= crop_scale_max <= 1",
         )
-        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "rotate_p", "erase_p"):
+        probabilities = ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "rotate_p", "erase_p")
+        probabilities += ("affine_p", "elastic_p", "sharpness_p", "solarize_p")
+        for name in probabilities:
             value = getattr(self, name)
             _check(0 <= value <= 1, f"augment.{name}", f"a probability in [0, 1], got {value}")
         for name in ("brightness", "contrast", "saturation"):
@@ -137,6 +155,19 @@ class AugmentConfig:
             "augment.erase_scale_max",
             f"must be in [0.02, 1], got {self.erase_scale_max}",
         )
+        _check(
+            0 <= self.affine_translate <= 1,
+            "augment.affine_translate",
+            f"a fraction of the side in [0, 1], got {self.affine_translate}",
+        )
+        _check(
+            0 <= self.affine_shear < 90,
+            "augment.affine_shear",
+            f"degrees in [0, 90), got {self.affine_shear}",
+        )
+        _check(self.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0 (pixels)")
+        _check(self.elastic_alpha >= 0, "augment.elastic_alpha", "must be >= 0")
+        _check(self.sharpness >= 0, "augment.sharpness", "must be >= 0")
 
 
 BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
