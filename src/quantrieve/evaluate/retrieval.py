@@ -309,9 +309,7 @@ def _best_precision(values: np.ndarray, relevant: np.ndarray, steps: int) -> np.
     cell = row * (steps + 1) + i * steps // total[row]  # non-decreasing
     lower = i / (before[of] + count[of] - hits[of] + j)
     upper = i / (before[of] + j)
-    floor = np.zeros(q * (steps + 1))
-    starts = np.flatnonzero(np.diff(cell, prepend=-1))
-    floor[cell[starts]] = np.maximum.reduceat(lower, starts)
+    floor = _max_per_cell(lower, cell, q * (steps + 1))
     ranked = np.zeros(q * buckets, dtype=bool)
     ranked[of[upper >= floor[cell] * (1 - _MARGIN)]] = True
     # The items of the ranked buckets, sorted by (row, distance), ties in column order.
@@ -328,10 +326,16 @@ def _best_precision(values: np.ndarray, relevant: np.ndarray, steps: int) -> np.
     rank = before[of] + position - offset[slot] + 1
     precision = i.astype(np.float32) / rank.astype(np.float32)
     cell = row * (steps + 1) + i * steps // total[row]
-    best = np.zeros(q * (steps + 1), dtype=np.float32)
-    starts = np.flatnonzero(np.diff(cell, prepend=-1))
-    best[cell[starts]] = np.maximum.reduceat(precision, starts)
-    return best.reshape(q, steps + 1)
+    return _max_per_cell(precision, cell, q * (steps + 1)).reshape(q, steps + 1)
+
+
+def _max_per_cell(values: np.ndarray, cell: np.ndarray, size: int) -> np.ndarray:
+    """Maximum of ``values`` per cell (a non-decreasing cell index per value), 0 elsewhere."""
+    out = np.zeros(size, dtype=values.dtype)
+    if len(values):
+        starts = np.flatnonzero(np.diff(cell, prepend=-1))
+        out[cell[starts]] = np.maximum.reduceat(values, starts)
+    return out
 
 
 def _exclusive_cumsum(counts: np.ndarray, rows: int) -> np.ndarray:
