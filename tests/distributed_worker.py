@@ -3,8 +3,9 @@
 Usage: python distributed_worker.py DATA_ROOT OUT_FILE STEPS SYNC_BN [key=value ...]
 
 Every step draws the same global batch of views (2B, C, H, W) from a seeded generator; a rank
-takes its share (its b = B / N images: their first and their second views). Rank 0 writes the
-losses of every step and the final weights to OUT_FILE (torch.save).
+takes its share (its b = B / N images: their first and their second views, and their small
+views under ``augment.small_crops``). Rank 0 writes the losses of every step and the final
+weights to OUT_FILE (torch.save).
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ def main() -> None:
     trainer = Trainer(config, train)
     batch, local = config.train.batch_size, trainer.local_batch
     rows = torch.arange(place.rank * local, (place.rank + 1) * local)
+    crops = config.augment.small_crops
     losses = []
     for step in range(steps):
         generator = torch.Generator().manual_seed(100 + step)
         views = torch.rand(2 * batch, 1, 12, 12, generator=generator)
         mine = torch.cat([views[rows], views[batch + rows]])
-        losses.append(trainer.step_on_views(mine, step)["loss"])
+        small = torch.rand(crops * batch, 1, 8, 8, generator=generator)
+        my_small = torch.cat([small[c * batch + rows] for c in range(crops)]) if crops else None
+        losses.append(trainer.step_on_views(mine, step, my_small)["loss"])
     if place.is_main:
         torch.save({"losses": losses, "weights": trainer.model.state_dict()}, out)
 

@@ -6,7 +6,7 @@ import kornia.augmentation as K
 import pytest
 import torch
 
-from quantrieve.augment import TwoViewAugment
+from quantrieve.augment import TwoViewAugment, small_view_augment, small_view_side
 from quantrieve.config import AugmentConfig, ConfigError
 
 
@@ -117,8 +117,45 @@ def test_optional_operations_only_when_enabled_and_they_change_images(key: str, 
         ("elastic_sigma", 0.0),
         ("elastic_alpha", -1.0),
         ("sharpness", -0.1),
+        ("small_crops", -1),
+        ("small_crop_ratio", 0.0),
+        ("small_crop_ratio", 1.5),
+        ("small_crop_scale_min", 0.0),
+        ("small_crop_scale_max", 1.2),
     ],
 )
 def test_invalid_values_name_their_key(key: str, value: float) -> None:
     with pytest.raises(ConfigError, match=f"augment.{key}"):
         AugmentConfig(**{key: value}).validate()
+
+
+@pytest.mark.parametrize(
+    ("ratio", "side", "expected"), [(0.5, 28, 14), (0.43, 224, 96), (1.0, 32, 32)]
+)
+def test_small_views_are_smaller_crops_of_the_same_images(
+    ratio: float, side: int, expected: int
+) -> None:
+    """Multi-crop's small views: ``small_crop_ratio`` of the side, a crop of the configured
+    share of the area, then the main views' operations (here solarization)."""
+    config = AugmentConfig(
+        small_crop_ratio=ratio, small_crop_scale_min=0.2, small_crop_scale_max=0.3, solarize_p=1.0
+    )
+    assert small_view_side(config, side) == expected
+    augment = small_view_augment(config, side, channels=3)
+    assert K.RandomSolarize in _op_types(augment)
+    views = augment(torch.rand(3, 3, side, side))
+    assert views.shape == (3, 3, expected, expected)
+    assert float(views.min()) >= 0.0 and float(views.max()) <= 1.0
+    # the crops drawn cover 0.2-0.3 of the area (up to whole-pixel rounding); the main views
+    # keep the config's own range
+    assert _crop_areas(augment, side).min() >= 0.18 and _crop_areas(augment, side).max() <= 0.32
+    main = _crop_areas(TwoViewAugment(config, side, channels=3), side)
+    assert main.min() < 0.18 and main.max() > 0.5
+
+
+def _crop_areas(augment: TwoViewAugment, side: int) -> torch.Tensor:
+    """Shares of the image area of 500 crops drawn by the pipeline's first operation."""
+    corners = augment.pipeline[0].forward_parameters(torch.Size((500, 1, side, side)))["src"]
+    width = corners[:, 1, 0] - corners[:, 0, 0] + 1
+    height = corners[:, 2, 1] - corners[:, 1, 1] + 1
+    return width * height / side**2

@@ -54,8 +54,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_idx_dataset(tmp_path_factory.mktemp("ddp") / "data", 320, 60)
 
 
-def _steps(data: Path, out: Path, sync: bool, nproc: int) -> dict:
-    args = [str(WORKER), str(data), str(out), "3", str(sync).lower()]
+def _steps(data: Path, out: Path, sync: bool, nproc: int, *overrides: str) -> dict:
+    args = [str(WORKER), str(data), str(out), "3", str(sync).lower(), *overrides]
     command = _torchrun(*args, nproc=nproc) if nproc > 1 else [sys.executable, *args]
     subprocess.run(command, check=True, env=_env(), timeout=300, capture_output=True)
     return torch.load(out, weights_only=True)
@@ -75,6 +75,19 @@ def test_two_processes_with_sync_batchnorm_compute_what_one_does(
     # network, so the numbers differ from the first step on.
     per_rank = _steps(data, tmp_path / "per-rank.pt", False, 2)
     assert per_rank["losses"][0] != pytest.approx(one["losses"][0], rel=1e-6, abs=1e-6)
+
+
+def test_two_processes_with_small_views_compute_what_one_does(data: Path, tmp_path: Path) -> None:
+    """Multi-crop: each rank passes its share of the small views too; gathered per view, the
+    pairs' losses equal one process's."""
+    small = ("augment.small_crops=2", "augment.small_crop_ratio=0.75")
+    one = _steps(data, tmp_path / "one.pt", True, 1, *small)
+    two = _steps(data, tmp_path / "two.pt", True, 2, *small)
+    assert two["losses"] == pytest.approx(one["losses"], rel=1e-5)
+    for name, value in one["weights"].items():
+        torch.testing.assert_close(two["weights"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    plain = _steps(data, tmp_path / "plain.pt", True, 1)
+    assert plain["losses"][0] != pytest.approx(one["losses"][0], rel=1e-6)
 
 
 TRAIN = [

@@ -459,3 +459,36 @@ def test_objective_backward() -> None:
     out["loss"].backward()
     for t in (f_a, f_b, z_a, z_b, codebooks):
         _assert_grad(t)
+
+
+def test_over_views_of_two_views_is_the_objective() -> None:
+    """Without small views, over_views is the pair (view 0, view 1) itself, bit for bit."""
+    f_a, f_b, z_a, z_b, codebooks = _objective_inputs()
+    objective = Objective(_all_terms_config(), num_books=2)
+    pair = objective(f_a, f_b, z_a, z_b, codebooks)
+    views = objective.over_views([f_a, f_b], [z_a, z_b], codebooks)
+    assert set(views) == set(pair)
+    for name, value in pair.items():
+        assert torch.equal(views[name], value)
+
+
+def test_over_views_averages_the_pairs_with_a_main_view() -> None:
+    """Multi-crop: with small views s, every term is the mean over (0, 1), (0, s), (1, s), with
+    each term's own reference value; small views are never paired with each other."""
+    config = _all_terms_config()
+    f_a, f_b, z_a, z_b, codebooks = _objective_inputs()
+    f_s = [f_a + 0.4 * _randn(*f_a.shape, seed=30 + i).float() for i in range(2)]
+    z_s = [f + 0.3 * _randn(*f.shape, seed=40 + i).float() for i, f in enumerate(f_s)]
+    fs, zs = [f_a, f_b, *f_s], [z_a, z_b, *z_s]
+    out = Objective(config, num_books=2).over_views(fs, zs, codebooks)
+    pairs = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
+    icf = sum(ref_nt_xent(fs[a], fs[b], config.tau_ic) for a, b in pairs) / len(pairs)
+    _check(out["icf"], icf)
+    cc = sum(ref_consistent(fs[a] + zs[a], fs[b] + zs[b], config.tau_cc) for a, b in pairs)
+    _check(out["cc"], cc / len(pairs))
+    cd = sum(ref_codeword_diversity(torch.cat([fs[a], fs[b]]), codebooks) for a, b in pairs)
+    _check(out["cd"], cd / len(pairs))
+    expected = sum(getattr(config, f"w_{name}") * out[name] for name in TERMS)
+    assert_close(out["loss"], expected)
+    with pytest.raises(ValueError, match="same number"):
+        Objective(config, num_books=2).over_views([f_a], [z_a], codebooks)

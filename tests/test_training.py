@@ -257,3 +257,40 @@ def test_reference_init_scales_codebooks_and_head() -> None:
     assert default.head.net[0].weight.std().item() > 0.02
     # the backbone is built first, from the same random stream: the same weights
     torch.testing.assert_close(ref.backbone.state_dict(), default.backbone.state_dict())
+
+
+def test_multi_crop_trains_on_small_views_too(tiny_fashion: Path, tmp_path: Path) -> None:
+    """augment.small_crops: each step also draws n small views per image (smaller side), passed
+    through the network in a pass of their own; they change the step's loss and weights. A
+    ratio that leaves too few pixels is refused before training."""
+    from quantrieve.train.trainer import TrainingForward
+
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    small = ["augment.small_crops=2", "augment.small_crop_ratio=0.75", "train.amp=false"]
+    trainer = Trainer(tiny_config(tiny_fashion, *small), train)
+    batch = torch.from_numpy(train.images[:8])
+    torch.manual_seed(0)
+    views, small_views = trainer._views(batch)
+    assert views.shape == (16, 1, 12, 12)
+    assert small_views is not None and small_views.shape == (16, 1, 9, 9)
+    f, z = TrainingForward(trainer.model, amp=False)(views, small_views)
+    assert f.shape[0] == z.shape[0] == 32
+    # the first 2b rows are the main views' embeddings, as without small views
+    torch.testing.assert_close(f[:16], trainer.model.embed(views), rtol=1e-5, atol=1e-6)
+
+    plain = Trainer(tiny_config(tiny_fashion, "train.amp=false"), train)
+    plain.model.load_state_dict(trainer.model.state_dict())
+    with_small = trainer.step_on_views(views, 0, small_views)
+    without = plain.step_on_views(views, 0)
+    assert set(with_small) == set(without)
+    assert with_small["loss"] != pytest.approx(without["loss"], rel=1e-6)
+    books = trainer.model.quantizer.codebooks.detach()
+    assert not torch.allclose(books, plain.model.quantizer.codebooks.detach())
+
+    summaries = Trainer(tiny_config(tiny_fashion, *small), train, tmp_path / "run").fit()
+    assert all(math.isfinite(s.loss) for s in summaries)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["augment"]["small_crops"] == 2
+
+    with pytest.raises(TrainingError, match="small_crop_ratio"):
+        Trainer(tiny_config(tiny_fashion, "augment.small_crops=1"), train)

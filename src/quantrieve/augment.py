@@ -5,7 +5,8 @@ random grayscale and Gaussian blur; optionally (off by default) shape and intens
 for small grayscale images: rotation, erasing, affine shift and shear, elastic distortion
 (Simard et al. 2003), sharpness and solarization (BYOL). For single-channel images the
 colour-only operations (saturation, hue, grayscale) are skipped, so the same config serves
-grayscale and RGB data.
+grayscale and RGB data. Multi-crop's small views (SwAV) are the same operations after a smaller
+crop, resized to a smaller side: :func:`small_view_augment`.
 """
 
 from __future__ import annotations
@@ -24,17 +25,21 @@ class TwoViewAugment(nn.Module):
         config: Augmentation strengths and probabilities.
         image_size: Output side length (images are square after the crop).
         channels: Input channel count; colour-only operations are used when it is 3.
+        crop_scale: Range of the crop's share of the image area; default the config's
+            ``(crop_scale_min, crop_scale_max)``.
     """
 
-    def __init__(self, config: AugmentConfig, image_size: int, channels: int) -> None:
+    def __init__(
+        self,
+        config: AugmentConfig,
+        image_size: int,
+        channels: int,
+        crop_scale: tuple[float, float] | None = None,
+    ) -> None:
         super().__init__()
         colour = channels == 3
-        ops: list[nn.Module] = [
-            K.RandomResizedCrop(
-                (image_size, image_size),
-                scale=(config.crop_scale_min, config.crop_scale_max),
-            ),
-        ]
+        scale = crop_scale or (config.crop_scale_min, config.crop_scale_max)
+        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=scale)]
         if config.hflip_p > 0:
             ops.append(K.RandomHorizontalFlip(p=config.hflip_p))
         if config.jitter_p > 0:
@@ -88,3 +93,20 @@ class TwoViewAugment(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Augment float images (B, C, H, W) in [0, 1]; returns the same shape, clamped."""
         return self.pipeline(images).clamp_(0.0, 1.0)
+
+
+def small_view_side(config: AugmentConfig, image_size: int) -> int:
+    """Side in pixels of multi-crop's small views: ``small_crop_ratio`` of the image side."""
+    return max(1, round(config.small_crop_ratio * image_size))
+
+
+def small_view_augment(config: AugmentConfig, image_size: int, channels: int) -> TwoViewAugment:
+    """The augmentation of multi-crop's small views [Caron et al., SwAV, NeurIPS 2020, Sec. 3.2]:
+    a crop of ``[small_crop_scale_min, small_crop_scale_max]`` of the area, resized to
+    :func:`small_view_side`, then the same operations as the two main views."""
+    return TwoViewAugment(
+        config,
+        small_view_side(config, image_size),
+        channels,
+        crop_scale=(config.small_crop_scale_min, config.small_crop_scale_max),
+    )

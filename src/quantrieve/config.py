@@ -125,6 +125,14 @@ class AugmentConfig:
     sharpness: float = 0.5
     # Solarize: invert the pixels above a threshold drawn around 0.5 (BYOL's views).
     solarize_p: float = 0.0
+    # Multi-crop (SwAV, Caron et al. 2020): ``small_crops`` extra views per image, each a crop
+    # of [small_crop_scale_min, small_crop_scale_max] of the image's area resized to
+    # ``small_crop_ratio`` of its side, with the other operations above. The losses then pair
+    # each of the two views with every other view (train/trainer.py). 0: the two views only.
+    small_crops: int = 0
+    small_crop_ratio: float = 0.5
+    small_crop_scale_min: float = 0.1
+    small_crop_scale_max: float = 0.35
 
     def validate(self) -> None:
         _check(
@@ -168,6 +176,26 @@ class AugmentConfig:
         _check(self.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0 (pixels)")
         _check(self.elastic_alpha >= 0, "augment.elastic_alpha", "must be >= 0")
         _check(self.sharpness >= 0, "augment.sharpness", "must be >= 0")
+        _check(
+            self.small_crops >= 0,
+            "augment.small_crops",
+            f"a count >= 0 of extra small views, got {self.small_crops}",
+        )
+        _check(
+            0 < self.small_crop_ratio <= 1,
+            "augment.small_crop_ratio",
+            f"a fraction of the image side in (0, 1], got {self.small_crop_ratio}",
+        )
+        _check(
+            0 < self.small_crop_scale_min <= 1,
+            "augment.small_crop_scale_min",
+            f"a share of the image area in (0, 1], got {self.small_crop_scale_min}",
+        )
+        _check(
+            self.small_crop_scale_min <= self.small_crop_scale_max <= 1,
+            "augment.small_crop_scale_max",
+            f"in [small_crop_scale_min, 1], got {self.small_crop_scale_max}",
+        )
 
 
 BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")

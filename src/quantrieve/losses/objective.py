@@ -2,10 +2,14 @@
 
 HQC [Wu et al., BMVC 2023]: L = w_icf L_icf + w_icz L_icz + w_cc L_cc + w_pn L_pn + w_cd L_cd.
 SPQ [Jang & Cho, ICCV 2021]: L = w_xqc L_xqc (cross-quantized contrastive).
-Terms with weight 0 are not computed.
+Terms with weight 0 are not computed. With multi-crop's extra small views [Caron et al., SwAV,
+NeurIPS 2020], every term is averaged over the pairs of one of the two main views with any other
+view (:meth:`Objective.over_views`), as in DINO [Caron et al., ICCV 2021].
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -73,3 +77,24 @@ class Objective:
             terms["xqc"] = cross_quantized_contrastive(f_a, f_b, z_a, z_b, c.tau_xqc)
         total = sum(w[name] * value for name, value in terms.items())
         return {"loss": total, **terms}  # type: ignore[dict-item]
+
+    def over_views(
+        self, f: Sequence[Tensor], z: Sequence[Tensor], codebooks: Tensor
+    ) -> dict[str, Tensor]:
+        """The terms averaged over view pairs: (view 0, view 1), then (view 0, v) and (view 1, v)
+        for every small view v >= 2. With two views it is exactly :meth:`__call__`.
+
+        Args:
+            f, z: per view, (B, M*d) embeddings and soft quantizations, rows aligned by image;
+                the two main views first.
+            codebooks: (M, K, d) trainable codebooks (for L_cd).
+        """
+        if len(f) != len(z) or len(f) < 2:
+            raise ValueError(
+                f"need the same number (>= 2) of f and z views, got {len(f)}, {len(z)}"
+            )
+        pairs = [(0, 1)] + [(g, v) for v in range(2, len(f)) for g in (0, 1)]
+        results = [self(f[a], f[b], z[a], z[b], codebooks) for a, b in pairs]
+        if len(results) == 1:
+            return results[0]
+        return {name: sum(r[name] for r in results) / len(results) for name in results[0]}  # type: ignore[misc]

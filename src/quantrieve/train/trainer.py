@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantrieve.augment import TwoViewAugment
+from quantrieve.augment import TwoViewAugment, small_view_augment, small_view_side
 from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
 from quantrieve.data.splits import hold_out, load_or_make_split, validation_split
@@ -59,6 +59,8 @@ from quantrieve.train.schedule import learning_rate
 LOG_EVERY = 10
 # Below this many steps per epoch (batches the data allows), codes are warned to collapse easily.
 MIN_STEPS_PER_EPOCH = 10
+# Multi-crop's small views below this side (pixels) leave too little to see.
+MIN_SMALL_VIEW_SIDE = 8
 # Above this share of the training images as validation queries, the validation database is
 # warned to be too small for model selection.
 MAX_VAL_QUERY_SHARE = 0.25
@@ -103,7 +105,8 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 class TrainingForward(nn.Module):
     """The forward pass of a training step, as one module (what DistributedDataParallel
-    wraps): views (2b, C, H, W) in [0, 1] -> embeddings f and soft quantizations z."""
+    wraps): views (2b, C, H, W) in [0, 1], and multi-crop's small views (n*b, C, h, w) if any,
+    -> embeddings f and soft quantizations z of every view, in that order (2b + n*b rows)."""
 
     def __init__(self, model: RetrievalModel, amp: bool, separate_views: bool = False) -> None:
         super().__init__()
@@ -111,11 +114,15 @@ class TrainingForward(nn.Module):
         self.amp = amp
         self.separate_views = separate_views
 
-    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, views: torch.Tensor, small_views: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.separate_views:  # batch norm sees each view's batch on its own
             f = torch.cat([self.model.embed(v, self.amp) for v in views.chunk(2)])
         else:
             f = self.model.embed(views, self.amp)
+        if small_views is not None:  # another size: a pass of its own
+            f = torch.cat([f, self.model.embed(small_views, self.amp)])
         return f, self.model.quantizer(f)
 
 
@@ -191,6 +198,7 @@ class Trainer:
         if self.place.enabled and config.train.sync_batchnorm:
             self.model = convert_sync_batchnorm(self.model, self.device)
         self.augment = TwoViewAugment(config.augment, h, c).to(self.device)
+        self.small_augment = self._small_augment(h, c)
         self.objective = Objective(config.loss, config.model.num_books)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
@@ -237,6 +245,19 @@ class Trainer:
                 f"use a multiple of {world}"
             )
         return batch // world
+
+    def _small_augment(self, side: int, channels: int) -> TwoViewAugment | None:
+        """Multi-crop's small-view augmentation (``augment.small_crops`` > 0), else None."""
+        a = self.config.augment
+        if not a.small_crops:
+            return None
+        if small_view_side(a, side) < MIN_SMALL_VIEW_SIDE:
+            raise TrainingError(
+                f"augment.small_crop_ratio = {a.small_crop_ratio} makes small views of "
+                f"{small_view_side(a, side)} pixels from {side}-pixel images; at least "
+                f"{MIN_SMALL_VIEW_SIDE} are needed: raise it"
+            )
+        return small_view_augment(a, side, channels).to(self.device)
 
     def _forward_module(self) -> nn.Module:
         """The training forward pass (views -> f, z), wrapped in DistributedDataParallel when
@@ -411,29 +432,43 @@ class Trainer:
             t.final_lr_ratio,
         )
 
-    def _views(self, batch_uint8: torch.Tensor) -> torch.Tensor:
-        """Two augmented views of a uint8 batch, stacked: float (2B, C, H, W) in [0, 1]."""
+    def _views(self, batch_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Two augmented views of a uint8 batch, stacked: float (2B, C, H, W) in [0, 1]; and
+        multi-crop's small views (n*B, C, h, w), first small views then second ..., or None."""
         x = to_float_images(batch_uint8.to(self.device, non_blocking=True))
-        return torch.cat([self.augment(x), self.augment(x)])
+        views = torch.cat([self.augment(x), self.augment(x)])
+        if self.small_augment is None:
+            return views, None
+        small = [self.small_augment(x) for _ in range(self.config.augment.small_crops)]
+        return views, torch.cat(small)
 
     def train_step(self, batch_uint8: torch.Tensor, step: int) -> dict[str, float]:
         """One optimisation step on this rank's uint8 batch (b, H, W, C); returns the logged
         terms (the same on every rank)."""
-        return self.step_on_views(self._views(batch_uint8), step)
+        views, small_views = self._views(batch_uint8)
+        return self.step_on_views(views, step, small_views)
 
-    def step_on_views(self, views: torch.Tensor, step: int) -> dict[str, float]:
+    def step_on_views(
+        self, views: torch.Tensor, step: int, small_views: torch.Tensor | None = None
+    ) -> dict[str, float]:
         """One optimisation step on this rank's two views, stacked (2b, C, H, W) in [0, 1]:
-        first views, then second views of the same b images."""
+        first views, then second views of the same b images; and multi-crop's small views of
+        those images (n*b, C, h, w), ordered likewise, if any. The losses average over view
+        pairs (:meth:`Objective.over_views`)."""
         lr = self._lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        f, z = self.forward(views)
+        f, z = self.forward(views, small_views)
         half = len(views) // 2
         self._epoch_codes.append(self.model.quantizer.encode(f[:half].detach()))
-        # (b, 4, D) -> every rank's, in rank order: the losses see the whole global batch.
-        parts = gather(torch.stack([f[:half], f[half:], z[:half], z[half:]], 1), self.place)
-        f_a, f_b, z_a, z_b = parts.unbind(1)
-        terms = self.objective(f_a, f_b, z_a, z_b, self.model.quantizer.codebooks)
+        count = len(f) // half  # views per image: 2, plus the small ones
+        # (b, 2 * count, D): every view's f, then every view's z -> every rank's, in rank
+        # order: the losses see the whole global batch.
+        parts = gather(torch.stack([*f.split(half), *z.split(half)], 1), self.place)
+        per_view = parts.unbind(1)
+        terms = self.objective.over_views(
+            per_view[:count], per_view[count:], self.model.quantizer.codebooks
+        )
         loss = terms["loss"]
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step}; lower train.lr")
