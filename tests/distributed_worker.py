@@ -51,7 +51,7 @@ def main() -> None:
         generator = torch.Generator().manual_seed(100 + step)
         views = torch.rand(2 * batch, 1, 12, 12, generator=generator)
         mine = torch.cat([views[rows], views[batch + rows]])
-        small = torch.rand(crops * batch, 1, 8, 8, generator=generator)
+        small = torch.rand(crops * batch, 1, 9, 9, generator=generator)
         my_small = torch.cat([small[c * batch + rows] for c in range(crops)]) if crops else None
         losses.append(trainer.step_on_views(mine, step, my_small)["loss"])
     if place.is_main:

@@ -473,21 +473,34 @@ def test_over_views_of_two_views_is_the_objective() -> None:
 
 
 def test_over_views_averages_the_pairs_with_a_main_view() -> None:
-    """Multi-crop: with small views s, every term is the mean over (0, 1), (0, s), (1, s), with
-    each term's own reference value; small views are never paired with each other."""
+    """Multi-crop: with small views s, every pairwise term is the mean over (0, 1), (0, s),
+    (1, s) of its reference value (small views never paired with each other); L_cd is taken
+    once over every view's embeddings."""
     config = _all_terms_config()
     f_a, f_b, z_a, z_b, codebooks = _objective_inputs()
     f_s = [f_a + 0.4 * _randn(*f_a.shape, seed=30 + i).float() for i in range(2)]
     z_s = [f + 0.3 * _randn(*f.shape, seed=40 + i).float() for i, f in enumerate(f_s)]
     fs, zs = [f_a, f_b, *f_s], [z_a, z_b, *z_s]
     out = Objective(config, num_books=2).over_views(fs, zs, codebooks)
+    assert set(out) == {"loss", *TERMS}
     pairs = [(0, 1), (0, 2), (1, 2), (0, 3), (1, 3)]
-    icf = sum(ref_nt_xent(fs[a], fs[b], config.tau_ic) for a, b in pairs) / len(pairs)
-    _check(out["icf"], icf)
-    cc = sum(ref_consistent(fs[a] + zs[a], fs[b] + zs[b], config.tau_cc) for a, b in pairs)
-    _check(out["cc"], cc / len(pairs))
-    cd = sum(ref_codeword_diversity(torch.cat([fs[a], fs[b]]), codebooks) for a, b in pairs)
-    _check(out["cd"], cd / len(pairs))
+
+    def mean(term) -> float:
+        return sum(term(a, b) for a, b in pairs) / len(pairs)
+
+    _check(out["icf"], mean(lambda a, b: ref_nt_xent(fs[a], fs[b], config.tau_ic)))
+    _check(out["icz"], mean(lambda a, b: ref_nt_xent(zs[a], zs[b], config.tau_ic)))
+    cc = mean(lambda a, b: ref_consistent(fs[a] + zs[a], fs[b] + zs[b], config.tau_cc))
+    _check(out["cc"], cc)
+    pn = mean(lambda a, b: ref_part_neighbour(zs[a], zs[b], 2, config.top_n, config.tau_pn))
+    _check(out["pn"], pn)
+    xqc = mean(
+        lambda a, b: (
+            ref_nt_xent(fs[a], zs[b], config.tau_xqc) + ref_nt_xent(fs[b], zs[a], config.tau_xqc)
+        )
+    )
+    _check(out["xqc"], xqc)
+    _check(out["cd"], ref_codeword_diversity(torch.cat(fs), codebooks))
     expected = sum(getattr(config, f"w_{name}") * out[name] for name in TERMS)
     assert_close(out["loss"], expected)
     with pytest.raises(ValueError, match="same number"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY_RUN, make_idx_dataset
 
 from quantrieve.config import load_config
 from quantrieve.data import ImageSet, read_dataset
@@ -230,6 +230,11 @@ def test_separate_views_normalise_each_view_on_its_own(tiny_fashion: Path) -> No
     torch.testing.assert_close(f_sep, expected)
     torch.testing.assert_close(z_sep, model.quantizer(expected))
     assert not torch.allclose(joint(views)[0], f_sep, atol=1e-4)
+    # multi-crop's small views too: one pass per crop
+    small = torch.rand(2 * 8, 1, 9, 9, generator=torch.Generator().manual_seed(1))
+    f_small = separate(views, small)[0][16:]
+    torch.testing.assert_close(f_small, torch.cat([model.embed(small[:8]), model.embed(small[8:])]))
+    assert not torch.allclose(joint(views, small)[0][16:], f_small, atol=1e-4)
     model.eval()
     torch.testing.assert_close(joint(views)[0], separate(views)[0], rtol=1e-5, atol=1e-5)
     model.train()
@@ -278,9 +283,15 @@ def test_multi_crop_trains_on_small_views_too(tiny_fashion: Path, tmp_path: Path
     # the first 2b rows are the main views' embeddings, as without small views
     torch.testing.assert_close(f[:16], trainer.model.embed(views), rtol=1e-5, atol=1e-6)
 
+    # the step's loss is the objective over the views in their order: 2 main, then 2 small
+    expected = trainer.objective.over_views(
+        f.split(8), z.split(8), trainer.model.quantizer.codebooks
+    )
     plain = Trainer(tiny_config(tiny_fashion, "train.amp=false"), train)
     plain.model.load_state_dict(trainer.model.state_dict())
     with_small = trainer.step_on_views(views, 0, small_views)
+    for name, value in expected.items():
+        assert with_small[name] == pytest.approx(float(value), rel=1e-6), name
     without = plain.step_on_views(views, 0)
     assert set(with_small) == set(without)
     assert with_small["loss"] != pytest.approx(without["loss"], rel=1e-6)
@@ -293,4 +304,16 @@ def test_multi_crop_trains_on_small_views_too(tiny_fashion: Path, tmp_path: Path
     assert saved["augment"]["small_crops"] == 2
 
     with pytest.raises(TrainingError, match="small_crop_ratio"):
-        Trainer(tiny_config(tiny_fashion, "augment.small_crops=1"), train)
+        Trainer(tiny_config(tiny_fashion, "augment.small_crops=1"), train)  # 6-pixel views
+
+
+def test_small_views_the_backbone_cannot_take_are_refused(tmp_path: Path) -> None:
+    """Five small_cnn stages pool 20-pixel images down to 1 pixel; 10-pixel small views would
+    pool to nothing: refused before training, naming the key to change."""
+    root = make_idx_dataset(tmp_path / "data", 64, 10, size=20)
+    train = read_dataset("fashion-mnist", root)["train"]
+    five = ["model.stages=5", "augment.small_crops=1"]
+    with pytest.raises(TrainingError, match=r"small_crop_ratio .* cannot take"):
+        Trainer(tiny_config(root, *five, "augment.small_crop_ratio=0.5"), train)
+    trainer = Trainer(tiny_config(root, *five, "augment.small_crop_ratio=0.8"), train)
+    assert trainer.model.training

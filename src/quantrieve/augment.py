@@ -38,8 +38,9 @@ class TwoViewAugment(nn.Module):
     ) -> None:
         super().__init__()
         colour = channels == 3
-        scale = crop_scale or (config.crop_scale_min, config.crop_scale_max)
-        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=scale)]
+        if crop_scale is None:
+            crop_scale = (config.crop_scale_min, config.crop_scale_max)
+        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=crop_scale)]
         if config.hflip_p > 0:
             ops.append(K.RandomHorizontalFlip(p=config.hflip_p))
         if config.jitter_p > 0:
@@ -96,8 +97,9 @@ class TwoViewAugment(nn.Module):
 
 
 def small_view_side(config: AugmentConfig, image_size: int) -> int:
-    """Side in pixels of multi-crop's small views: ``small_crop_ratio`` of the image side."""
-    return max(1, round(config.small_crop_ratio * image_size))
+    """Side in pixels of multi-crop's small views: ``small_crop_ratio`` of the image side,
+    rounded half up."""
+    return max(1, int(config.small_crop_ratio * image_size + 0.5))
 
 
 def small_view_augment(config: AugmentConfig, image_size: int, channels: int) -> TwoViewAugment:

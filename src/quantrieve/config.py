@@ -127,8 +127,9 @@ class AugmentConfig:
     solarize_p: float = 0.0
     # Multi-crop (SwAV, Caron et al. 2020): ``small_crops`` extra views per image, each a crop
     # of [small_crop_scale_min, small_crop_scale_max] of the image's area resized to
-    # ``small_crop_ratio`` of its side, with the other operations above. The losses then pair
-    # each of the two views with every other view (train/trainer.py). 0: the two views only.
+    # ``small_crop_ratio`` of its side, with the other operations above (those in pixels, blur
+    # and elastic, are then relatively stronger). The losses pair each of the two views with
+    # every other view (losses/objective.py). 0: the two views only.
     small_crops: int = 0
     small_crop_ratio: float = 0.5
     small_crop_scale_min: float = 0.1

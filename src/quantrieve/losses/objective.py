@@ -3,8 +3,9 @@
 HQC [Wu et al., BMVC 2023]: L = w_icf L_icf + w_icz L_icz + w_cc L_cc + w_pn L_pn + w_cd L_cd.
 SPQ [Jang & Cho, ICCV 2021]: L = w_xqc L_xqc (cross-quantized contrastive).
 Terms with weight 0 are not computed. With multi-crop's extra small views [Caron et al., SwAV,
-NeurIPS 2020], every term is averaged over the pairs of one of the two main views with any other
-view (:meth:`Objective.over_views`), as in DINO [Caron et al., ICCV 2021].
+NeurIPS 2020], every pairwise term is averaged over the pairs of one of the two main views with
+any other view, as in DINO [Caron et al., ICCV 2021], and L_cd is taken over every view
+(:meth:`Objective.over_views`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def fuse(f: Tensor, z: Tensor, fusion: str) -> Tensor:
 
 
 class Objective:
-    """Computes the configured loss terms on the two views' (f, z).
+    """Computes the configured loss terms on the views' (f, z): the two views of each image,
+    and multi-crop's small views if any (:meth:`over_views`).
 
     Args:
         config: Weights, temperatures, top-N and fusion.
@@ -59,6 +61,38 @@ class Objective:
             z_a, z_b: (B, M*d) their soft quantizations.
             codebooks: (M, K, d) trainable codebooks (for L_cd).
         """
+        return self.over_views([f_a, f_b], [z_a, z_b], codebooks)
+
+    def over_views(
+        self, f: Sequence[Tensor], z: Sequence[Tensor], codebooks: Tensor
+    ) -> dict[str, Tensor]:
+        """The terms over any number (>= 2) of views: each pairwise term (icf, icz, cc, pn, xqc)
+        averaged over the pairs (view 0, view 1), then (view 0, v) and (view 1, v) for every
+        small view v >= 2; L_cd, a term of the batch's codeword usage, once over every view's
+        embeddings. With two views this is the objective of the papers.
+
+        Args:
+            f, z: per view, (B, M*d) embeddings and soft quantizations, rows aligned by image;
+                the two main views first.
+            codebooks: (M, K, d) trainable codebooks (for L_cd).
+        """
+        if len(f) != len(z) or len(f) < 2:
+            raise ValueError(
+                f"need the same number (>= 2) of f and z views, got {len(f)}, {len(z)}"
+            )
+        pairs = [(0, 1)] + [(g, v) for v in range(2, len(f)) for g in (0, 1)]
+        per_pair = [self._pair_terms(f[a], f[b], z[a], z[b]) for a, b in pairs]
+        found = per_pair[0]
+        if len(per_pair) > 1:
+            found = {name: sum(t[name] for t in per_pair) / len(per_pair) for name in found}
+        if self.weights["cd"] > 0:
+            found["cd"] = codeword_diversity(torch.cat(list(f)), codebooks)
+        terms = {name: found[name] for name in TERMS if name in found}
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return {"loss": total, **terms}  # type: ignore[dict-item]
+
+    def _pair_terms(self, f_a: Tensor, f_b: Tensor, z_a: Tensor, z_b: Tensor) -> dict[str, Tensor]:
+        """The pairwise terms with weight > 0 on one pair of views."""
         c, w = self.config, self.weights
         terms: dict[str, Tensor] = {}
         if w["icf"] > 0:
@@ -71,30 +105,6 @@ class Objective:
             )
         if w["pn"] > 0:
             terms["pn"] = part_neighbour_consistency(z_a, z_b, self.num_books, c.top_n, c.tau_pn)
-        if w["cd"] > 0:
-            terms["cd"] = codeword_diversity(torch.cat([f_a, f_b]), codebooks)
         if w["xqc"] > 0:
             terms["xqc"] = cross_quantized_contrastive(f_a, f_b, z_a, z_b, c.tau_xqc)
-        total = sum(w[name] * value for name, value in terms.items())
-        return {"loss": total, **terms}  # type: ignore[dict-item]
-
-    def over_views(
-        self, f: Sequence[Tensor], z: Sequence[Tensor], codebooks: Tensor
-    ) -> dict[str, Tensor]:
-        """The terms averaged over view pairs: (view 0, view 1), then (view 0, v) and (view 1, v)
-        for every small view v >= 2. With two views it is exactly :meth:`__call__`.
-
-        Args:
-            f, z: per view, (B, M*d) embeddings and soft quantizations, rows aligned by image;
-                the two main views first.
-            codebooks: (M, K, d) trainable codebooks (for L_cd).
-        """
-        if len(f) != len(z) or len(f) < 2:
-            raise ValueError(
-                f"need the same number (>= 2) of f and z views, got {len(f)}, {len(z)}"
-            )
-        pairs = [(0, 1)] + [(g, v) for v in range(2, len(f)) for g in (0, 1)]
-        results = [self(f[a], f[b], z[a], z[b], codebooks) for a, b in pairs]
-        if len(results) == 1:
-            return results[0]
-        return {name: sum(r[name] for r in results) / len(results) for name in results[0]}  # type: ignore[misc]
+        return terms

@@ -121,8 +121,15 @@ class TrainingForward(nn.Module):
             f = torch.cat([self.model.embed(v, self.amp) for v in views.chunk(2)])
         else:
             f = self.model.embed(views, self.amp)
-        if small_views is not None:  # another size: a pass of its own
-            f = torch.cat([f, self.model.embed(small_views, self.amp)])
+        if small_views is not None:  # another size: passes of their own
+            if len(small_views) % (len(views) // 2):
+                raise ValueError(
+                    f"{len(small_views)} small views is not a multiple of the "
+                    f"{len(views) // 2} images of the two views"
+                )
+            crops = len(small_views) // (len(views) // 2)
+            passes = small_views.chunk(crops) if self.separate_views else [small_views]
+            f = torch.cat([f, *(self.model.embed(v, self.amp) for v in passes)])
         return f, self.model.quantizer(f)
 
 
@@ -247,15 +254,28 @@ class Trainer:
         return batch // world
 
     def _small_augment(self, side: int, channels: int) -> TwoViewAugment | None:
-        """Multi-crop's small-view augmentation (``augment.small_crops`` > 0), else None."""
+        """Multi-crop's small-view augmentation (``augment.small_crops`` > 0), else None;
+        refused when its views are too small to see anything or for the network to take."""
         a = self.config.augment
         if not a.small_crops:
             return None
-        if small_view_side(a, side) < MIN_SMALL_VIEW_SIDE:
+        small = small_view_side(a, side)
+        problem = ""
+        if small < MIN_SMALL_VIEW_SIDE:
+            problem = f"at least {MIN_SMALL_VIEW_SIDE} are needed"
+        else:  # a dry pass: each backbone has its own smallest input
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    self.model.embed(torch.zeros(1, channels, small, small, device=self.device))
+            except RuntimeError as error:
+                problem = f"model.backbone cannot take them ({str(error).splitlines()[0]})"
+            finally:
+                self.model.train()
+        if problem:
             raise TrainingError(
-                f"augment.small_crop_ratio = {a.small_crop_ratio} makes small views of "
-                f"{small_view_side(a, side)} pixels from {side}-pixel images; at least "
-                f"{MIN_SMALL_VIEW_SIDE} are needed: raise it"
+                f"augment.small_crop_ratio = {a.small_crop_ratio} makes small views of {small} "
+                f"pixels from {side}-pixel images: {problem}; raise augment.small_crop_ratio"
             )
         return small_view_augment(a, side, channels).to(self.device)
 
