@@ -16,7 +16,7 @@ import torch
 
 from quantrieve.config import load_config
 from quantrieve.data import read_dataset
-from quantrieve.runtime.distributed import from_environment
+from quantrieve.runtime.distributed import from_environment, shutdown
 from quantrieve.train.trainer import Trainer
 
 
@@ -56,6 +56,7 @@ def main() -> None:
         losses.append(trainer.step_on_views(mine, step, my_small)["loss"])
     if place.is_main:
         torch.save({"losses": losses, "weights": trainer.model.state_dict()}, out)
+    shutdown(place)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.run_parts import read_run_parts, training_part
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult
-from quantrieve.runtime.distributed import from_environment
+from quantrieve.runtime.distributed import from_environment, shutdown
 from quantrieve.train.trainer import EpochSummary, TrainingError
 
 app = typer.Typer(
@@ -224,6 +224,7 @@ def train(
         progress=progress_bar("training"),
         on_epoch=lambda s: _print_epoch(s, config.train.epochs),
     )
+    shutdown(from_environment())
     console.print(f"done: model {out / 'model.pt'}, log {out / 'log.jsonl'}")
 
 
@@ -269,7 +270,6 @@ def encode(
     the shard that finds every chunk done builds the index."""
     from quantrieve.api.encode_job import EncodeJob
     from quantrieve.index.store import check_index_output
-    from quantrieve.runtime.distributed import barrier
     from quantrieve.runtime.distributed import setup as setup_distributed
 
     _check_distance(distance)
@@ -284,7 +284,7 @@ def encode(
     database, where = _run_part(retriever, dataset, data_dir, part)
     job = EncodeJob(retriever, database, out.with_name(out.name + ".encoding"), chunk)
     job.run(share, progress_bar("encoding database"))
-    barrier(place)
+    shutdown(place)  # every rank's chunks are written
     if not place.is_main:
         return
     if not job.finished():

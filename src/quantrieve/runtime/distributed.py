@@ -87,6 +87,15 @@ def barrier(place: Distributed) -> None:
         dist.barrier()
 
 
+def shutdown(place: Distributed) -> None:
+    """Leave the process group once every rank got here (a no-op in a single process). A rank
+    that exits with the group still up can abort in its communication threads ("terminate
+    called without an active exception"), and torchrun then fails the whole job."""
+    if place.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def broadcast_object(value: object, place: Distributed) -> object:
     """Rank 0's ``value`` on every rank."""
     if not place.enabled:
