@@ -310,17 +310,9 @@ def seeds_section(report: dict[str, Any]) -> list[str]:
             if any(r != "–" for r in row):
                 lines.append(f"| {method} | {bits} | " + " | ".join(row) + " |")
     reference = next((m for m in methods if METHODS[m].kind == "deep"), None)
-    if reference is None:
-        return lines
-    lines += [
-        "",
-        f"Paired differences, `{reference}` minus each method, on the seeds both finished:",
-        "",
-        "| method | bits | seeds | mean difference | sd | " + f"{reference} better |",
-        "|---|---|---|---|---|---|",
-    ]
+    rows = []
     for method in methods:
-        if method == reference:
+        if reference is None or method == reference:
             continue
         for bits in bits_list:
             common = [
@@ -336,11 +328,21 @@ def seeds_section(report: dict[str, Any]) -> list[str]:
                 else 0.0
             )
             wins = sum(d > 0 for d in diffs)
-            lines.append(
+            rows.append(
                 f"| {method} | {bits} | {len(common)} | {mean:+.4f} | {sd:.4f} | "
                 f"{wins} of {len(common)} |"
             )
-    return lines
+    if not rows:  # one method: nothing to pair
+        return lines
+    return [
+        *lines,
+        "",
+        f"Paired differences, `{reference}` minus each method, on the seeds both finished:",
+        "",
+        "| method | bits | seeds | mean difference | sd | " + f"{reference} better |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
 
 
 def map_table(out_dir: str | Path) -> str:
