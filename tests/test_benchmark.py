@@ -353,13 +353,13 @@ def test_seeds_run_as_part_of_the_grid_and_are_aggregated(tiny_fashion: Path, tm
 
 def test_seeds_of_one_method_have_no_paired_table() -> None:
     """One method over seeds: per-seed values, and no empty table of paired differences."""
-    cells = [
+    finished = [
         {"method": "hqc", "bits": 32, "seed": s, "result": {"map_at_k": v}}
         for s, v in ((0, 0.5), (1, 0.6))
     ]
-    lines = report_module.seeds_section({"cells": cells, "setup": {"seeds": [0, 1]}})
+    lines = report_module.seeds_section({"cells": finished, "setup": {"seeds": [0, 1]}})
     assert "| hqc | 32 | 0.5000 | 0.6000 |" in lines
     assert not any("Paired" in line for line in lines)
-    cells += [{"method": "spq", "bits": 32, "seed": 1, "result": {"map_at_k": 0.55}}]
-    lines = report_module.seeds_section({"cells": cells, "setup": {"seeds": [0, 1]}})
+    finished += [{"method": "spq", "bits": 32, "seed": 1, "result": {"map_at_k": 0.55}}]
+    lines = report_module.seeds_section({"cells": finished, "setup": {"seeds": [0, 1]}})
     assert "| spq | 32 | 1 | +0.0500 | 0.0000 | 1 of 1 |" in lines
