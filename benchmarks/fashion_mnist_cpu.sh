@@ -5,6 +5,9 @@
 # (mAP@1000). Results land in benchmarks/results/fashion-mnist-cpu-preset/ (cells/hqc-B.json,
 # report.md, runs/hqc-B/). Finished cells are kept; an interrupted run resumes from its last
 # epoch. Usage: bash benchmarks/fashion_mnist_cpu.sh [BITS]
+# The cells committed there predate solarization in the preset (augment.solarize_p = 0): a
+# rerun keeps them. The preset with solarization, 32 bits, three seeds, paired with reruns of
+# the earlier preset: benchmarks/results/fashion-mnist-solarize-30/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 Q=${QUANTRIEVE:-.venv/bin/quantrieve}
