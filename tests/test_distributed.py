@@ -54,10 +54,17 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_idx_dataset(tmp_path_factory.mktemp("ddp") / "data", 320, 60)
 
 
+def _run(command: list[str], timeout: float) -> None:
+    """Run ``command``; on failure, fail with the end of what it wrote to stderr."""
+    done = subprocess.run(command, env=_env(), timeout=timeout, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"exit status {done.returncode}:\n{done.stderr[-4000:]}")
+
+
 def _steps(data: Path, out: Path, sync: bool, nproc: int, *overrides: str) -> dict:
     args = [str(WORKER), str(data), str(out), "3", str(sync).lower(), *overrides]
     command = _torchrun(*args, nproc=nproc) if nproc > 1 else [sys.executable, *args]
-    subprocess.run(command, check=True, env=_env(), timeout=300, capture_output=True)
+    _run(command, timeout=300)
     return torch.load(out, weights_only=True)
 
 
@@ -127,13 +134,7 @@ def _epochs(run: Path) -> list[int]:
 def test_a_killed_two_process_run_resumes_exactly(data: Path, tmp_path: Path) -> None:
     common = ["--data-dir", str(data), "--epochs", "4"]
     straight = tmp_path / "straight"
-    subprocess.run(
-        _torchrun(*TRAIN, *common, "--out", str(straight)),
-        check=True,
-        env=_env(),
-        timeout=600,
-        capture_output=True,
-    )
+    _run(_torchrun(*TRAIN, *common, "--out", str(straight)), timeout=600)
     assert _epochs(straight) == [1, 2, 3, 4]
     run = tmp_path / "killed"
     process = subprocess.Popen(
@@ -152,13 +153,7 @@ def test_a_killed_two_process_run_resumes_exactly(data: Path, tmp_path: Path) ->
         os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
         process.wait(timeout=60)
     assert (run / "last.pt").exists()
-    subprocess.run(
-        _torchrun(*TRAIN, "--resume", "--out", str(run)),
-        check=True,
-        env=_env(),
-        timeout=600,
-        capture_output=True,
-    )
+    _run(_torchrun(*TRAIN, "--resume", "--out", str(run)), timeout=600)
     assert _epochs(run) == [1, 2, 3, 4]  # the killed epoch logged once, after the resume
     a = torch.load(straight / "last.pt", weights_only=True)["model"]
     b = torch.load(run / "last.pt", weights_only=True)["model"]

@@ -8,6 +8,7 @@ on the CPU, ``nccl`` on CUDA. A single process (no ``WORLD_SIZE``, or 1) needs n
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -92,8 +93,29 @@ def shutdown(place: Distributed) -> None:
     that exits with the group still up can abort in its communication threads ("terminate
     called without an active exception"), and torchrun then fails the whole job."""
     if place.enabled and dist.is_initialized():
-        dist.barrier()
+        _barrier_in_a_fresh_thread()
         dist.destroy_process_group()
+
+
+def _barrier_in_a_fresh_thread() -> None:
+    """``dist.barrier()`` called from a new thread, which holds no Python objects in torch's
+    thread-local state. A collective captures its caller's thread-local state, and gloo's worker
+    thread may drop the finished work after this process has begun to exit: dropping Python
+    objects then needs the interpreter lock the exiting interpreter no longer gives, and the
+    process aborts. Work captured in a fresh thread holds nothing that needs the lock."""
+    failure: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            dist.barrier()
+        except BaseException as error:  # re-raised in the caller's thread
+            failure.append(error)
+
+    thread = threading.Thread(target=wait, name="quantrieve-shutdown-barrier")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def broadcast_object(value: object, place: Distributed) -> object:
