@@ -84,21 +84,50 @@ _OPTIONAL = [
     ("elastic_p", K.RandomElasticTransform),
     ("sharpness_p", K.RandomSharpness),
     ("solarize_p", K.RandomSolarize),
+    ("equalize_p", K.RandomEqualize),
+    ("posterize_p", K.RandomPosterize),
+    ("invert_p", K.RandomInvert),
 ]
 
 
 @pytest.mark.parametrize(("key", "op"), _OPTIONAL)
 def test_optional_operations_only_when_enabled_and_they_change_images(key: str, op: type) -> None:
     """Off by default; on, the operation is in the pipeline and changes every image (a bar on
-    a gradient, so that shifts, warps, sharpening and solarizing all show)."""
-    assert op not in _op_types(TwoViewAugment(AugmentConfig(), image_size=16, channels=1))
-    augment = TwoViewAugment(AugmentConfig(**_ONLY, **{key: 1.0}), image_size=16, channels=1)
+    a gradient, so that shifts, warps, sharpening and solarizing all show; 32 x 32, since
+    equalization, like PIL's, leaves images of fewer than 255 pixels outside the top level as
+    they are)."""
+    assert op not in _op_types(TwoViewAugment(AugmentConfig(), image_size=32, channels=1))
+    augment = TwoViewAugment(AugmentConfig(**_ONLY, **{key: 1.0}), image_size=32, channels=1)
     assert op in _op_types(augment)
-    images = torch.linspace(0.2, 0.9, 16).expand(8, 1, 16, 16).clone()
-    images[:, :, 3:6, 2:14] = 1.0
+    images = torch.linspace(0.2, 0.9, 32).expand(8, 1, 32, 32).clone()
+    images[:, :, 6:12, 4:28] = 1.0
     torch.manual_seed(0)
     changed = (augment(images) - images).abs().flatten(1).amax(1)
     assert bool((changed > 0.05).all())
+
+
+def _only(**keys: float) -> TwoViewAugment:
+    return TwoViewAugment(AugmentConfig(**_ONLY, **keys), image_size=32, channels=1)
+
+
+def test_invert_is_the_negative() -> None:
+    images = torch.rand(5, 1, 32, 32)
+    torch.testing.assert_close(_only(invert_p=1.0)(images), 1.0 - images)
+
+
+@pytest.mark.parametrize("bits", [1, 3])
+def test_posterize_keeps_at_most_two_to_the_bits_levels(bits: int) -> None:
+    view = _only(posterize_p=1.0, posterize_bits=bits)(torch.rand(4, 1, 32, 32))
+    for image in view:
+        assert len(torch.unique(image)) <= 2**bits
+
+
+def test_equalize_spreads_a_narrow_histogram() -> None:
+    """Intensities within [0.4, 0.6] come out spread over almost all of [0, 1]."""
+    images = 0.4 + 0.2 * torch.rand(4, 1, 32, 32)
+    view = _only(equalize_p=1.0)(images)
+    spread = view.flatten(1).amax(1) - view.flatten(1).amin(1)
+    assert bool((spread > 0.9).all())
 
 
 @pytest.mark.parametrize(
@@ -117,6 +146,11 @@ def test_optional_operations_only_when_enabled_and_they_change_images(key: str, 
         ("elastic_sigma", 0.0),
         ("elastic_alpha", -1.0),
         ("sharpness", -0.1),
+        ("equalize_p", 1.5),
+        ("invert_p", -0.1),
+        ("posterize_p", 2.0),
+        ("posterize_bits", 0),
+        ("posterize_bits", 8),
         ("small_crops", -1),
         ("small_crop_ratio", 0.0),
         ("small_crop_ratio", 1.5),

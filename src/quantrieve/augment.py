@@ -3,7 +3,8 @@
 The views follow docs/method.md (SimCLR-style): random resized crop, horizontal flip, colour jitter,
 random grayscale and Gaussian blur; optionally (off by default) shape and intensity operations
 for small grayscale images: rotation, erasing, affine shift and shear, elastic distortion
-(Simard et al. 2003), sharpness and solarization (BYOL). For single-channel images the
+(Simard et al. 2003), sharpness, solarization (BYOL), histogram equalization, posterization
+and the negative. For single-channel images the
 colour-only operations (saturation, hue, grayscale) are skipped, so the same config serves
 grayscale and RGB data. Multi-crop's small views (SwAV) are the same operations after a smaller
 crop, resized to a smaller side: :func:`small_view_augment`.
@@ -86,6 +87,13 @@ class TwoViewAugment(nn.Module):
             ops.append(K.RandomSharpness(sharpness=config.sharpness, p=config.sharpness_p))
         if config.solarize_p > 0:
             ops.append(K.RandomSolarize(p=config.solarize_p))
+        if config.equalize_p > 0:
+            ops.append(K.RandomEqualize(p=config.equalize_p))
+        if config.posterize_p > 0:
+            bits = float(config.posterize_bits)  # a range: kornia draws from (bits, 8) for one
+            ops.append(K.RandomPosterize(bits=(bits, bits), p=config.posterize_p))
+        if config.invert_p > 0:
+            ops.append(K.RandomInvert(p=config.invert_p))
         if config.erase_p > 0:
             ops.append(K.RandomErasing(scale=(0.02, config.erase_scale_max), p=config.erase_p))
         self.pipeline = K.AugmentationSequential(*ops)

@@ -125,6 +125,13 @@ class AugmentConfig:
     sharpness: float = 0.5
     # Solarize: invert the pixels above a threshold drawn around 0.5 (BYOL's views).
     solarize_p: float = 0.0
+    # Histogram equalization (each image's intensities spread to a flat histogram), the
+    # negative (1 - x), and posterization (``posterize_bits`` bits per channel): further
+    # operations on intensity alone, for images where it is a shortcut between two views.
+    equalize_p: float = 0.0
+    invert_p: float = 0.0
+    posterize_p: float = 0.0
+    posterize_bits: int = 3
     # Multi-crop (SwAV, Caron et al. 2020): ``small_crops`` extra views per image, each a crop
     # of [small_crop_scale_min, small_crop_scale_max] of the image's area resized to
     # ``small_crop_ratio`` of its side, with the other operations above (those in pixels, blur
@@ -143,6 +150,7 @@ class AugmentConfig:
         )
         probabilities = ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "rotate_p", "erase_p")
         probabilities += ("affine_p", "elastic_p", "sharpness_p", "solarize_p")
+        probabilities += ("equalize_p", "invert_p", "posterize_p")
         for name in probabilities:
             value = getattr(self, name)
             _check(0 <= value <= 1, f"augment.{name}", f"a probability in [0, 1], got {value}")
@@ -177,6 +185,11 @@ class AugmentConfig:
         _check(self.elastic_sigma > 0, "augment.elastic_sigma", "must be > 0 (pixels)")
         _check(self.elastic_alpha >= 0, "augment.elastic_alpha", "must be >= 0")
         _check(self.sharpness >= 0, "augment.sharpness", "must be >= 0")
+        _check(
+            1 <= self.posterize_bits <= 7,
+            "augment.posterize_bits",
+            f"bits kept per channel in [1, 7], got {self.posterize_bits}",
+        )
         _check(
             self.small_crops >= 0,
             "augment.small_crops",
