@@ -93,7 +93,10 @@ def shutdown(place: Distributed) -> None:
     that exits with the group still up can abort in its communication threads ("terminate
     called without an active exception"), and torchrun then fails the whole job."""
     if place.enabled and dist.is_initialized():
-        _barrier_in_a_fresh_thread()
+        if dist.get_backend() == "gloo":
+            _barrier_in_a_fresh_thread()
+        else:  # nccl: the barrier belongs on this thread's CUDA device
+            dist.barrier()
         dist.destroy_process_group()
 
 
