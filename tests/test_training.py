@@ -187,11 +187,12 @@ def test_resume_accepts_checkpoint_without_newer_config_keys(
 
 def test_demo_preset_is_the_cpu_preset_shortened() -> None:
     """`make demo` trains the documented CPU preset with fewer epochs and, to keep its printed
-    numbers fixed, without the solarization and the width the preset gained later."""
+    numbers fixed, without the solarization, equalization and width the preset gained later."""
     cpu = load_config("fashion-mnist-cpu").to_dict()
     demo = load_config("fashion-mnist-demo").to_dict()
     assert demo["train"].pop("epochs") < cpu["train"].pop("epochs")
     assert (demo["augment"].pop("solarize_p"), cpu["augment"].pop("solarize_p")) == (0.0, 0.2)
+    assert (demo["augment"].pop("equalize_p"), cpu["augment"].pop("equalize_p")) == (0.0, 0.2)
     assert (demo["model"].pop("width"), cpu["model"].pop("width")) == (16, 32)
     assert demo == cpu
 
