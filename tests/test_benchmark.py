@@ -348,6 +348,19 @@ def test_seeds_run_as_part_of_the_grid_and_are_aggregated(tiny_fashion: Path, tm
     mean = sum(values) / 2
     assert f"{mean:.4f} ± " in md and "(2)" in md
     assert "## Seeds" in md and "| pq | 8 | 2 |" in md  # paired: hqc minus pq on 2 seeds
+    per_cell = md.split("## Per cell")[1].split("\n## ")[0].splitlines()
+    assert per_cell[2].startswith("| method | bits | seed | mAP@")
+    rows = [line.split(" | ")[:3] for line in per_cell if line.startswith(("| hqc", "| pq"))]
+    assert [row[1:] for row in rows] == [["8", "0"], ["8", "1"]] * 2  # by method, then seed
+    assert [row[0] for row in rows] == ["| hqc", "| hqc", "| pq", "| pq"]
+    # A rewritten report keeps the commit the cells ran at, not the rewriter's.
+    cell_path = out / "cells" / "hqc-8-seed1.json"
+    record = json.loads(cell_path.read_text())
+    record["environment"]["git_commit"] = "0123abc"
+    cell_path.write_text(json.dumps(record))
+    write_report(out)
+    environment = (out / "report.md").read_text().split("## Environment")[1]
+    assert "- Git commit of the cells: `" in environment and "`0123abc`" in environment
     assert "--seeds 0,1" in report["command"]
 
 

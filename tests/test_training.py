@@ -100,6 +100,28 @@ def test_resume_after_interruption_reproduces_uninterrupted_weights(
     assert records("resumed") == records("straight")
 
 
+def test_validation_passes_leave_training_unchanged(tiny_fashion: Path, tmp_path: Path) -> None:
+    """Validating every epoch or every other one trains the same weights, bit for bit: a pass
+    draws no random numbers and updates no batch-norm statistics, so `train.eval_every` only
+    changes which epochs may be kept."""
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    every = Trainer(tiny_config(tiny_fashion, "train.epochs=3"), train, tmp_path / "every")
+    every.fit()
+    other = tiny_config(tiny_fashion, "train.epochs=3", "train.eval_every=2")
+    second = Trainer(other, train, tmp_path / "second")
+    second.fit()
+    a, b = every.model.state_dict(), second.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=name)
+
+    def validated(run: str) -> list[int]:
+        lines = (tmp_path / run / "log.jsonl").read_text().splitlines()
+        return [r["epoch"] for r in map(json.loads, lines) if r["kind"] == "validation"]
+
+    assert validated("every") == [1, 2, 3]
+    assert validated("second") == [2, 3]  # every other epoch, and the last
+
+
 def test_run_directory_records_everything(tiny_fashion: Path, tmp_path: Path) -> None:
     train = read_dataset("fashion-mnist", tiny_fashion)["train"]
     run = tmp_path / "run"

@@ -29,7 +29,8 @@ def method_rank(method: str) -> int:
 
 
 def ordered_cells(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return sorted(cells, key=lambda c: (method_rank(c["method"]), c["bits"]))
+    """Cells by method (``METHODS`` order), code length and seed."""
+    return sorted(cells, key=lambda c: (method_rank(c["method"]), c["bits"], c.get("seed") or 0))
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -38,6 +39,10 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 def _fmt_count(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
+
+
+def _fmt_seed(seed: int | None) -> str:
+    return "–" if seed is None else str(seed)
 
 
 def _duration(seconds: float | None) -> str:
@@ -92,9 +97,12 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
     # Cut-offs beyond the database size were clamped by the evaluator: use the saved keys.
     cuts = list(cells[0]["result"]["precision_at"]) if cells else []
     lines += ["", "## Per cell", ""]
+    # A grid run with --seeds has one cell per seed: the rows need the seed to be told apart.
+    by_seed = len({c.get("seed") for c in cells if c.get("seed") is not None}) > 1
     header = [
         "method",
         "bits",
+        *(["seed"] if by_seed else []),
         f"mAP@{k}",
         *(f"P@{n}" for n in cuts),
         "train time",
@@ -109,6 +117,7 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
         row = [
             cell["method"],
             "full" if cell["method"] == "exact" else str(cell["bits"]),
+            *([_fmt_seed(cell.get("seed"))] if by_seed else []),
             _fmt(result["map_at_k"]),
             *(_fmt(result["precision_at"].get(n)) for n in cuts),
             _duration(train.get("seconds")),
@@ -147,8 +156,15 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
             for c in cells
         )
     )
-    versions = env["versions"]
-    shown = ", ".join(f"{name} {version}" for name, version in versions.items())
+    # What the cells ran with, which a later --report-only must not overwrite with its own.
+    version_sets = list(
+        dict.fromkeys(
+            ", ".join(f"{name} {version}" for name, version in c["environment"]["versions"].items())
+            for c in cells
+            if c["environment"].get("versions")
+        )
+    ) or [", ".join(f"{name} {version}" for name, version in env["versions"].items())]
+    commits = list(dict.fromkeys(str(c["environment"].get("git_commit")) for c in cells))
     lines += [
         "",
         "## Command",
@@ -159,12 +175,13 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
         "",
         "## Environment",
         "",
-        f"- Versions: {shown}",
-        f"- Git commit: `{env['git_commit']}`",
+        *(f"- Versions: {shown}" for shown in version_sets),
+        f"- Git commit of the cells: {', '.join(f'`{c}`' for c in commits) or '–'}",
         f"- Cells ran on: {devices or '–'}",
         "- Cells finished: "
         + (", ".join(f"{c['cell']} {c['environment']['date']}" for c in cells) or "none"),
-        f"- Report written {env['date']} (torch threads {env['torch_threads']}, "
+        f"- Report written {env['date']} at `{env['git_commit']}` (torch threads "
+        f"{env['torch_threads']}, "
         f"{env['cpu_count']} CPU cores, device {env['device']})",
         "",
     ]
