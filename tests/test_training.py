@@ -14,6 +14,7 @@ from conftest import TINY_RUN, make_idx_dataset
 from quantrieve.config import load_config
 from quantrieve.data import ImageSet, read_dataset
 from quantrieve.runtime.checkpoint import atomic_save, load_checkpoint
+from quantrieve.runtime.run_info import command_line
 from quantrieve.train.schedule import learning_rate
 from quantrieve.train.trainer import Trainer, TrainingError
 
@@ -149,6 +150,13 @@ def test_run_directory_records_everything(tiny_fashion: Path, tmp_path: Path) ->
     epochs = [r for r in log if r["kind"] == "epoch"]
     assert all(0 < r["seconds"] < 600 and r["images_per_second"] > 0 for r in epochs)
     assert "torch_threads" in record["environment"]
+
+
+def test_recorded_command_names_the_program_not_the_environment() -> None:
+    venv = ["/home/me/project/.venv/bin/quantrieve", "train", "--set", "data.root=my images"]
+    assert command_line(venv) == "quantrieve train --set 'data.root=my images'"
+    module = ["/home/me/src/quantrieve/__main__.py", "serve", "idx"]
+    assert command_line(module) == "python -m quantrieve serve idx"
 
 
 def test_run_record_lists_images_the_reader_skipped(tiny_fashion: Path, tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ the trainer carves from the training set.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from quantrieve.runtime.atomic import atomic_write_json
 from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.outputs import refuse_foreign
 from quantrieve.runtime.progress import ProgressFactory
-from quantrieve.runtime.run_info import environment
+from quantrieve.runtime.run_info import command_line, environment
 
 
 def run_benchmark(
@@ -141,7 +140,7 @@ def run_benchmark(
             "bits": bits_list,
             "seeds": seed_list,
             "cells": grid_cells(methods, bits_list, seed_list),
-            "commands": [" ".join(sys.argv)],
+            "commands": [command_line()],
         },
     )
     data = materialize(

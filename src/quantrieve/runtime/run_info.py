@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -70,6 +71,19 @@ def environment(device: str | None = None) -> dict[str, Any]:
     return env
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as a user would type it again: the program by its name, not by the path of
+    the environment it was installed in (``/home/me/.venv/bin/quantrieve`` -> ``quantrieve``;
+    ``python -m quantrieve`` for the module), then the arguments, quoted for a shell."""
+    argv = sys.argv if argv is None else argv
+    if not argv:
+        return ""
+    program = Path(argv[0]).name
+    if program == "__main__.py":
+        program = f"python -m {Path(argv[0]).parent.name}"
+    return " ".join([program, *map(shlex.quote, argv[1:])])
+
+
 def run_record(seed: int, device: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record saved as ``run.json`` in every run directory: seed, the command line and the
     :func:`environment` of the process."""
@@ -80,7 +94,7 @@ def run_record(seed: int, device: str, extra: dict[str, Any] | None = None) -> d
         "git_commit": env.pop("git_commit"),
         "versions": env.pop("versions"),
         "started": env.pop("date"),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "environment": env,
         **(extra or {}),
     }
