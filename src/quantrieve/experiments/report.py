@@ -41,6 +41,10 @@ def _fmt_count(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f}"
 
 
+def _versions(versions: dict[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
+
+
 def _fmt_seed(seed: int | None) -> str:
     return "–" if seed is None else str(seed)
 
@@ -157,14 +161,10 @@ def _markdown(report: dict[str, Any], figures: list[str]) -> str:
         )
     )
     # What the cells ran with, which a later --report-only must not overwrite with its own.
-    version_sets = list(
-        dict.fromkeys(
-            ", ".join(f"{name} {version}" for name, version in c["environment"]["versions"].items())
-            for c in cells
-            if c["environment"].get("versions")
-        )
-    ) or [", ".join(f"{name} {version}" for name, version in env["versions"].items())]
-    commits = list(dict.fromkeys(str(c["environment"].get("git_commit")) for c in cells))
+    version_sets = list(dict.fromkeys(_versions(c["environment"]["versions"]) for c in cells)) or [
+        _versions(env["versions"])
+    ]
+    commits = list(dict.fromkeys(c["environment"].get("git_commit") or "–" for c in cells))
     lines += [
         "",
         "## Command",
