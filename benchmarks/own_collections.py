@@ -1,0 +1,158 @@
+"""Labelled image collections that can be rebuilt here from installed packages, for judging
+quality on data no preset was tuned on.
+
+- ``glyphs``: the 26 capital letters rendered in the 21 text fonts that matplotlib ships
+  (DejaVu, STIX and Computer Modern families), each at a random size, angle and offset, white on
+  black, 32x32 grayscale. A class is a letter; mirror images are other letters, so train with
+  ``augment.hflip_p=0`` as the README advises for text.
+- ``textures``: 32x32 RGB crops of the 16 photographs and micrographs that scikit-image ships in
+  its package (astronaut, brick, camera, ...), each crop of a random side (40 to 128 pixels) at a
+  random place. A class is the source picture: a near-duplicate search of parts of photos.
+
+Both are deterministic for a seed. Written as ``NAME.npz`` (``images`` uint8 (N, H, W, C),
+``labels`` int64 (N,), ``class_names``); ``--folders`` also writes class folders of PNGs, which
+``quantrieve train --data-dir`` reads as a user's own images.
+
+    python benchmarks/own_collections.py --out runs/collections [--folders]
+
+Needs matplotlib (a dependency of quantrieve) and scikit-image (``pip install scikit-image``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import string
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+SIDE = 32
+GLYPH_CLASSES = tuple(string.ascii_uppercase)
+TEXTURE_SOURCES = (
+    "astronaut",
+    "brick",
+    "camera",
+    "cat",
+    "coffee",
+    "coins",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "retina",
+    "rocket",
+    "cell",
+    "page",
+    "clock",
+)
+
+
+# Fonts without the capital letters (symbols, display sizes) or that render them empty.
+SKIPPED_FONTS = ("Display", "STIXSiz", "STIXNonUni", "cmex", "cmsy", "cmmi", "LastResort")
+
+
+def glyph_fonts() -> list[Path]:
+    """The text fonts matplotlib ships (symbol-only STIX size variants left out)."""
+    import matplotlib
+
+    folder = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    fonts = sorted(folder.glob("*.ttf"))
+    keep = [f for f in fonts if not any(s in f.name for s in SKIPPED_FONTS)]
+    if not keep:
+        raise SystemExit(f"no fonts found in {folder}")
+    return keep
+
+
+def glyphs(per_class: int = 140, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Rendered capital letters: images (N, 32, 32, 1), labels (N,), class names."""
+    rng = np.random.default_rng(seed)
+    fonts = glyph_fonts()
+    images, labels = [], []
+    canvas = 64
+    for label, letter in enumerate(GLYPH_CLASSES):
+        for _ in range(per_class):
+            font = ImageFont.truetype(
+                str(fonts[rng.integers(len(fonts))]), int(rng.integers(30, 46))
+            )
+            image = Image.new("L", (canvas, canvas), 0)
+            draw = ImageDraw.Draw(image)
+            left, top, right, bottom = draw.textbbox((0, 0), letter, font=font)
+            x = (canvas - (right - left)) / 2 - left + rng.uniform(-4, 4)
+            y = (canvas - (bottom - top)) / 2 - top + rng.uniform(-4, 4)
+            draw.text((x, y), letter, fill=int(rng.integers(170, 256)), font=font)
+            image = image.rotate(float(rng.uniform(-15, 15)), resample=Image.BILINEAR)
+            image = image.resize((SIDE, SIDE), Image.LANCZOS)
+            images.append(np.asarray(image, dtype=np.uint8)[..., None])
+            labels.append(label)
+    return np.stack(images), np.array(labels, dtype=np.int64), list(GLYPH_CLASSES)
+
+
+def _source_picture(name: str) -> np.ndarray:
+    import skimage.data
+
+    picture = np.asarray(getattr(skimage.data, name)())
+    if picture.dtype == bool:
+        picture = picture.astype(np.uint8) * 255
+    if picture.ndim == 2:
+        picture = np.repeat(picture[..., None], 3, axis=2)
+    return np.ascontiguousarray(picture[..., :3].astype(np.uint8))
+
+
+def textures(per_class: int = 225, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Crops of scikit-image's pictures: images (N, 32, 32, 3), labels (N,), class names."""
+    rng = np.random.default_rng(seed)
+    images, labels = [], []
+    for label, name in enumerate(TEXTURE_SOURCES):
+        picture = _source_picture(name)
+        height, width = picture.shape[:2]
+        for _ in range(per_class):
+            side = int(rng.integers(40, min(128, height, width) + 1))
+            top, left = (
+                int(rng.integers(0, height - side + 1)),
+                int(rng.integers(0, width - side + 1)),
+            )
+            crop = Image.fromarray(picture[top : top + side, left : left + side])
+            images.append(np.asarray(crop.resize((SIDE, SIDE), Image.LANCZOS), dtype=np.uint8))
+            labels.append(label)
+    return np.stack(images), np.array(labels, dtype=np.int64), list(TEXTURE_SOURCES)
+
+
+BUILDERS = {"glyphs": glyphs, "textures": textures}
+
+
+def write(name: str, out: Path, folders: bool = False, seed: int = 0) -> Path:
+    """Build collection ``name``; write ``out/NAME.npz`` (and ``out/NAME/<class>/<n>.png``)."""
+    images, labels, classes = BUILDERS[name](seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.npz"
+    np.savez_compressed(path, images=images, labels=labels, class_names=np.array(classes))
+    if folders:
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            folder = out / name / classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(
+                folder / f"{i:05d}.png"
+            )
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/collections"))
+    parser.add_argument("--names", default=",".join(BUILDERS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folders", action="store_true", help="also write PNG class folders")
+    args = parser.parse_args()
+    for name in args.names.split(","):
+        path = write(name, args.out, args.folders, args.seed)
+        with np.load(path) as data:
+            print(
+                f"{name}: {data['images'].shape} images, "
+                f"{len(data['class_names'])} classes -> {path}"
+            )
+
+
+if __name__ == "__main__":
+    main()
