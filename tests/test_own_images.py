@@ -185,7 +185,8 @@ def test_a_query_in_the_index_is_not_its_own_hit(own_run: dict[str, Path]) -> No
         photos.class_names,
     )
     with warnings.catch_warnings():
-        warnings.simplefilter("error", qr.QuantrieveWarning)
+        # The tiny model's codes are also flagged as collapsed; only a self-match would fail.
+        warnings.filterwarnings("error", "(?s).*themselves in the index", qr.QuantrieveWarning)
         retriever.evaluate(renamed, k=20)
 
 

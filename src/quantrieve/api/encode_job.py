@@ -40,7 +40,7 @@ from quantrieve.runtime.progress import Progress, report
 JOB_FORMAT = "quantrieve-encode-job"
 JOB_KIND = OutputKind("encode job", "job.json")
 # The files a job folder may hold (removing a finished job removes these only).
-JOB_FILES = ("job.json", "codes.npy", "content.npy", "done")
+JOB_FILES = ("job.json", "codes.npy", "content.npy", "refine.npy", "done")
 
 
 class EncodeJobError(QuantrieveError):
@@ -71,15 +71,25 @@ class EncodeJob:
         folder: the job's own folder (created; an existing job folder is continued when it was
             made for the same images and model, and refused otherwise).
         chunk: items per chunk (the unit of memory, progress and resumption).
+        refine: also keep each item's embedding in float16 (``refine.npy``, 2 bytes a
+            dimension), for an index that refines its rankings.
     """
 
-    def __init__(self, retriever: Any, images: ImageSet, folder: str | Path, chunk: int = 8192):
+    def __init__(
+        self,
+        retriever: Any,
+        images: ImageSet,
+        folder: str | Path,
+        chunk: int = 8192,
+        refine: bool = False,
+    ):
         if chunk < 1:
             raise EncodeJobError(f"chunk must be >= 1, got {chunk}")
         self.retriever = retriever
         self.images = images
         self.folder = Path(folder)
         self.chunk = chunk
+        self.refine = refine
         model = retriever._require_model()
         books = model.quantizer.codebooks.detach().cpu().numpy()
         self.spec = {
@@ -90,6 +100,8 @@ class EncodeJob:
             "ids_sha256": _ids_sha256(list(images.ids)),
             "codebooks_sha256": hashlib.sha256(books.astype(np.float32).tobytes()).hexdigest(),
         }
+        if refine:  # absent otherwise: a job folder written before refinement still continues
+            self.spec["refine_dim"] = int(books.shape[0] * books.shape[2])
         self._prepare()
 
     @property
@@ -112,10 +124,10 @@ class EncodeJob:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "done").mkdir(exist_ok=True)
         n, m = len(self.images), self.spec["num_books"]
-        for name, dtype, shape in (
-            ("codes.npy", np.uint8, (n, m)),
-            ("content.npy", np.uint64, (n,)),
-        ):
+        files = [("codes.npy", np.uint8, (n, m)), ("content.npy", np.uint64, (n,))]
+        if self.refine:
+            files.append(("refine.npy", np.float16, (n, self.spec["refine_dim"])))
+        for name, dtype, shape in files:
             target = self.folder / name
             if not target.is_file():
                 tmp = self.folder / f".{name}.{os.getpid()}.tmp"
@@ -151,12 +163,17 @@ class EncodeJob:
         done = total - sum(self._rows(c).stop - self._rows(c).start for c in todo)
         codes = np.load(self.folder / "codes.npy", mmap_mode="r+")
         content = np.load(self.folder / "content.npy", mmap_mode="r+")
+        fine = np.load(self.folder / "refine.npy", mmap_mode="r+") if self.refine else None
         try:
             for c in todo:
                 rows = self._rows(c)
                 pixels = np.ascontiguousarray(self.images.images[rows])
                 release_pages(self.images.images)
-                codes[rows] = self.retriever.encode(pixels)
+                if fine is None:
+                    codes[rows] = self.retriever.encode(pixels)
+                else:
+                    codes[rows], fine[rows] = self.retriever.encode_with_embeddings(pixels)
+                    fine.flush()
                 content[rows] = image_fingerprints(pixels)
                 codes.flush()
                 content.flush()
@@ -165,7 +182,7 @@ class EncodeJob:
                 report(progress, done, total)
                 release_pages(codes)
         finally:
-            del codes, content
+            del codes, content, fine
         return len(todo)
 
     def _rows(self, c: int) -> slice:
@@ -182,6 +199,14 @@ class EncodeJob:
         codes = np.array(np.load(self.folder / "codes.npy", mmap_mode="r"))
         content = np.array(np.load(self.folder / "content.npy", mmap_mode="r"))
         return codes, content
+
+    def refine_embeddings(self) -> np.ndarray | None:
+        """The finished job's float16 embeddings (N, M*d), memory-mapped; None without
+        ``refine``."""
+        if not self.refine:
+            return None
+        self.codes()  # the same check that every chunk is done
+        return np.load(self.folder / "refine.npy", mmap_mode="r")
 
     def remove(self) -> None:
         """Delete the job folder: only the files a job writes, then the folder if empty."""

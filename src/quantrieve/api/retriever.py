@@ -48,6 +48,7 @@ from quantrieve.index.store import (
     verify_index_model,
 )
 from quantrieve.models.retrieval import RetrievalModel, embed_images
+from quantrieve.pq import DEFAULT_REFINE_DEPTH
 from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import git_commit, package_versions
@@ -288,15 +289,32 @@ class Retriever:
 
         Images are embedded and encoded ``chunk`` at a time: only the codes of the whole set
         are held, never its embeddings."""
+        return self._encode(images, progress, chunk, keep_embeddings=False)[0]
+
+    def encode_with_embeddings(
+        self, images: Images, progress: Progress | None = None, chunk: int = 8192
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """PQ codes (N, M) uint8 and the embeddings they quantize, (N, M*d) float16: what an
+        index that refines keeps (:meth:`build_index` with ``refine_depth``)."""
+        codes, fine = self._encode(images, progress, chunk, keep_embeddings=True)
+        assert fine is not None
+        return codes, fine
+
+    def _encode(
+        self, images: Images, progress: Progress | None, chunk: int, keep_embeddings: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         model = self._require_model().to(self.device)
         array = _as_images(images)
         out = np.empty((len(array), model.quantizer.num_books), dtype=np.uint8)
+        fine = np.empty((len(array), model.quantizer.dim), np.float16) if keep_embeddings else None
         for start in range(0, len(array), chunk):
             rows = np.arange(start, min(start + chunk, len(array)))
             f = embed_images(model, array, self.device, indices=rows)
             out[rows] = model.quantizer.encode(f.to(self.device)).cpu().numpy()
+            if fine is not None:
+                fine[rows] = f.float().cpu().numpy().astype(np.float16)
             report(progress, int(rows[-1]) + 1, len(array))
-        return out
+        return out, fine
 
     # ------------------------------------------------------------------ index
     def build_index(
@@ -305,13 +323,32 @@ class Retriever:
         distance: str | None = None,
         source: dict[str, Any] | None = None,
         progress: Progress | None = None,
+        refine_depth: int = 0,
     ) -> PQIndex:
         """Encode ``database`` into a new in-memory index (ids, labels and class names from
-        an :class:`ImageSet`), kept as :attr:`index` and returned."""
+        an :class:`ImageSet`), kept as :attr:`index` and returned.
+
+        Args:
+            refine_depth: R > 0 keeps each item's embedding in float16 (2 bytes a dimension)
+                and re-scores the first R ADC results of every search with it
+                (:mod:`quantrieve.pq.refine`); 0 keeps the codes alone.
+        """
         database = _as_image_set(database)
-        codes = self.encode(database, progress)
+        if refine_depth < 0:
+            raise QuantrieveError(f"refine_depth must be >= 0 (0 = off), got {refine_depth}")
+        fine = None
+        if refine_depth:
+            codes, fine = self.encode_with_embeddings(database, progress)
+        else:
+            codes = self.encode(database, progress)
         return self.index_from_codes(
-            database, codes, image_fingerprints(database.images), distance, source
+            database,
+            codes,
+            image_fingerprints(database.images),
+            distance,
+            source,
+            refine=fine,
+            refine_depth=refine_depth or DEFAULT_REFINE_DEPTH,
         )
 
     def index_from_codes(
@@ -321,11 +358,21 @@ class Retriever:
         content: np.ndarray | None = None,
         distance: str | None = None,
         source: dict[str, Any] | None = None,
+        refine: np.ndarray | None = None,
+        refine_depth: int = DEFAULT_REFINE_DEPTH,
     ) -> PQIndex:
         """The index of ``database`` from its codes, already encoded with this model (e.g. by
-        an :class:`~quantrieve.api.encode_job.EncodeJob`); kept as :attr:`index`."""
+        an :class:`~quantrieve.api.encode_job.EncodeJob`); kept as :attr:`index`.
+
+        ``refine``: the items' float16 embeddings (N, M*d) for an index that refines its
+        first ``refine_depth`` results; None for codes alone."""
         model = self._require_model()
-        usage = check_code_usage(codes, model.config.num_codewords, "encoded database")
+        usage = check_code_usage(
+            codes,
+            model.config.num_codewords,
+            "encoded database",
+            refine_depth=0 if refine is None else refine_depth,
+        )
         self.index = PQIndex(
             codebooks=model.quantizer.codebooks.detach().cpu().numpy(),
             codes=codes,
@@ -334,6 +381,8 @@ class Retriever:
             distance=distance or self.config.eval.distance,
             class_names=list(database.class_names),
             content=content,
+            refine=refine,
+            refine_depth=refine_depth,
             meta={
                 "source": source or {},
                 "code_usage": usage.to_dict(),
@@ -368,15 +417,25 @@ class Retriever:
         k: int = 10,
         distance: str | None = None,
         progress: Progress | None = None,
+        refine_depth: int | None = None,
     ) -> SearchResult:
         """Top-k index items per query image (or per embedding, given a float tensor), by
-        ADC with a per-query look-up table."""
+        ADC with a per-query look-up table.
+
+        An index that refines re-scores its first ``refine_depth`` results (default: the
+        index's; 0 = ADC alone) with the items' stored embeddings. A query image that is itself
+        in the index (the same pixels, for an index that keeps fingerprints) gets its copies
+        first, at distance 0, whatever the codes say.
+        """
         index = self._require_index()
         if k < 1:
             raise QuantrieveError(f"k must be >= 1, got {k}")
         embedded = isinstance(queries, torch.Tensor)
         f = queries.float() if embedded else self._embed(queries, progress)
-        dists, idx = index.search(f, k, distance)
+        prints = None
+        if not embedded and index.content is not None:
+            prints = image_fingerprints(_as_images(queries))
+        dists, idx = index.search(f, k, distance, refine_depth, fingerprints=prints)
         hits = []
         for row_d, row_i in zip(dists.tolist(), idx.tolist(), strict=True):
             hits.append(
@@ -396,6 +455,7 @@ class Retriever:
         progress: Progress | None = None,
         embeddings: torch.Tensor | None = None,
         pr_queries: int | None = None,
+        refine_depth: int | None = None,
     ) -> RetrievalResult:
         """mAP@K, precision@N and the PR curve of labelled queries against the index.
 
@@ -407,6 +467,8 @@ class Retriever:
             embeddings: the queries' embeddings, if already computed (skips embedding).
             pr_queries: evenly spaced queries the PR curve is estimated on (0 = all; default:
                 the config's ``eval.pr_queries``).
+            refine_depth: for an index that refines, the re-scored head of each ranking
+                (default: the index's; 0 = ADC alone), as :meth:`search` ranks.
         """
         index = self._require_index()
         if queries.labels is None:
@@ -415,6 +477,13 @@ class Retriever:
         e = self.config.eval
         f = embeddings if embeddings is not None else self._embed(queries)
         assert index.labels is not None
+        refine = _refinement(index, refine_depth)
+        check_code_usage(
+            index.codes,
+            index.num_codewords,
+            "indexed database",
+            refine_depth=0 if refine is None else refine[1],
+        )
         selves = self._self_matches(queries, f)
         if len(selves):
             warnings.warn(
@@ -439,6 +508,7 @@ class Retriever:
             progress,
             exclude=selves,
             pr_queries=e.pr_queries if pr_queries is None else pr_queries,
+            refine=refine,
         )
 
     def _self_matches(self, queries: ImageSet, f: torch.Tensor) -> np.ndarray:
@@ -461,6 +531,15 @@ class Retriever:
         codes = self.model.quantizer.encode(f[found[:, 0]].to(self.device)).cpu().numpy()
         same = (codes == np.asarray(index.codes)[found[:, 1]]).all(axis=1)
         return found[same]
+
+
+def _refinement(index: PQIndex, depth: int | None) -> tuple[np.ndarray, int] | None:
+    """``(embeddings, R)`` of an index that refines, or None (off, or no embeddings kept)."""
+    if depth is not None and depth < 0:
+        raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
+    if index.refine is None or depth == 0:
+        return None
+    return index.refine, index.refine_depth if depth is None else depth
 
 
 def _config_or_default(saved: dict[str, Any]) -> RunConfig:

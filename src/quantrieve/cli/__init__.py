@@ -28,6 +28,7 @@ from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.run_parts import read_run_parts, training_part
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult
+from quantrieve.pq import DEFAULT_REFINE_DEPTH
 from quantrieve.runtime.distributed import from_environment, shutdown
 from quantrieve.train.trainer import EpochSummary, TrainingError
 
@@ -48,6 +49,14 @@ DatasetOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
+RefineDepthOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Results re-scored with the index's stored embeddings (default: the index's "
+        "refine depth; 0: ADC alone). Only for an index encoded with --refine-depth.",
+    ),
+]
 
 
 def _positive_ints(text: str, option: str) -> list[int]:
@@ -262,6 +271,13 @@ def encode(
         str | None,
         typer.Option(help="i/n: encode chunks i, i+n, ... only (one job of a cluster array)."),
     ] = None,
+    refine_depth: Annotated[
+        int,
+        typer.Option(
+            help="R > 0: keep each item's embedding in float16 (2 bytes a dimension) and "
+            "re-score the first R results of every search with it; 0: codes alone."
+        ),
+    ] = 0,
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels).
 
@@ -273,6 +289,8 @@ def encode(
     from quantrieve.runtime.distributed import setup as setup_distributed
 
     _check_distance(distance)
+    if refine_depth < 0:
+        raise ConfigError(f"--refine-depth must be >= 0 (0 = off), got {refine_depth}")
     share = _shard(shard)
     check_index_output(out, overwrite)
     retriever = Retriever.load(model, device=device)
@@ -282,7 +300,9 @@ def encode(
     if share is None:
         share = (place.rank, place.world_size)
     database, where = _run_part(retriever, dataset, data_dir, part)
-    job = EncodeJob(retriever, database, out.with_name(out.name + ".encoding"), chunk)
+    job = EncodeJob(
+        retriever, database, out.with_name(out.name + ".encoding"), chunk, refine=refine_depth > 0
+    )
     job.run(share, progress_bar("encoding database"))
     shutdown(place)  # every rank's chunks are written
     if not place.is_main:
@@ -295,12 +315,27 @@ def encode(
         )
         return
     codes, content = job.codes()
-    index = retriever.index_from_codes(database, codes, content, distance, where)
+    index = retriever.index_from_codes(
+        database,
+        codes,
+        content,
+        distance,
+        where,
+        refine=job.refine_embeddings(),
+        refine_depth=refine_depth or DEFAULT_REFINE_DEPTH,
+    )
     retriever.save(out, overwrite=overwrite)
     job.remove()
+    refined = (
+        f", {index.refine.nbytes / 1e6:.2f} MB of float16 embeddings re-scoring the first "
+        f"{index.refine_depth} results"
+        if index.refine is not None
+        else ""
+    )
     console.print(
         f"index of {len(index)} items, {index.bits} bits ({index.num_books} x "
-        f"{index.num_codewords} codewords, {index.codes.nbytes / 1e6:.2f} MB of codes) -> {out}"
+        f"{index.num_codewords} codewords, {index.codes.nbytes / 1e6:.2f} MB of codes{refined})"
+        f" -> {out}"
     )
 
 
@@ -363,6 +398,7 @@ def search(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --grid file.")
     ] = False,
+    refine_depth: RefineDepthOpt = None,
 ) -> None:
     """Top-k database items for query images, by ADC with a per-query look-up table."""
     from quantrieve.runtime.outputs import check_new_file
@@ -377,7 +413,7 @@ def search(
         retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, items
     )
     bar = progress_bar("embedding queries") if len(queries) > 5000 else None
-    results = retriever.search(queries, k, distance, progress=bar)
+    results = retriever.search(queries, k, distance, progress=bar, refine_depth=refine_depth)
     if grid is not None:
         _draw_grid(retriever, queries, results.indices, grid)
     if as_json:
@@ -474,6 +510,7 @@ def evaluate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --plot file.")
     ] = False,
+    refine_depth: RefineDepthOpt = None,
 ) -> None:
     """mAP@K, precision@N and PR curve of labelled queries against an index."""
     from quantrieve.runtime.outputs import check_new_file
@@ -493,7 +530,13 @@ def evaluate(
             f"{where['dataset']}/{part} has no labels; evaluation needs labelled queries"
         )
     result = retriever.evaluate(
-        queries, topk, cuts, distance, progress_bar("evaluating"), pr_queries=pr_queries
+        queries,
+        topk,
+        cuts,
+        distance,
+        progress_bar("evaluating"),
+        pr_queries=pr_queries,
+        refine_depth=refine_depth,
     )
     index = retriever.index
     assert index is not None

@@ -20,6 +20,16 @@ The codes are *degenerate* (:attr:`CodeUsage.degenerate`) when
   1 %), or just one for more than one item: items are not told apart.
 
 The thresholds flag collapse, not mediocrity: a weak but working encoder passes them.
+
+Codes can also be *coarse* for their database without having collapsed (:attr:`CodeUsage.coarse`):
+items with the same code have the same ADC distance to every query, so where a group of tied
+items is larger than the ``TIE_GROUP`` (10) results a user looks at, which of them are shown is
+decided by their order in the index, not by what they show. The codes are coarse when more than
+``MAX_TIED_SHARE`` (10 %) of the items sit in such groups. Example: 3,000 crops of photographs
+encoded at 32 bits into 1,154 distinct codes, the largest shared by 108 items, 34 % of the
+items in groups larger than 10: P@10 0.674 by ADC against 0.722 with refinement
+(``benchmarks/results/top10-probes``). The remedies: an index that refines (``quantrieve encode
+--refine-depth 100``), more bits, longer training.
 """
 
 from __future__ import annotations
@@ -35,6 +45,8 @@ from quantrieve.errors import QuantrieveWarning
 
 MIN_BOOK_PERPLEXITY = 2.0
 MIN_DISTINCT_FRACTION = 0.01
+TIE_GROUP = 10
+MAX_TIED_SHARE = 0.10
 # What a warning about degenerate codes advises.
 COLLAPSE_ADVICE = (
     "retrieval with these codes ranks close to chance; train with more optimisation steps "
@@ -53,6 +65,8 @@ class CodeUsage:
         distinct_codes: the number of different code rows.
         perplexity: per book, ``exp`` of the entropy (natural log) of its codeword frequencies.
         used_codewords: per book, the number of codewords given to at least one item.
+        largest_group: the most items that share one code.
+        items_in_large_groups: items whose code is shared by more than ``TIE_GROUP`` items.
     """
 
     num_items: int
@@ -60,6 +74,8 @@ class CodeUsage:
     distinct_codes: int
     perplexity: list[float]
     used_codewords: list[int]
+    largest_group: int = 0
+    items_in_large_groups: int = 0
 
     @property
     def num_books(self) -> int:
@@ -118,6 +134,38 @@ class CodeUsage:
         return found
 
     @property
+    def tied_share(self) -> float:
+        """The share of items in groups of more than ``TIE_GROUP`` items with one code."""
+        return self.items_in_large_groups / self.num_items if self.num_items else 0.0
+
+    @property
+    def coarse(self) -> bool:
+        """More than ``MAX_TIED_SHARE`` of the items tie with more than ``TIE_GROUP`` others
+        (see the module docstring)."""
+        return self.tied_share > MAX_TIED_SHARE
+
+    def coarse_message(self, what: str, refine_depth: int = 0) -> str:
+        """One line for a warning about coarse codes, with the numbers and the remedies."""
+        ties = (
+            f"{what}: codes are coarse for {self.num_items:,} items: {self.distinct_codes:,} "
+            f"distinct codes ({self.num_items / max(1, self.distinct_codes):.1f} items per "
+            f"code), the largest group of items with one code holds {self.largest_group:,}, "
+            f"and {self.tied_share:.0%} of the items are in groups larger than {TIE_GROUP}, "
+            f"where a top {TIE_GROUP} by ADC is decided by the items' order, not their images"
+        )
+        if refine_depth:
+            return (
+                f"{ties}; this index re-scores its first {refine_depth} results with stored "
+                "embeddings, which orders them (more bits or longer training would make the "
+                "codes themselves finer)"
+            )
+        return (
+            f"{ties}; encode with --refine-depth 100 (the first 100 results re-scored with "
+            "stored float16 embeddings, 2 bytes a dimension per item), use more bits (--bits "
+            "64), or train longer"
+        )
+
+    @property
     def degenerate(self) -> bool:
         """Whether the codes show a sign of collapse (:meth:`warnings` is not empty)."""
         return bool(self.warnings())
@@ -138,6 +186,9 @@ class CodeUsage:
             "used_codewords": list(self.used_codewords),
             "num_codewords": self.num_codewords,
             "degenerate": self.degenerate,
+            "largest_group": self.largest_group,
+            "tied_share": round(self.tied_share, 6),
+            "coarse": self.coarse,
         }
 
 
@@ -171,22 +222,38 @@ def code_usage(codes: np.ndarray | torch.Tensor, num_codewords: int) -> CodeUsag
         p = counts[counts > 0] / max(n, 1)
         perplexity.append(float(math.exp(-(p * np.log(p)).sum())) if n else 0.0)
     rows = np.ascontiguousarray(codes.astype(np.int64 if num_codewords > 256 else np.uint8))
-    distinct = len(np.unique(rows.view(np.dtype((np.void, rows.itemsize * m))))) if n else 0
-    return CodeUsage(n, num_codewords, distinct, perplexity, used)
+    if n:
+        keys = rows.view(np.dtype((np.void, rows.itemsize * m))).ravel()
+        counts = np.unique(keys, return_counts=True)[1]
+        distinct, largest = len(counts), int(counts.max())
+        tied = int(counts[counts > TIE_GROUP].sum())
+    else:
+        distinct = largest = tied = 0
+    return CodeUsage(n, num_codewords, distinct, perplexity, used, largest, tied)
 
 
 def check_code_usage(
-    codes: np.ndarray | torch.Tensor, num_codewords: int, what: str, stacklevel: int = 2
+    codes: np.ndarray | torch.Tensor,
+    num_codewords: int,
+    what: str,
+    stacklevel: int = 2,
+    refine_depth: int = 0,
 ) -> CodeUsage:
-    """:func:`code_usage`, with a :class:`~quantrieve.errors.QuantrieveWarning` if degenerate.
+    """:func:`code_usage`, with a :class:`~quantrieve.errors.QuantrieveWarning` if degenerate,
+    or else if coarse (:attr:`CodeUsage.coarse`).
 
     Args:
         codes: integer codes (N, M).
         num_codewords: K.
         what: what the codes are, to start the warning (e.g. ``"encoded database"``).
         stacklevel: passed to :func:`warnings.warn` (2: the caller of this function).
+        refine_depth: R of an index that refines (0: none), said in the coarse warning.
     """
     usage = code_usage(codes, num_codewords)
     if usage.degenerate:
         warnings.warn(usage.message(what), QuantrieveWarning, stacklevel=stacklevel + 1)
+    elif usage.coarse:
+        warnings.warn(
+            usage.coarse_message(what, refine_depth), QuantrieveWarning, stacklevel=stacklevel + 1
+        )
     return usage

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from quantrieve.evaluate.retrieval import PR_QUERIES, RetrievalResult, evaluate_retrieval
-from quantrieve.pq import ADCScorer, lookup_tables
+from quantrieve.pq import ADCScorer, lookup_tables, refine_head
 from quantrieve.runtime.progress import Progress
 
 
@@ -27,6 +27,7 @@ def evaluate_distances(
     precision_at: Sequence[int] = (10, 100, 1000),
     progress: Progress | None = None,
     pr_queries: int = PR_QUERIES,
+    rerank: Callable[[slice, Tensor], Tensor] | None = None,
 ) -> RetrievalResult:
     """mAP@K, precision@N and PR curve of any distance function, K and N capped at the
     database size (mAP@1000 of a 500-item database is mAP@500; the result says which K).
@@ -42,6 +43,7 @@ def evaluate_distances(
         precision_at=[min(n, num_db) for n in precision_at],
         pr_queries=pr_queries,
         progress=progress,
+        rerank=rerank,
     )
 
 
@@ -57,6 +59,7 @@ def evaluate_codes(
     progress: Progress | None = None,
     exclude: np.ndarray | None = None,
     pr_queries: int = PR_QUERIES,
+    refine: tuple[Tensor | np.ndarray, int] | None = None,
 ) -> RetrievalResult:
     """Evaluate continuous query embeddings (Q, M*d) against PQ codes (N, M) by ADC.
 
@@ -69,6 +72,9 @@ def evaluate_codes(
             (distance +inf): a query that is itself in the database is not its own hit.
         pr_queries: evenly spaced queries the PR curve is estimated on (0 = all); each ranks
             the whole database, the largest cost of an evaluation at millions of items.
+        refine: ``(fine, depth)``: the database's finer copy (N, M*d) and R; the first R
+            places of each ADC ranking are re-scored with it, as a search of an index that
+            refines (:func:`~quantrieve.pq.refine_ranking`). Excluded pairs stay excluded.
     """
     books = torch.as_tensor(np.asarray(codebooks)).float()
     scorer = ADCScorer(torch.as_tensor(np.asarray(codes)), books.shape[1])
@@ -87,6 +93,15 @@ def evaluate_codes(
             dist[pairs[inside, 0] - s.start, pairs[inside, 1]] = float("inf")
         return dist
 
+    rerank = None
+    if refine is not None and refine[1] > 0:
+        fine, depth = torch.as_tensor(np.asarray(refine[0])), refine[1]
+
+        def rerank(s: slice, ranked: Tensor) -> Tensor:
+            _, head = refine_head(queries[s], ranked, fine, depth, distance)
+            head = _keep_excluded_last(head, ranked, pairs, s)
+            return torch.cat([head, ranked[:, head.shape[1] :]], dim=1)
+
     result = evaluate_distances(
         distances,
         query_labels,
@@ -95,7 +110,23 @@ def evaluate_codes(
         precision_at,
         progress,
         pr_queries,
+        rerank,
     )
     result.extra["bits"] = int(books.shape[0] * np.log2(books.shape[1]))
     result.extra["distance"] = distance  # type: ignore[assignment]
+    if rerank is not None:
+        result.extra["refine_depth"] = refine[1]  # type: ignore[index]
     return result
+
+
+def _keep_excluded_last(head: Tensor, ranked: Tensor, pairs: Tensor, s: slice) -> Tensor:
+    """An excluded (query, item) pair that the ADC ranking put in the head (only when fewer
+    than R items are not excluded) stays behind the others after re-scoring."""
+    inside = (pairs[:, 0] >= s.start) & (pairs[:, 0] < s.stop)
+    if not inside.any():
+        return head
+    excluded = torch.zeros_like(head, dtype=torch.bool)
+    for q, item in pairs[inside].tolist():
+        excluded[q - s.start] |= head[q - s.start] == item
+    order = torch.sort(excluded.to(torch.int8), dim=1, stable=True).indices
+    return head.gather(1, order)

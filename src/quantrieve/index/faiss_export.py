@@ -7,6 +7,13 @@ bits start at bit m * nbits, least significant bit first); ``IndexPQFastScan`` i
 from that ``IndexPQ`` (faiss copies the codes into its blocked layout: nothing is re-encoded).
 FastScan ranks with 8-bit quantized look-up tables: approximate, measured in
 ``benchmarks/results/search_scale.json``.
+
+An index that refines (``refine.npy``) is exported as ``IndexRefine``: the PQ index above as
+the first stage, the float16 embeddings, widened to float32, in an ``IndexFlatL2`` refine stage.
+faiss re-scores ``k_factor * k`` candidates instead of a fixed depth R; the export sets
+``k_factor = R / 10``, so a faiss search for the top 10 re-scores the same R candidates as
+quantrieve (up to the tie order of the first stage, and in squared L2, which orders like
+``l2``). ``refine=False`` exports the codes alone.
 """
 
 from __future__ import annotations
@@ -22,9 +29,13 @@ from quantrieve.index.store import IndexFormatError, PQIndex
 from quantrieve.runtime.atomic import atomic_path
 from quantrieve.runtime.outputs import check_new_file
 
+#: The k a refining export's ``k_factor`` is set for (R = k_factor * k).
+REFINE_EXPORT_K = 10
 
-def to_faiss(index: PQIndex, fast_scan: bool = False) -> faiss.Index:
-    """A faiss index holding the same codebooks and codes (item i is faiss id i)."""
+
+def to_faiss(index: PQIndex, fast_scan: bool = False, refine: bool = True) -> faiss.Index:
+    """A faiss index holding the same codebooks and codes (item i is faiss id i); for an
+    index that refines (and ``refine``), wrapped in ``IndexRefineFlat`` (module docstring)."""
     m, k, dsub = index.codebooks.shape
     nbits = int(math.log2(k))
     dim = m * dsub
@@ -34,7 +45,15 @@ def to_faiss(index: PQIndex, fast_scan: bool = False) -> faiss.Index:
     faiss.copy_array_to_vector(index.codebooks.ravel(), out.pq.centroids)
     out.is_trained = True
     out.add_sa_codes(pack_codes(np.asarray(index.codes), nbits))
-    return faiss.IndexPQFastScan(out) if fast_scan else out
+    first = faiss.IndexPQFastScan(out) if fast_scan else out
+    if not refine or index.refine is None:
+        return first
+    flat = faiss.IndexFlatL2(dim)
+    flat.add(np.ascontiguousarray(index.refine, dtype=np.float32))
+    refined = faiss.IndexRefine(first, flat)
+    refined.referenced_objects = [first, flat]  # the Python objects outlive the C++ view
+    refined.k_factor = index.refine_depth / REFINE_EXPORT_K
+    return refined
 
 
 def pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
@@ -66,14 +85,18 @@ def check_faiss_output(path: str | Path, overwrite: bool = False) -> Path:
 
 
 def export_faiss(
-    index: PQIndex, path: str | Path, fast_scan: bool = False, overwrite: bool = False
+    index: PQIndex,
+    path: str | Path,
+    fast_scan: bool = False,
+    overwrite: bool = False,
+    refine: bool = True,
 ) -> Path:
     """Write the faiss index file (``faiss.read_index`` loads it), atomically.
 
     An existing file is replaced only with ``overwrite`` and only if it is a faiss index.
     """
     path = check_faiss_output(path, overwrite)
-    built = to_faiss(index, fast_scan)
+    built = to_faiss(index, fast_scan, refine)
     with atomic_path(path) as tmp:
         faiss.write_index(built, str(tmp))
     return path

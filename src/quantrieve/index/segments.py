@@ -110,6 +110,7 @@ class NewItems:
         names: the uploaded file names (shown, never used as paths).
         labels: bool (n, C) in the index's class order, for a labelled index (else None).
         content: uint64 (n,) pixel fingerprints, for an index that keeps them (else None).
+        refine: float16 (n, M*d) embeddings, for an index that refines (else None).
     """
 
     codes: np.ndarray
@@ -118,6 +119,7 @@ class NewItems:
     names: list[str]
     labels: np.ndarray | None = None
     content: np.ndarray | None = None
+    refine: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -256,6 +258,8 @@ def _write_segment(
         arrays["labels"] = np.asarray(items.labels, dtype=bool)
     if items.content is not None:
         arrays["content"] = np.asarray(items.content, dtype=np.uint64)
+    if items.refine is not None:
+        arrays["refine"] = np.asarray(items.refine, dtype=np.float16)
     with atomic_path(file) as tmp:
         np.savez(tmp, **arrays)
     _fsync_dir(file.parent)
@@ -308,8 +312,11 @@ def _checked_file(folder: Path, entry: Any, what: str, verify: bool) -> Path:
 
 def _load_segment(
     file: Path, base: PQIndex, expected: int
-) -> tuple[np.ndarray, np.ndarray, list[str], np.ndarray | None, np.ndarray | None]:
-    """keys, codes, ids, labels and content of a segment file, checked against the base."""
+) -> tuple[
+    np.ndarray, np.ndarray, list[str], np.ndarray | None, np.ndarray | None, np.ndarray | None
+]:
+    """keys, codes, ids, labels, content and refine embeddings of a segment file, checked
+    against the base."""
     try:
         with np.load(file, allow_pickle=False) as data:
             keys = np.asarray(data["keys"], dtype=np.int64)
@@ -317,6 +324,7 @@ def _load_segment(
             ids = [str(i) for i in data["ids"]]
             labels = np.asarray(data["labels"], dtype=bool) if "labels" in data else None
             content = np.asarray(data["content"], dtype=np.uint64) if "content" in data else None
+            refine = np.asarray(data["refine"]) if "refine" in data else None
     except (OSError, KeyError, ValueError) as exc:
         raise IndexFormatError(f"{file}: unreadable segment ({exc})") from None
     n, m = len(keys), base.num_books
@@ -337,9 +345,15 @@ def _load_segment(
         content is not None and content.shape != (n,)
     ):
         problems.append("content fingerprints do not match the base's")
+    if (refine is None) != (base.refine is None) or (
+        refine is not None
+        and base.refine is not None
+        and (refine.dtype != np.float16 or refine.shape != (n, base.refine.shape[1]))
+    ):
+        problems.append("refine embeddings do not match the base's")
     if problems:
         raise IndexFormatError(f"{file}: {'; '.join(problems)}")
-    return keys, codes, ids, labels, content
+    return keys, codes, ids, labels, content, refine
 
 
 def open_live(path: str | Path, verify: bool = True, base: PQIndex | None = None) -> LiveIndex:
@@ -400,9 +414,10 @@ def open_live(path: str | Path, verify: bool = True, base: PQIndex | None = None
     codes, ids = [np.asarray(base.codes)], list(base.ids)
     labels = None if base.labels is None else [np.asarray(base.labels)]
     content = None if base.content is None else [base.content]
+    refine = None if base.refine is None else [np.asarray(base.refine)]
     for s, entry in enumerate(manifest["segments"]):
         file = _checked_file(folder, entry, "segment", verify)
-        k, c, i, lab, con = _load_segment(file, base, entry.get("num_items", -1))
+        k, c, i, lab, con, ref = _load_segment(file, base, entry.get("num_items", -1))
         all_keys.append(k)
         parts.append(np.full(len(k), s, dtype=np.int32))
         locals_.append(np.arange(len(k), dtype=np.int64))
@@ -412,6 +427,8 @@ def open_live(path: str | Path, verify: bool = True, base: PQIndex | None = None
             labels.append(lab)
         if content is not None and con is not None:
             content.append(con)
+        if refine is not None and ref is not None:
+            refine.append(ref)
     keys = np.concatenate(all_keys)
     if len(np.unique(keys)) != len(keys) or (len(keys) and keys.max() >= manifest["next_key"]):
         raise IndexFormatError(f"{where}: item numbers repeat or reach next_key")
@@ -424,6 +441,7 @@ def open_live(path: str | Path, verify: bool = True, base: PQIndex | None = None
         None if labels is None else np.concatenate(labels),
         None if content is None else np.concatenate(content),
         keep,
+        None if refine is None else np.concatenate(refine),
     )
     return LiveIndex(
         path,
@@ -448,6 +466,7 @@ def _subset(
     labels: np.ndarray | None,
     content: np.ndarray | None,
     keep: np.ndarray | None = None,
+    refine: np.ndarray | None = None,
 ) -> PQIndex:
     """A PQIndex with ``like``'s codebooks and metadata and these rows (``keep``: a mask)."""
     if keep is not None and not keep.all():
@@ -456,6 +475,7 @@ def _subset(
         ids = [ids[r] for r in rows.tolist()]
         labels = None if labels is None else labels[rows]
         content = None if content is None else content[rows]
+        refine = None if refine is None else refine[rows]
     return PQIndex(
         codebooks=like.codebooks,
         codes=codes,
@@ -465,6 +485,8 @@ def _subset(
         class_names=list(like.class_names),
         meta=dict(like.meta),
         content=content,
+        refine=refine,
+        refine_depth=like.refine_depth,
     )
 
 
@@ -562,6 +584,8 @@ class IndexWriter:
             raise IndexFormatError("labels must be given for a labelled index, and only for one")
         if (items.content is None) != (base.content is None):
             raise IndexFormatError("content fingerprints must be given when the index keeps them")
+        if (items.refine is None) != (base.refine is None):
+            raise IndexFormatError("refine embeddings must be given when the index refines")
         generation = live.generation + 1
         keys = np.arange(live.next_key, live.next_key + n, dtype=np.int64)
         ids = [f"{ADDED_PREFIX}{k}" for k in keys.tolist()]
@@ -571,6 +595,8 @@ class IndexWriter:
             [*base.ids, *ids],
             None if base.labels is None else np.concatenate([base.labels, items.labels]),
             None if base.content is None else np.concatenate([base.content, items.content]),
+            None,
+            None if base.refine is None else np.concatenate([base.refine, items.refine]),
         )  # checks the new rows like a new index (shapes, codewords < K)
         folder = self.path / SEGMENTS_DIR
         # A file of this name can only be left by a change that never committed: replaced.
@@ -602,7 +628,9 @@ class IndexWriter:
             raise KeyError(missing[0])
         keep = ~np.isin(live.keys, np.array(wanted, dtype=np.int64))
         base = live.index
-        shrunk = _subset(base, np.asarray(base.codes), base.ids, base.labels, base.content, keep)
+        shrunk = _subset(
+            base, np.asarray(base.codes), base.ids, base.labels, base.content, keep, base.refine
+        )
         new = LiveIndex(
             self.path,
             shrunk,
@@ -678,6 +706,8 @@ def compact(path: str | Path, verify: bool = True) -> Compaction:
             [old_base.ids[r] for r in base_rows.tolist()],
             None if old_base.labels is None else np.asarray(old_base.labels)[base_rows],
             None if old_base.content is None else old_base.content[base_rows],
+            None,
+            None if old_base.refine is None else np.asarray(old_base.refine)[base_rows],
         )
         new_base.meta["compacted"] = {
             "time": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -696,6 +726,7 @@ def compact(path: str | Path, verify: bool = True) -> Compaction:
                 names=[r[2] for r in reads],
                 labels=None if index.labels is None else np.asarray(index.labels)[added],
                 content=None if index.content is None else index.content[added],
+                refine=None if index.refine is None else np.asarray(index.refine)[added],
             )
         generation = live.generation + 1
         model_file = path / "model.pt"

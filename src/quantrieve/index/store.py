@@ -12,6 +12,10 @@ Format ``quantrieve-pq-index``, version 2. A directory holding::
     labels.npy      bool (N, C), only when labels are known
     content.npy     uint64 (N,), a fingerprint of each item's pixels, when known (it tells a
                     query that is itself in the index; see :func:`image_fingerprints`)
+    refine.npy      float16 (N, M*d), each item's embedding, when the index refines (the
+                    first ``refine_depth`` ADC results of a search are re-scored with it:
+                    :mod:`quantrieve.pq.refine`); index.json then says ``has_refine``,
+                    ``refine_dtype`` and ``refine_depth``
     model.pt        the encoder (optional), to embed query images
 
 Integrity (version 2). ``codebooks_sha256`` is the SHA-256 of the codebooks' float32 bytes (C
@@ -47,7 +51,7 @@ import numpy as np
 import torch
 
 from quantrieve.errors import OutputError, QuantrieveError, QuantrieveWarning
-from quantrieve.pq import DISTANCES, CodeSearcher
+from quantrieve.pq import DEFAULT_REFINE_DEPTH, DISTANCES, CodeSearcher, refine_ranking
 from quantrieve.runtime.outputs import OutputKind, folder_state, refuse_foreign, replace_folder
 
 INDEX_FORMAT = "quantrieve-pq-index"
@@ -60,12 +64,17 @@ INDEX_FILES = (
     "ids.txt",
     "labels.npy",
     "content.npy",
+    "refine.npy",
     "model.pt",
 )
 # Files whose SHA-256 index.json records under "checksums" (labels.npy and content.npy only
 # when present).
-CHECKSUMMED_FILES = ("codes.npy", "ids.txt", "labels.npy", "content.npy")
-OPTIONAL_FILES = {"labels.npy": "has_labels", "content.npy": "has_content"}
+CHECKSUMMED_FILES = ("codes.npy", "ids.txt", "labels.npy", "content.npy", "refine.npy")
+OPTIONAL_FILES = {
+    "labels.npy": "has_labels",
+    "content.npy": "has_content",
+    "refine.npy": "has_refine",
+}
 HASH_CHUNK = 1 << 20
 
 
@@ -91,6 +100,9 @@ RESERVED_META = frozenset(
         "distance",
         "has_labels",
         "has_content",
+        "has_refine",
+        "refine_dtype",
+        "refine_depth",
         "has_model",
         "class_names",
         "created",
@@ -153,6 +165,9 @@ class PQIndex:
         distance: default ranking distance, ``l2`` or ``sqeuclidean``.
         content: uint64 (N,) pixel fingerprints (:func:`image_fingerprints`) or None.
         meta: free-form metadata saved in index.json (config, versions, source...).
+        refine: float16 (N, M*d) embeddings of the items, or None: a search re-scores its
+            first ``refine_depth`` ADC results with them (:mod:`quantrieve.pq.refine`).
+        refine_depth: R, the re-scored results per query (used only with ``refine``).
     """
 
     codebooks: np.ndarray
@@ -163,6 +178,8 @@ class PQIndex:
     class_names: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     content: np.ndarray | None = None
+    refine: np.ndarray | None = None
+    refine_depth: int = DEFAULT_REFINE_DEPTH
 
     def __post_init__(self) -> None:
         if self.content is not None:
@@ -191,6 +208,17 @@ class PQIndex:
             raise IndexFormatError(f"{len(self.class_names)} class names for {columns} of labels")
         if self.distance not in DISTANCES:
             raise IndexFormatError(f"distance must be one of {DISTANCES}, got '{self.distance}'")
+        if self.refine is not None:
+            if not isinstance(self.refine, np.memmap):
+                self.refine = np.asarray(self.refine, dtype=np.float16)
+            dim = self.codebooks.shape[0] * self.codebooks.shape[2]
+            if self.refine.dtype != np.float16 or self.refine.shape != (len(self.codes), dim):
+                raise IndexFormatError(
+                    f"refine embeddings must be float16 ({len(self.codes)}, {dim}), got "
+                    f"{self.refine.dtype} {self.refine.shape}"
+                )
+        if self.refine_depth < 1:
+            raise IndexFormatError(f"refine_depth must be >= 1, got {self.refine_depth}")
         if any("\n" in i or "\r" in i for i in self.ids):
             raise IndexFormatError("item ids may not contain line breaks")
         clash = RESERVED_META & set(self.meta)
@@ -224,16 +252,21 @@ class PQIndex:
         ids: Sequence[str],
         labels: np.ndarray | None = None,
         content: np.ndarray | None = None,
+        refine: np.ndarray | None = None,
     ) -> None:
         """Append items in memory: codes uint8 (n, M), their ids and, for a labelled index,
-        their labels in the index's class order; their pixel fingerprints when the index keeps
-        them. Checked like a new index."""
+        their labels in the index's class order; their pixel fingerprints and float16
+        embeddings when the index keeps them. Checked like a new index."""
         codes = np.asarray(codes, dtype=np.uint8)
         if (labels is None) != (self.labels is None):
             raise IndexFormatError("labels must be given for a labelled index, and only for one")
         if (content is None) != (self.content is None):
             raise IndexFormatError(
                 "content fingerprints must be given when the index keeps them, and only then"
+            )
+        if (refine is None) != (self.refine is None):
+            raise IndexFormatError(
+                "refine embeddings must be given when the index refines, and only then"
             )
         grown = PQIndex(
             self.codebooks,
@@ -244,19 +277,87 @@ class PQIndex:
             self.class_names,
             self.meta,
             None if self.content is None else np.concatenate([self.content, content]),
+            None if self.refine is None else np.concatenate([self.refine, refine]),
+            self.refine_depth,
         )
         self.codes, self.ids, self.labels = grown.codes, grown.ids, grown.labels
-        self.content = grown.content
+        self.content, self.refine = grown.content, grown.refine
 
     def search(
-        self, queries: torch.Tensor | np.ndarray, k: int = 10, distance: str | None = None
+        self,
+        queries: torch.Tensor | np.ndarray,
+        k: int = 10,
+        distance: str | None = None,
+        refine_depth: int | None = None,
+        fingerprints: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k).
 
         The search state (per-book code columns, the one-hot matrix) is built on the first search
         and kept with these codes (:meth:`searcher`), so repeated searches cost a look-up table, a
-        gather or product and a top-k."""
-        return self.searcher().search(torch.as_tensor(queries), k, distance or self.distance)
+        gather or product and a top-k.
+
+        An index that refines (:attr:`refine`) re-scores the first ``refine_depth`` results
+        (default: the index's) with the items' float16 embeddings and orders them by that
+        distance, ties by item number; later results keep their ADC order and distances
+        (:func:`~quantrieve.pq.refine_ranking`). ``refine_depth=0`` searches by ADC alone.
+
+        ``fingerprints``: the queries' pixel fingerprints (:func:`image_fingerprints`), for an
+        index that keeps them: the items with a query's very pixels come first, at distance 0,
+        in item order; the rest follow in their order.
+        """
+        queries = torch.as_tensor(queries)
+        distance = distance or self.distance
+        depth = self.refine_depth if refine_depth is None else refine_depth
+        if depth < 0:
+            raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
+        if self.refine is None or depth == 0:
+            dists, items = self.searcher().search(queries, k, distance)
+        else:
+            dists, items = self.searcher().search(queries, max(k, depth), distance)
+            with warnings.catch_warnings():  # a read-only memory map is only ever read here
+                warnings.simplefilter("ignore", UserWarning)
+                fine = torch.from_numpy(self.refine)
+            dists, items = refine_ranking(queries, dists, items, fine, depth, distance)
+            dists, items = dists[:, :k], items[:, :k]
+        if fingerprints is not None and self.content is not None:
+            dists, items = self._copies_first(dists, items, np.asarray(fingerprints, np.uint64))
+        return dists, items
+
+    def copies(self, fingerprint: int) -> np.ndarray:
+        """The rows whose pixel fingerprint is ``fingerprint``, ascending (none without
+        fingerprints)."""
+        if self.content is None:
+            return np.zeros(0, dtype=np.int64)
+        cached = self.__dict__.get("_content_order")
+        if cached is None or cached[0] is not self.content:
+            order = np.argsort(self.content, kind="stable")
+            cached = (self.content, order, self.content[order])
+            self.__dict__["_content_order"] = cached
+        order, ordered = cached[1], cached[2]
+        key = np.uint64(fingerprint)
+        lo = np.searchsorted(ordered, key, side="left")
+        hi = np.searchsorted(ordered, key, side="right")
+        return np.sort(order[lo:hi]).astype(np.int64)
+
+    def _copies_first(
+        self, dists: torch.Tensor, items: torch.Tensor, fingerprints: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's exact copies in front at distance 0, the rest after; length kept."""
+        if len(fingerprints) != len(items):
+            raise QuantrieveError(f"{len(fingerprints)} fingerprints for {len(items)} queries")
+        dists, items = dists.clone(), items.clone()
+        k = items.shape[1]
+        for q, fingerprint in enumerate(fingerprints.tolist()):
+            copies = self.copies(fingerprint)[:k]
+            if not len(copies):
+                continue
+            rest = [(d, i) for d, i in zip(dists[q].tolist(), items[q].tolist(), strict=True)]
+            taken = set(copies.tolist())
+            row = [(0.0, int(i)) for i in copies] + [(d, i) for d, i in rest if i not in taken]
+            dists[q] = torch.tensor([d for d, _ in row[:k]], dtype=dists.dtype)
+            items[q] = torch.tensor([i for _, i in row[:k]], dtype=items.dtype)
+        return dists, items
 
     def searcher(self) -> CodeSearcher:
         """The :class:`~quantrieve.pq.CodeSearcher` of the current codes (built once, kept until
@@ -307,6 +408,8 @@ class PQIndex:
             np.save(folder / "labels.npy", self.labels.astype(bool))
         if self.content is not None:
             np.save(folder / "content.npy", self.content)
+        if self.refine is not None:
+            np.save(folder / "refine.npy", np.asarray(self.refine, dtype=np.float16))
         if model_file is not None:
             shutil.copyfile(model_file, folder / "model.pt")
         elif model is not None:
@@ -322,6 +425,11 @@ class PQIndex:
             "distance": self.distance,
             "has_labels": self.labels is not None,
             "has_content": self.content is not None,
+            **(
+                {"has_refine": True, "refine_dtype": "float16", "refine_depth": self.refine_depth}
+                if self.refine is not None
+                else {}
+            ),
             "has_model": model_file is not None or model is not None,
             "class_names": self.class_names,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -405,6 +513,9 @@ class PQIndex:
                 np.load(path / "labels.npy", mmap_mode=mode) if meta.get("has_labels") else None
             )
             content = np.load(path / "content.npy") if meta.get("has_content") else None
+            refine = (
+                np.load(path / "refine.npy", mmap_mode=mode) if meta.get("has_refine") else None
+            )
         except (OSError, ValueError) as exc:
             raise IndexFormatError(f"{path}: cannot read index files ({exc})") from None
         _verify_shape_keys(meta_path, meta, codebooks)
@@ -418,6 +529,8 @@ class PQIndex:
                 class_names=meta.get("class_names", []),
                 meta={k: v for k, v in meta.items() if k not in RESERVED_META},
                 content=content,
+                refine=refine,
+                refine_depth=int(meta.get("refine_depth", DEFAULT_REFINE_DEPTH)),
             )
         except IndexFormatError as exc:
             raise IndexFormatError(f"{path}: {exc}") from None

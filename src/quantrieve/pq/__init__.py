@@ -11,15 +11,25 @@ from quantrieve.pq.adc import (
     squared_l2_distances,
 )
 from quantrieve.pq.ranking import query_chunks, topk_smallest
+from quantrieve.pq.refine import (
+    DEFAULT_REFINE_DEPTH,
+    REFINE_DTYPES,
+    refine_head,
+    refine_ranking,
+)
 
 __all__ = [
+    "DEFAULT_REFINE_DEPTH",
     "DISTANCES",
+    "REFINE_DTYPES",
     "ADCScorer",
     "CodeSearcher",
     "GatherADC",
     "adc_distances",
     "lookup_tables",
     "query_chunks",
+    "refine_head",
+    "refine_ranking",
     "search_codes",
     "squared_l2_distances",
     "topk_smallest",

@@ -267,9 +267,11 @@ class SearchService:
         kinds = [bool(uploads), bool(items), bool(embeddings)]
         if sum(kinds) != 1:
             raise RequestError(422, "give query images, or items, or embeddings (one of them)")
+        prints = None
         if uploads:
             self.check_batch(len(uploads), "query images")
-            f = torch.from_numpy(self.retriever.embed(self.decode(uploads)))
+            pixels = self.decode(uploads)
+            f = torch.from_numpy(self.retriever.embed(pixels))
             names = [u.name for u in uploads]
         elif items:
             self.check_batch(len(items), "query items")
@@ -280,7 +282,9 @@ class SearchService:
             self.check_batch(len(embeddings), "query embeddings")
             f = self._embeddings(embeddings)
             names = [f"embedding {i}" for i in range(len(f))]
-        dists, rows = live.index.search(f, k, distance)
+        if (uploads or items) and live.index.content is not None:
+            prints = image_fingerprints(pixels)  # a query's own copies rank first
+        dists, rows = live.index.search(f, k, distance, fingerprints=prints)
         hits = self._hits(live, dists.tolist(), rows.tolist())
         seconds = time.perf_counter() - start
         self.metrics.search(len(names), seconds)
@@ -389,7 +393,12 @@ class SearchService:
         self.check_batch(len(uploads), "images")
         pixels = self.decode(uploads)
         label_rows = self._labels(labels, len(uploads))
-        codes = self.retriever.encode(pixels)
+        refines = self.live.index.refine is not None
+        fine = None
+        if refines:
+            codes, fine = self.retriever.encode_with_embeddings(pixels)
+        else:
+            codes = self.retriever.encode(pixels)
         with self._change:
             live = self.live
             items = NewItems(
@@ -399,6 +408,7 @@ class SearchService:
                 names=[u.name for u in uploads],
                 labels=label_rows,
                 content=None if live.index.content is None else image_fingerprints(pixels),
+                refine=fine,
             )
             new = self._writer().append(live, items)
             new.index.searcher().prepare()
