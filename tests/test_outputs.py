@@ -259,3 +259,35 @@ def test_benchmark_and_demo_refuse_a_foreign_folder(
     code, err = _cli(monkeypatch, capsys, *args)
     assert code == 2 and "is not empty and is not a" in err, err
     assert [p.name for p in tmp_path.iterdir()] == ["thesis.tex"]
+
+
+def test_the_umask_is_read_without_being_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quantrieve.runtime import atomic
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc/self/status is Linux's")
+    old = os.umask(0o027)
+    try:
+
+        def refuse(mask: int) -> int:
+            raise AssertionError("os.umask called: another thread would see a zero mask")
+
+        monkeypatch.setattr(atomic.os, "umask", refuse)
+        assert atomic.current_umask() == 0o027
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+
+
+def test_an_atomic_write_syncs_its_folder_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from quantrieve.runtime import atomic
+
+    synced: list[tuple[Path, bool]] = []
+    target = tmp_path / "file.txt"
+    monkeypatch.setattr(
+        atomic, "fsync_dir", lambda folder: synced.append((Path(folder), target.exists()))
+    )
+    atomic.atomic_write_text("x", target)
+    assert synced == [(tmp_path, True)]  # after the rename, on the file's own folder

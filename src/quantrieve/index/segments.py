@@ -49,7 +49,6 @@ numbers unchanged; the old directory is removed only after the new one is in pla
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -69,7 +68,7 @@ from quantrieve.index.store import (
     PQIndex,
     file_sha256,
 )
-from quantrieve.runtime.atomic import atomic_path, atomic_write_json
+from quantrieve.runtime.atomic import atomic_path, atomic_write_json, fsync_dir
 from quantrieve.runtime.outputs import replace_folder
 
 SEGMENTS_DIR = "segments"
@@ -87,16 +86,6 @@ class IndexBusyError(QuantrieveError):
 def has_segments(path: str | Path) -> bool:
     """Whether the index directory has been changed by a service (holds a manifest)."""
     return (Path(path) / SEGMENTS_DIR / MANIFEST).is_file()
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames inside ``folder`` durable (a no-op where directories cannot be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @dataclass
@@ -262,7 +251,7 @@ def _write_segment(
         arrays["refine"] = np.asarray(items.refine, dtype=np.float16)
     with atomic_path(file) as tmp:
         np.savez(tmp, **arrays)
-    _fsync_dir(file.parent)
+    fsync_dir(file.parent)
     return {"file": file.name, "sha256": file_sha256(file), "num_items": n}
 
 
@@ -567,7 +556,7 @@ class IndexWriter:
             self.before_commit()
         folder = self.path / SEGMENTS_DIR
         atomic_write_json(live.manifest(), folder / MANIFEST)
-        _fsync_dir(folder)
+        fsync_dir(folder)
 
     def append(self, live: LiveIndex, items: NewItems) -> LiveIndex:
         """Append ``items`` as a new segment; returns the new version (durable on return).
@@ -677,7 +666,7 @@ def _fsync_tree(folder: Path) -> None:
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
     for sub in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(sub)
+        fsync_dir(sub)
 
 
 def compact(path: str | Path, verify: bool = True) -> Compaction:
@@ -766,7 +755,7 @@ def compact(path: str | Path, verify: bool = True) -> Compaction:
         replace_folder(
             path, INDEX_KIND, write, overwrite=True, own_names=(*INDEX_FILES, SEGMENTS_DIR)
         )
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     return Compaction(
         items=len(live),
         base_items=len(base_keys),

@@ -1,0 +1,127 @@
+"""Refinement's price and worth: search latency with R re-scored results at 60k and 1M items,
+and P@10 / mAP@1000 of a trained index at several R.
+
+    python benchmarks/refine_search.py latency --json benchmarks/results/refine/latency.json
+    python benchmarks/refine_search.py quality INDEX --data-dir DIR --part test \
+        --json benchmarks/results/refine/quality_fashion-mnist.json
+
+``latency``: random codes (M = 8, K = 16, 32 bits) and random float16 embeddings of 128
+dimensions, ``PQIndex.search`` for k = 10, one query and a batch of 100, median of repeats, on
+``--threads`` torch threads. ``quality``: an index encoded with ``--refine-depth`` (any R; the
+depth is set per evaluation) evaluated on labelled queries at R = 0 (ADC alone), 10, 100, 1000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+M, K, D_SUB = 8, 16, 16
+
+
+def latency(args: argparse.Namespace) -> dict:
+    from quantrieve.index.store import PQIndex
+
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(0)
+    books = rng.normal(size=(M, K, D_SUB)).astype(np.float32)
+    rows = []
+    for n in args.sizes:
+        codes = rng.integers(0, K, (n, M), dtype=np.uint8)
+        fine = rng.normal(size=(n, M * D_SUB)).astype(np.float16)
+        index = PQIndex(books, codes, [str(i) for i in range(n)], refine=fine)
+        index.searcher().prepare()
+        for batch in (1, 100):
+            queries = torch.from_numpy(rng.normal(size=(batch, M * D_SUB)).astype(np.float32))
+            for depth in args.depths:
+                index.search(queries, 10, refine_depth=depth)  # warm
+                times = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    index.search(queries, 10, refine_depth=depth)
+                    times.append(time.perf_counter() - start)
+                ms = statistics.median(times) * 1e3
+                row = {
+                    "items": n,
+                    "batch": batch,
+                    "refine_depth": depth,
+                    "ms_per_batch": round(ms, 3),
+                    "ms_per_query": round(ms / batch, 4),
+                    "bytes_per_item": M + (2 * M * D_SUB if depth else 0),
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return {"threads": args.threads, "repeats": args.repeats, "k": 10, "rows": rows}
+
+
+def quality(args: argparse.Namespace) -> dict:
+    import quantrieve as qr
+
+    torch.set_num_threads(args.threads)
+    retriever = qr.Retriever.load(args.index, need_index=True)
+    index = retriever.index
+    if index.refine is None:
+        raise SystemExit(f"{args.index}: encoded without --refine-depth (no refine.npy)")
+    parts = qr.read_dataset(args.dataset, args.data_dir)
+    queries = parts[args.part]
+    f = torch.from_numpy(retriever.embed(queries))
+    rows = []
+    for depth in args.depths:
+        result = retriever.evaluate(
+            queries, 1000, (10, 100), embeddings=f, refine_depth=depth, pr_queries=1
+        )
+        row = {
+            "refine_depth": depth,
+            "map_at_1000": round(result.map_at_k, 4),
+            "p_at_10": round(result.precision_at[10], 4),
+            "p_at_100": round(result.precision_at[100], 4),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {
+        "index": str(args.index),
+        "queries": len(queries),
+        "items": len(index),
+        "bits": index.bits,
+        "distance": index.distance,
+        "code_usage": index.meta.get("code_usage"),
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    lat = sub.add_parser("latency")
+    lat.add_argument(
+        "--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[60_000, 1_000_000]
+    )
+    lat.add_argument(
+        "--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 100, 1000]
+    )
+    lat.add_argument("--repeats", type=int, default=7)
+    qual = sub.add_parser("quality")
+    qual.add_argument("index", type=Path)
+    qual.add_argument("--dataset", default="fashion-mnist")
+    qual.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    qual.add_argument("--part", default="test")
+    qual.add_argument(
+        "--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 10, 100, 1000]
+    )
+    for p in (lat, qual):
+        p.add_argument("--threads", type=int, default=1)
+        p.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    out = latency(args) if args.command == "latency" else quality(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
