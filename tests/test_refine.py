@@ -73,8 +73,9 @@ def test_refine_head_matches_a_float64_reference(distance: str, depth: int) -> N
     ref_d, ref_i = _reference_head(queries, candidates, fine, depth, distance)
     assert torch.equal(i, ref_i)
     torch.testing.assert_close(d.double(), ref_d, rtol=1e-5, atol=1e-5)
-    full_d, full_i = refine_ranking(queries, torch.arange(30.0).expand(9, 30), candidates, fine,
-                                    depth, distance)  # fmt: skip
+    full_d, full_i = refine_ranking(
+        queries, torch.arange(30.0).expand(9, 30), candidates, fine, depth, distance
+    )
     width = min(depth, 30)
     assert torch.equal(full_i[:, width:], candidates[:, width:])  # the rest keeps ADC order
     assert torch.equal(full_d[:, width:], torch.arange(30.0).expand(9, 30)[:, width:])
@@ -82,8 +83,9 @@ def test_refine_head_matches_a_float64_reference(distance: str, depth: int) -> N
 
 def test_refine_head_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="distance"):
-        refine_head(torch.zeros(1, 4), torch.zeros(1, 2, dtype=torch.long), torch.zeros(3, 4), 2,
-                    "cosine")  # fmt: skip
+        refine_head(
+            torch.zeros(1, 4), torch.zeros(1, 2, dtype=torch.long), torch.zeros(3, 4), 2, "cosine"
+        )
     with pytest.raises(ValueError, match="must agree"):
         refine_head(torch.zeros(1, 5), torch.zeros(1, 2, dtype=torch.long), torch.zeros(3, 4), 2)
 
@@ -167,11 +169,14 @@ def test_added_deleted_and_compacted_items_keep_their_embeddings(tmp_path: Path)
             version = PQIndex.load(tmp_path / "ix")
         assert len(version) == 301 and version.refine.shape == (301, M * D_SUB)
         _, found = version.search(torch.from_numpy(new_f), 1)
-        assert [version.ids[r] for r in found[:, 0].tolist()] == [f"added:{k}" for k in
-                                                                  (300, 301, 302)]  # fmt: skip
+        assert [version.ids[r] for r in found[:, 0].tolist()] == [
+            f"added:{k}" for k in (300, 301, 302)
+        ]
     with IndexWriter(tmp_path / "ix") as writer, pytest.raises(IndexFormatError, match="refine"):
-        writer.append(open_live(tmp_path / "ix"), NewItems(
-            codes=items.codes, pixels=items.pixels, raw=items.raw, names=items.names))  # fmt: skip
+        writer.append(
+            open_live(tmp_path / "ix"),
+            NewItems(codes=items.codes, pixels=items.pixels, raw=items.raw, names=items.names),
+        )
 
 
 def test_evaluation_with_refinement_scores_the_rankings_search_returns() -> None:
@@ -180,8 +185,16 @@ def test_evaluation_with_refinement_scores_the_rankings_search_returns() -> None
     labels = np.eye(5, dtype=bool)[rng.integers(0, 5, 300)]
     queries = torch.from_numpy(rng.normal(size=(40, M * D_SUB)).astype(np.float32))
     q_labels = np.eye(5, dtype=bool)[rng.integers(0, 5, 40)]
-    result = evaluate_codes(queries, index.codebooks, index.codes, q_labels, labels, k=50,
-                            precision_at=(10,), refine=(index.refine, 20))  # fmt: skip
+    result = evaluate_codes(
+        queries,
+        index.codebooks,
+        index.codes,
+        q_labels,
+        labels,
+        k=50,
+        precision_at=(10,),
+        refine=(index.refine, 20),
+    )
     _, ranked = index.search(queries, 50)
     rel = (q_labels[:, None, :] & labels[ranked.numpy()]).any(-1)
     hits = rel.cumsum(1)
@@ -192,8 +205,9 @@ def test_evaluation_with_refinement_scores_the_rankings_search_returns() -> None
     assert result.map_at_k == pytest.approx(float(np.mean(ap)), abs=1e-6)  # float32 sums
     assert result.precision_at[10] == pytest.approx(rel[:, :10].mean(), abs=1e-6)
     assert result.extra["refine_depth"] == 20
-    off = evaluate_codes(queries, index.codebooks, index.codes, q_labels, labels, k=50,
-                         precision_at=(10,))  # fmt: skip
+    off = evaluate_codes(
+        queries, index.codebooks, index.codes, q_labels, labels, k=50, precision_at=(10,)
+    )
     assert "refine_depth" not in off.extra
 
 
@@ -246,8 +260,9 @@ def test_coarse_codes_warn_with_numbers_and_fine_codes_do_not() -> None:
 def test_encode_with_refinement_through_the_command_line(tiny_index: Path, tmp_path: Path) -> None:
     run = tiny_index.parent / "run"
     out = tmp_path / "refined"
-    result = CliRunner().invoke(app, ["encode", str(run), "--out", str(out), "--refine-depth",
-                                      "30"], catch_exceptions=False)  # fmt: skip
+    result = CliRunner().invoke(
+        app, ["encode", str(run), "--out", str(out), "--refine-depth", "30"], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     assert "re-scoring the first 30 results" in result.output
     refined = PQIndex.load(out)
@@ -259,10 +274,16 @@ def test_encode_with_refinement_through_the_command_line(tiny_index: Path, tmp_p
     args = ["evaluate", str(out), "--json", "--precision-at", "10"]
     on = json.loads(CliRunner().invoke(app, args, catch_exceptions=False).stdout)
     off = json.loads(CliRunner().invoke(app, [*args, "--refine-depth", "0"]).stdout)
-    base = json.loads(CliRunner().invoke(app, ["evaluate", str(tiny_index), "--json",
-                                               "--precision-at", "10"]).stdout)  # fmt: skip
+    base = json.loads(
+        CliRunner()
+        .invoke(app, ["evaluate", str(tiny_index), "--json", "--precision-at", "10"])
+        .stdout
+    )
     assert on["extra"]["refine_depth"] == 30 and "refine_depth" not in off["extra"]
     assert off["map_at_k"] == base["map_at_k"] and off["precision_at"] == base["precision_at"]
-    hits = json.loads(CliRunner().invoke(app, ["search", str(out), "--items", "0,1", "--part",
-                                               "train", "--json"]).stdout)  # fmt: skip
-    assert [h["results"][0]["index"] for h in hits] == [0, 1]  # indexed queries come first
+    hits = json.loads(
+        CliRunner()
+        .invoke(app, ["search", str(out), "--items", "0,1", "--part", "train", "--json"])
+        .stdout
+    )
+    assert [h["results"][0]["item"] for h in hits] == [0, 1]  # indexed queries come first

@@ -390,3 +390,34 @@ def test_folder_items_come_from_their_files(folder_index: Path, tmp_path: Path) 
             assert c.get("/health").status_code == 200
         finally:
             (photos / "moved").rename(photos / name)
+
+
+def test_an_item_has_one_number_in_the_api_the_command_line_and_http(index_dir: Path) -> None:
+    query = [[0.5] * 16]
+    with TestClient(create_app(index_dir, OPTIONS)) as c:
+        for item in (0, 1, 2, 3):  # every later row shifts down by four
+            assert c.delete(f"/items/{item}", headers={"X-API-Key": KEY}).status_code == 200
+        served = c.post("/search", json={"embeddings": query, "k": 10}).json()
+    http = [h["item"] for h in served["queries"][0]["hits"]]
+    assert "row" not in served["queries"][0]["hits"][0]  # positions stay inside one version
+    found = qr.Retriever.load(index_dir).search(torch.tensor(query), k=10).hits[0]
+    assert [h.item for h in found] == http
+    assert [h.row for h in found] == [item - 4 for item in http]  # base items after 0-3
+    assert all(f"train:{h.item}" == h.id for h in found)
+    source = json.loads((index_dir / "index.json").read_text())["source"]["root"]
+    args = [
+        "search",
+        str(index_dir),
+        "--items",
+        "5",
+        "--data-dir",
+        source,
+        "--part",
+        "train",
+        "-k",
+        "10",
+        "--json",
+    ]
+    out = CliRunner().invoke(cli, args, catch_exceptions=False).output
+    hits = json.loads(out[out.index("[") :])[0]["results"]
+    assert all(f"train:{h['item']}" == h["id"] for h in hits) and hits[0]["item"] == 5

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from quantrieve.data import DataError, ImageSet
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult, evaluate_codes
 from quantrieve.evaluate.code_usage import check_code_usage
+from quantrieve.index.hits import Hit, make_hits
 from quantrieve.index.store import (
     IndexFormatError,
     PQIndex,
@@ -57,15 +58,9 @@ from quantrieve.train.trainer import EpochCallback, Trainer
 Images = ImageSet | np.ndarray
 
 
-@dataclass
-class SearchHit:
-    """One result: its rank (from 1), row in the index, id, distance and label names."""
-
-    rank: int
-    index: int
-    id: str
-    distance: float
-    labels: list[str] = field(default_factory=list)
+#: One search result (:class:`quantrieve.index.hits.Hit`): rank, stable item number, row, id,
+#: distance, label names; the same type the search service answers with.
+SearchHit = Hit
 
 
 @dataclass
@@ -74,8 +69,9 @@ class SearchResult:
 
     Attributes:
         distances: float32 (Q, k), ascending per row (ties by index row).
-        indices: int64 (Q, k) rows of the index.
-        hits: per query, the k :class:`SearchHit` with ids and label names.
+        indices: int64 (Q, k) rows of the index (positions in this version; a hit's ``item``
+            is its stable number).
+        hits: per query, the k :class:`SearchHit` with item numbers, ids and label names.
     """
 
     distances: np.ndarray
@@ -436,14 +432,7 @@ class Retriever:
         if not embedded and index.content is not None:
             prints = image_fingerprints(_as_images(queries))
         dists, idx = index.search(f, k, distance, refine_depth, fingerprints=prints)
-        hits = []
-        for row_d, row_i in zip(dists.tolist(), idx.tolist(), strict=True):
-            hits.append(
-                [
-                    SearchHit(rank, i, index.ids[i], d, index.label_names(i))
-                    for rank, (d, i) in enumerate(zip(row_d, row_i, strict=True), start=1)
-                ]
-            )
+        hits = make_hits(index, dists.tolist(), idx.tolist())
         return SearchResult(dists.numpy(), idx.numpy(), hits)
 
     def evaluate(

@@ -428,7 +428,7 @@ def search(
         for column in ("rank", "item", "id", "distance", "labels"):
             table.add_column(column)
         for h in hits:
-            table.add_row(str(h.rank), str(h.index), h.id, f"{h.distance:.4f}", ", ".join(h.labels))
+            table.add_row(str(h.rank), str(h.item), h.id, f"{h.distance:.4f}", ", ".join(h.labels))
         stdout.print(table)
 
 

@@ -150,6 +150,7 @@ class LiveIndex:
 
     def __post_init__(self) -> None:
         self._rows = {int(k): row for row, k in enumerate(self.keys.tolist())}
+        self.index.items = np.asarray(self.keys, dtype=np.int64)  # rows say their item numbers
 
     def __len__(self) -> int:
         return len(self.index)

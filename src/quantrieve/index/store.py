@@ -168,6 +168,9 @@ class PQIndex:
         refine: float16 (N, M*d) embeddings of the items, or None: a search re-scores its
             first ``refine_depth`` ADC results with them (:mod:`quantrieve.pq.refine`).
         refine_depth: R, the re-scored results per query (used only with ``refine``).
+        items: int64 (N,) the stable item number of each row (:mod:`quantrieve.index.hits`),
+            or None when row i is item i (a freshly encoded index). An index loaded with its
+            service changes gets them from the manifest.
     """
 
     codebooks: np.ndarray
@@ -180,6 +183,7 @@ class PQIndex:
     content: np.ndarray | None = None
     refine: np.ndarray | None = None
     refine_depth: int = DEFAULT_REFINE_DEPTH
+    items: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.content is not None:
@@ -217,6 +221,12 @@ class PQIndex:
                     f"refine embeddings must be float16 ({len(self.codes)}, {dim}), got "
                     f"{self.refine.dtype} {self.refine.shape}"
                 )
+        if self.items is not None:
+            self.items = np.asarray(self.items, dtype=np.int64)
+            if self.items.shape != (len(self.codes),):
+                raise IndexFormatError(
+                    f"item numbers must be ({len(self.codes)},), got {self.items.shape}"
+                )
         if self.refine_depth < 1:
             raise IndexFormatError(f"refine_depth must be >= 1, got {self.refine_depth}")
         if any("\n" in i or "\r" in i for i in self.ids):
@@ -240,11 +250,17 @@ class PQIndex:
     def __len__(self) -> int:
         return len(self.codes)
 
-    def label_names(self, item: int) -> list[str]:
-        """The class names of item ``item`` (empty when unlabelled or unnamed)."""
+    def label_names(self, row: int) -> list[str]:
+        """The class names of row ``row`` (empty when unlabelled or unnamed)."""
         if self.labels is None or not self.class_names:
             return []
-        return [self.class_names[c] for c in np.flatnonzero(self.labels[item])]
+        return [self.class_names[c] for c in np.flatnonzero(self.labels[row])]
+
+    def item_numbers(self) -> np.ndarray:
+        """int64 (N,): the stable item number of every row (row i is item i by default)."""
+        if self.items is not None:
+            return self.items
+        return np.arange(len(self.codes), dtype=np.int64)
 
     def add(
         self,
@@ -280,6 +296,10 @@ class PQIndex:
             None if self.refine is None else np.concatenate([self.refine, refine]),
             self.refine_depth,
         )
+        if self.items is not None:
+            start = int(self.items.max()) + 1 if len(self.items) else 0
+            new = np.arange(start, start + len(codes), dtype=np.int64)
+            self.items = np.concatenate([self.items, new])
         self.codes, self.ids, self.labels = grown.codes, grown.ids, grown.labels
         self.content, self.refine = grown.content, grown.refine
 

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from quantrieve.api.retriever import Retriever
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, decode_image_bytes
 from quantrieve.errors import QuantrieveError
+from quantrieve.index.hits import Hit, make_hits
 from quantrieve.index.segments import (
     IndexWriter,
     LiveIndex,
@@ -80,18 +81,6 @@ class RequestError(QuantrieveError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
-
-
-@dataclass
-class Hit:
-    """One result: rank (from 1), item number, id, distance, label names, whether added."""
-
-    rank: int
-    item: int
-    id: str
-    distance: float
-    labels: list[str] = field(default_factory=list)
-    added: bool = False
 
 
 @dataclass
@@ -311,21 +300,7 @@ class SearchService:
         return f
 
     def _hits(self, live: LiveIndex, dists: list[list[float]], rows: list[list[int]]) -> list:
-        index = live.index
-        return [
-            [
-                Hit(
-                    rank,
-                    int(live.keys[row]),
-                    index.ids[row],
-                    dist,
-                    index.label_names(row),
-                    bool(live.part[row] >= 0),
-                )
-                for rank, (dist, row) in enumerate(zip(row_d, row_i, strict=True), start=1)
-            ]
-            for row_d, row_i in zip(dists, rows, strict=True)
-        ]
+        return make_hits(live.index, dists, rows, added=live.part >= 0)
 
     def item(self, key: int) -> dict[str, Any]:
         """Metadata of item ``key`` (404 when it is not in the index)."""
@@ -485,4 +460,6 @@ class SearchService:
 
 
 def _hit_json(hit: Hit) -> dict[str, Any]:
-    return {**hit.__dict__, "image_url": f"/items/{hit.item}/image"}
+    """A hit over HTTP: the item number, never the row (a position inside one version)."""
+    fields = {k: v for k, v in hit.__dict__.items() if k != "row"}
+    return {**fields, "image_url": f"/items/{hit.item}/image"}
