@@ -26,8 +26,8 @@ items with the same code have the same ADC distance to every query, so where a g
 items is larger than the ``TIE_GROUP`` (10) results a user looks at, which of them are shown is
 decided by their order in the index, not by what they show. The codes are coarse when more than
 ``MAX_TIED_SHARE`` (10 %) of the items sit in such groups. Example: 3,000 crops of photographs
-encoded at 32 bits into 1,154 distinct codes, the largest shared by 108 items, 34 % of the
-items in groups larger than 10: P@10 0.674 by ADC against 0.722 with refinement
+encoded at 32 bits into 762 distinct codes, the largest shared by 132 items, 54 % of the items
+in groups larger than 10: P@10 0.634 by ADC against 0.731 with refinement
 (``benchmarks/results/top10-probes``). The remedies: an index that refines (``quantrieve encode
 --refine-depth 100``), more bits, longer training.
 """
