@@ -224,3 +224,14 @@ def test_build_backbone_rejects_bad_arguments() -> None:
         build_backbone("vgg16", 3)
     with pytest.raises(ValueError):
         build_backbone("small_cnn", 0)
+
+
+def test_code_length_is_books_times_log2_of_codewords() -> None:
+    from quantrieve.pq import bits_per_book, code_bits, is_codeword_count
+
+    assert [code_bits(8, 16), code_bits(4, 256), code_bits(16, 2)] == [32, 32, 16]
+    assert code_bits(4, 256) != int(4 * 256**0.5)  # not SPQ's M * sqrt(K) (equal at K = 16)
+    for bad in (0, 1, 3, 12, 512):
+        assert not is_codeword_count(bad)
+        with pytest.raises(ValueError, match="power of two"):
+            bits_per_book(bad)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import tomllib
 import types
 import typing
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from quantrieve.errors import QuantrieveError
-from quantrieve.pq import DISTANCES
+from quantrieve.pq import DISTANCES, bits_per_book, code_bits, is_codeword_count
 from quantrieve.runtime.atomic import atomic_write_json
 
 
@@ -243,7 +242,7 @@ class ModelConfig:
 
     @property
     def bits(self) -> int:
-        return int(self.num_books * math.log2(self.num_codewords))
+        return code_bits(self.num_books, self.num_codewords)
 
     @property
     def embed_dim(self) -> int:
@@ -256,7 +255,7 @@ class ModelConfig:
         _check(self.proj_hidden >= 1, "model.proj_hidden", "must be >= 1")
         _check(self.num_books >= 1, "model.num_books", "must be >= 1")
         _check(
-            2 <= self.num_codewords <= 256 and (self.num_codewords & (self.num_codewords - 1)) == 0,
+            is_codeword_count(self.num_codewords),
             "model.num_codewords",
             "a power of two in [2, 256] (codes are stored as uint8)",
         )
@@ -632,7 +631,11 @@ def num_books_for_bits(bits: int, num_codewords: int, name: str = "--bits") -> i
     Args:
         name: how the user gave the bits (``--bits``, ``config key 'model.bits'``), for errors.
     """
-    per_book = math.log2(num_codewords)
+    if not is_codeword_count(num_codewords):
+        raise ConfigError(
+            f"config key 'model.num_codewords': a power of two in [2, 256], got {num_codewords}"
+        )
+    per_book = bits_per_book(num_codewords)
     if bits < per_book:
         raise ConfigError(
             f"{name} must be a positive multiple of log2(K) = {per_book:g} (K = {num_codewords}),"

@@ -12,7 +12,6 @@ Pixels are scaled to [0, 1] and flattened; the database trains the quantizers (u
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ import torch
 from torch import Tensor
 
 from quantrieve.errors import QuantrieveError
-from quantrieve.pq import adc_distances, lookup_tables, squared_l2_distances
+from quantrieve.pq import adc_distances, bits_per_book, lookup_tables, squared_l2_distances
 
 BASELINES = ("pq", "opq", "itq", "exact")
 
@@ -75,7 +74,7 @@ def fit_baseline(
     if name not in BASELINES:
         raise QuantrieveError(f"unknown baseline '{name}'; one of {BASELINES}")
     x, q = flatten_pixels(database), flatten_pixels(queries)
-    nbits = int(math.log2(num_codewords))
+    nbits = bits_per_book(num_codewords)
     bits = num_books * nbits
     dim = x.shape[1]
     if name in ("pq", "opq") and dim % num_books:

@@ -28,7 +28,7 @@ from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.run_parts import read_run_parts, training_part
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult
-from quantrieve.pq import DEFAULT_REFINE_DEPTH
+from quantrieve.pq import DEFAULT_REFINE_DEPTH, bits_per_book
 from quantrieve.runtime.distributed import from_environment, shutdown
 from quantrieve.train.trainer import EpochSummary, TrainingError
 
@@ -649,7 +649,7 @@ def export_faiss_cmd(
         from quantrieve.index.ivf import build_ivf, estimate_memory, write_ivf
 
         m, k, d = index.codebooks.shape
-        need = estimate_memory(len(index), m, int(np.log2(k)), m * d, ivf)
+        need = estimate_memory(len(index), m, bits_per_book(k), m * d, ivf)
         console.print(f"IVF of {len(index)} items, {ivf} lists: about {need.total / 1e6:.1f} MB")
         write_ivf(build_ivf(index, ivf), out, overwrite)
         console.print(f"faiss IndexIVFPQ (by_residual=False) -> {out}")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from quantrieve.evaluate.retrieval import PR_QUERIES, RetrievalResult, evaluate_retrieval
-from quantrieve.pq import ADCScorer, lookup_tables, refine_head
+from quantrieve.pq import ADCScorer, code_bits, lookup_tables, refine_head
 from quantrieve.runtime.progress import Progress
 
 
@@ -112,7 +112,7 @@ def evaluate_codes(
         pr_queries,
         rerank,
     )
-    result.extra["bits"] = int(books.shape[0] * np.log2(books.shape[1]))
+    result.extra["bits"] = code_bits(books.shape[0], books.shape[1])
     result.extra["distance"] = distance  # type: ignore[assignment]
     if rerank is not None:
         result.extra["refine_depth"] = refine[1]  # type: ignore[index]

@@ -18,7 +18,6 @@ quantrieve (up to the tie order of the first stage, and in squared L2, which ord
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import faiss
@@ -26,6 +25,7 @@ import numpy as np
 
 from quantrieve.errors import OutputError
 from quantrieve.index.store import IndexFormatError, PQIndex
+from quantrieve.pq import bits_per_book
 from quantrieve.runtime.atomic import atomic_path
 from quantrieve.runtime.outputs import check_new_file
 
@@ -37,7 +37,7 @@ def to_faiss(index: PQIndex, fast_scan: bool = False, refine: bool = True) -> fa
     """A faiss index holding the same codebooks and codes (item i is faiss id i); for an
     index that refines (and ``refine``), wrapped in ``IndexRefineFlat`` (module docstring)."""
     m, k, dsub = index.codebooks.shape
-    nbits = int(math.log2(k))
+    nbits = bits_per_book(k)
     dim = m * dsub
     if fast_scan and nbits != 4:
         raise IndexFormatError(f"IndexPQFastScan needs K = 16 codewords, this index has {k}")

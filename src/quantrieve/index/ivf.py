@@ -25,6 +25,7 @@ import numpy as np
 
 from quantrieve.index.faiss_export import check_faiss_output, unpack_codes
 from quantrieve.index.store import IndexFormatError, PQIndex
+from quantrieve.pq import bits_per_book
 from quantrieve.runtime.atomic import atomic_path
 
 
@@ -69,7 +70,7 @@ def build_ivf(
         chunk: items decoded and added at a time (bounded memory).
     """
     m, k, dsub = index.codebooks.shape
-    nbits = int(math.log2(k))
+    nbits = bits_per_book(k)
     dim = m * dsub
     n = len(index)
     if not 1 <= nlist <= n:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -51,7 +50,14 @@ import numpy as np
 import torch
 
 from quantrieve.errors import OutputError, QuantrieveError, QuantrieveWarning
-from quantrieve.pq import DEFAULT_REFINE_DEPTH, DISTANCES, CodeSearcher, refine_ranking
+from quantrieve.pq import (
+    DEFAULT_REFINE_DEPTH,
+    DISTANCES,
+    CodeSearcher,
+    code_bits,
+    is_codeword_count,
+    refine_ranking,
+)
 from quantrieve.runtime.outputs import OutputKind, folder_state, refuse_foreign, replace_folder
 
 INDEX_FORMAT = "quantrieve-pq-index"
@@ -245,7 +251,7 @@ class PQIndex:
 
     @property
     def bits(self) -> int:
-        return int(self.num_books * np.log2(self.num_codewords))
+        return code_bits(self.num_books, self.num_codewords)
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -607,7 +613,7 @@ def _verify_shape_keys(meta_path: Path, meta: dict[str, Any], codebooks: np.ndar
         "num_books": m,
         "num_codewords": k,
         "codeword_dim": d,
-        "bits": int(m * math.log2(k)) if k > 0 else 0,
+        "bits": code_bits(m, k) if is_codeword_count(k) else 0,
     }
     for key, value in expected.items():
         if key in meta and meta[key] != value:

@@ -10,12 +10,10 @@ and the hard code b_m = argmin_k ||f_m - c_mk||^2, stored as uint8. Bits = M * l
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
-from quantrieve.pq import lookup_tables
+from quantrieve.pq import code_bits, is_codeword_count, lookup_tables
 
 
 class ProductQuantizer(nn.Module):
@@ -34,7 +32,7 @@ class ProductQuantizer(nn.Module):
         super().__init__()
         if num_books < 1:
             raise ValueError(f"num_books must be >= 1, got {num_books}")
-        if not (2 <= num_codewords <= 256) or num_codewords & (num_codewords - 1):
+        if not is_codeword_count(num_codewords):
             raise ValueError(
                 f"num_codewords must be a power of two in [2, 256], got {num_codewords}"
             )
@@ -52,7 +50,7 @@ class ProductQuantizer(nn.Module):
     @property
     def bits(self) -> int:
         """Code length: M * log2(K)."""
-        return int(self.num_books * math.log2(self.num_codewords))
+        return code_bits(self.num_books, self.num_codewords)
 
     @property
     def dim(self) -> int:

@@ -10,6 +10,7 @@ from quantrieve.pq.adc import (
     search_codes,
     squared_l2_distances,
 )
+from quantrieve.pq.bits import bits_per_book, code_bits, is_codeword_count
 from quantrieve.pq.ranking import query_chunks, topk_smallest
 from quantrieve.pq.refine import (
     DEFAULT_REFINE_DEPTH,
@@ -26,6 +27,9 @@ __all__ = [
     "CodeSearcher",
     "GatherADC",
     "adc_distances",
+    "bits_per_book",
+    "code_bits",
+    "is_codeword_count",
     "lookup_tables",
     "query_chunks",
     "refine_head",
