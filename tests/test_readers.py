@@ -732,3 +732,35 @@ def test_a_grayscale_folder_keeps_one_channel(tmp_path: Path) -> None:
     assert read_dataset("image-folder", tmp_path / "gray", 8)["all"].images.shape[-1] == 3
     with pytest.raises(DataError, match=r"data\.channels=1 applies to the image-folder"):
         read_dataset("mnist", tmp_path, channels=1)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_exif_orientation_is_applied_wherever_images_are_decoded(
+    tmp_path: Path, channels: int
+) -> None:
+    """A phone portrait (JPEG stored sideways, orientation 6 = turn 90 degrees clockwise) is
+    decoded as the upright pixels, by the dataset readers, query files and uploads alike."""
+    from PIL import Image
+
+    from quantrieve.data.images import decode_image, decode_image_bytes, load_image_file
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 255, (32, 48, 3)).astype(np.uint8)  # as the sensor wrote it
+    stored[:4] = 255  # a bright band along the stored top edge
+    jpeg = Image.fromarray(stored)
+    exif = jpeg.getexif()
+    exif[0x0112] = 6
+    jpeg.save(tmp_path / "portrait.jpg", exif=exif.tobytes(), quality=95)
+    mode = {1: "L", 3: "RGB"}[channels]
+    with Image.open(tmp_path / "portrait.jpg") as image:  # the decoded (lossy) stored pixels
+        image.draft(mode, (32, 32))  # as the decoder reads JPEGs (DCT-domain, Y for grayscale)
+        decoded = np.asarray(image.convert(mode))
+    upright = np.rot90(decoded, k=-1)  # turned 90 degrees clockwise: the band is on the right
+    Image.fromarray(np.ascontiguousarray(upright)).save(tmp_path / "upright.png")
+    expected = decode_image(tmp_path / "upright.png", 32, channels)
+    assert np.array_equal(decode_image(tmp_path / "portrait.jpg", 32, channels), expected)
+    assert np.array_equal(load_image_file(tmp_path / "portrait.jpg", 32, channels), expected)
+    data = (tmp_path / "portrait.jpg").read_bytes()
+    assert np.array_equal(decode_image_bytes(data, 32, channels), expected)
+    sideways = decode_image(tmp_path / "portrait.jpg", 32, channels)
+    assert sideways[:, -3:].mean() > sideways[:, :3].mean() + 60  # the band is on the right

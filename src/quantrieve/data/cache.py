@@ -41,7 +41,8 @@ from quantrieve.data.images import (
 )
 
 Progress = Callable[[int, int], None]
-CACHE_FORMAT = 1
+# 2: images are turned upright by their EXIF orientation (entries of format 1 are not).
+CACHE_FORMAT = 2
 CACHE_ENV = "QUANTRIEVE_CACHE_DIR"
 
 

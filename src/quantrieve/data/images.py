@@ -1,8 +1,9 @@
 """Decoding one image file into a square uint8 RGB array (shared by list-file and folder readers).
 
-Resizing rule, used everywhere: the image is converted to RGB (grayscale, palette, CMYK and alpha
-images included; alpha is dropped, GIFs give their first frame), the largest centred square is
-cropped from it and that square is resized to ``image_size`` x ``image_size`` with bilinear
+Resizing rule, used everywhere: the image is turned upright by its EXIF orientation (a phone's
+portrait photo, stored sideways, is decoded as it is shown), converted to RGB (grayscale,
+palette, CMYK and alpha images included; alpha is dropped, GIFs give their first frame), the
+largest centred square is cropped from it and that square is resized to ``image_size`` x ``image_size`` with bilinear
 interpolation. This equals "resize the shorter side to ``image_size``, then centre-crop" up to
 rounding, and keeps the aspect ratio of the content. JPEGs are decoded with PIL's draft mode
 (DCT-domain downscaling to no less than the target size) because it makes large sets several times
@@ -169,12 +170,14 @@ class BadUploadError(DataError):
 
 
 def _fit_square(image: Image.Image, image_size: int, channels: int = 3) -> Image.Image:
-    """RGB (or L for one channel), then the largest centred square resized (bilinear) to
-    ``image_size``: the one rule every decoded image follows (files, uploads, queries)."""
+    """Turned upright by its EXIF orientation (as a phone's portrait photo is shown), RGB (or L
+    for one channel), then the largest centred square resized (bilinear) to ``image_size``: the
+    one rule every decoded image follows (files, uploads, queries, training)."""
     mode = {3: "RGB", 1: "L"}[channels]
     if image.format == "JPEG":
         image.draft(mode, (image_size, image_size))
-    return ImageOps.fit(image.convert(mode), (image_size, image_size), Image.Resampling.BILINEAR)
+    upright = ImageOps.exif_transpose(image.convert(mode))
+    return ImageOps.fit(upright, (image_size, image_size), Image.Resampling.BILINEAR)
 
 
 def decode_image_bytes(
