@@ -1,11 +1,11 @@
 """Decoding one image file into a square uint8 RGB array (shared by list-file and folder readers).
 
 Resizing rule, used everywhere: the image is turned upright by its EXIF orientation (a phone's
-portrait photo, stored sideways, is decoded as it is shown), converted to RGB (grayscale,
-palette, CMYK and alpha images included; alpha is dropped, GIFs give their first frame), the
-largest centred square is cropped from it and that square is resized to ``image_size`` x
-``image_size`` with bilinear interpolation. This equals "resize the shorter side to ``image_size``, then centre-crop" up to
-rounding, and keeps the aspect ratio of the content. JPEGs are decoded with PIL's draft mode
+portrait photo, stored sideways, is decoded as it is shown), converted to RGB (grayscale, palette,
+CMYK and alpha images included; alpha is dropped, GIFs give their first frame), the largest centred
+square is cropped from it and that square is resized to ``image_size`` x ``image_size`` with
+bilinear interpolation. This equals "resize the shorter side to ``image_size``, then centre-crop"
+up to rounding, and keeps the aspect ratio of the content. JPEGs are decoded with PIL's draft mode
 (DCT-domain downscaling to no less than the target size) because it makes large sets several times
 faster to decode; the result can differ by a few grey levels from a full-size decode.
 """
