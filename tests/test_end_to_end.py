@@ -14,9 +14,11 @@ from conftest import TINY_RUN
 from typer.testing import CliRunner
 
 from quantrieve import Retriever
-from quantrieve.cli import app, main
+from quantrieve.cli import _print_epoch, app, main
+from quantrieve.cli.terminal import console
 from quantrieve.index import PQIndex
 from quantrieve.index.faiss_export import to_faiss
+from quantrieve.train.trainer import EpochSummary
 
 TINY = [*TINY_RUN, "model.num_books=4", "eval.topk=50", "eval.precision_at=[5]"]
 
@@ -204,3 +206,16 @@ def test_demo_writes_table_grid_and_curves(tiny_fashion: Path, tmp_path: Path) -
     for name in ("retrieval_grid.png", "pr_curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     assert (out / "index" / "codes.npy").is_file()
+
+
+def test_each_epoch_reports_validation_p_at_10_beside_map(trained: dict[str, Path]) -> None:
+    records = [json.loads(line) for line in (trained["run"] / "log.jsonl").open()]
+    validations = {r["epoch"]: r for r in records if r["kind"] == "validation"}
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert epochs and all(r["val_p10"] is not None for r in epochs)
+    for r in epochs:  # the epoch line's P@10 is the validation record's
+        assert r["val_p10"] == validations[r["epoch"]]["precision_at"]["10"]
+    summary = EpochSummary(3, 1.0, 2.0, 10.0, 0.5, 3, 0.5, val_p10=0.625)
+    with console.capture() as captured:
+        _print_epoch(summary, 5)
+    assert "val mAP 0.5000  P@10 0.6250" in captured.get()

@@ -127,6 +127,8 @@ def _print_epoch(summary: EpochSummary, total: int) -> None:
     )
     if summary.val_map is not None:
         line += f"  val mAP {summary.val_map:.4f}"
+        if summary.val_p10 is not None:
+            line += f"  P@10 {summary.val_p10:.4f}"
     if summary.best_val_map is not None:
         line += f"  (best {summary.best_val_map:.4f} @ epoch {summary.best_epoch})"
     console.print(line)

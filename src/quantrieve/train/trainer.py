@@ -83,7 +83,8 @@ class TrainingError(QuantrieveError, RuntimeError):
 
 @dataclass
 class EpochSummary:
-    """One finished epoch: mean loss, time, and validation mAP when it was measured."""
+    """One finished epoch: mean loss, time, and validation mAP and P@10 when they were
+    measured (mAP picks the best epoch: docs/method.md, "Which metric picks the best epoch")."""
 
     epoch: int
     loss: float
@@ -92,9 +93,12 @@ class EpochSummary:
     val_map: float | None
     best_epoch: int = 0
     best_val_map: float | None = None
+    val_p10: float | None = None
 
 
 EpochCallback = Callable[["EpochSummary"], None]
+#: The first results a user looks at: validation always reports P@10 beside mAP@K.
+TOP_RESULTS = 10
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -224,6 +228,7 @@ class Trainer:
         self._epoch_codes: list[torch.Tensor] = []
         # (epoch, usage) of the latest codes, by what was encoded (see _warn_if_collapsed).
         self._last_usage: dict[str, tuple[int, CodeUsage]] = {}
+        self._last_val_p10: float | None = None
         self.epoch = 0
         self.best_val_map = -math.inf
         self.best_epoch = 0
@@ -541,13 +546,14 @@ class Trainer:
         usage = code_usage(torch.cat(self._epoch_codes), self.config.model.num_codewords)
         self._epoch_codes = []
         self._last_usage = {"training batches": (epoch, usage)}
-        val_map = None
+        val_map = val_p10 = None
         if (
             t.eval_every
             and self.split is not None
             and (epoch % t.eval_every == 0 or epoch == t.epochs)
         ):
             val_map = self.validate()
+            val_p10 = self._last_val_p10
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
                 self._keep({"epoch": epoch, "val_map": val_map})
@@ -563,6 +569,7 @@ class Trainer:
             val_map=val_map,
             best_epoch=self.best_epoch,
             best_val_map=self.best_val_map if self.best_val_map > -math.inf else None,
+            val_p10=val_p10,
         )
         record = {k: v for k, v in summary.__dict__.items() if k != "best_val_map"}
         self._log({"kind": "epoch", **record, "code_usage": usage.to_dict()})
@@ -599,11 +606,12 @@ class Trainer:
             labels[q_idx],
             labels[db_idx],
             e.topk,
-            e.precision_at,
+            sorted({*e.precision_at, TOP_RESULTS}),  # P@10 always: what a user sees
             e.distance,
         )
         usage = code_usage(codes, self.config.model.num_codewords)
         self._last_usage["validation database"] = (self.epoch, usage)
+        self._last_val_p10 = result.precision_at.get(min(TOP_RESULTS, len(db_idx)))
         self._log(
             {
                 "kind": "validation",
