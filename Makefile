@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test lint data browser clean
+.PHONY: venv demo test test-fast lint data browser clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ test: venv browser
 	$(PY) -m ruff check src tests benchmarks
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
+
+# The tests without the slow ones (multi-process, browser, kill-and-recover): under a minute.
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
 
 lint: venv
 	$(PY) -m ruff check src tests benchmarks

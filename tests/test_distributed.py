@@ -68,6 +68,7 @@ def _steps(data: Path, out: Path, sync: bool, nproc: int, *overrides: str) -> di
     return torch.load(out, weights_only=True)
 
 
+@pytest.mark.slow
 def test_two_processes_with_sync_batchnorm_compute_what_one_does(
     data: Path, tmp_path: Path
 ) -> None:
@@ -84,6 +85,7 @@ def test_two_processes_with_sync_batchnorm_compute_what_one_does(
     assert per_rank["losses"][0] != pytest.approx(one["losses"][0], rel=1e-6, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_processes_with_small_views_compute_what_one_does(data: Path, tmp_path: Path) -> None:
     """Multi-crop: each rank passes its share of the small views too; gathered per view, the
     pairs' losses equal one process's."""
@@ -131,6 +133,7 @@ def _epochs(run: Path) -> list[int]:
     return [r["epoch"] for r in map(json.loads, lines) if r["kind"] == "epoch"]
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_exactly(data: Path, tmp_path: Path) -> None:
     common = ["--data-dir", str(data), "--epochs", "4"]
     straight = tmp_path / "straight"

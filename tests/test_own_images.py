@@ -156,6 +156,7 @@ def test_a_model_from_another_run_is_refused(own_run: dict[str, Path], tmp_path:
         qr.Retriever.load(index)
 
 
+@pytest.mark.slow
 def test_the_readme_python_example_runs_as_printed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -48,6 +48,7 @@ def _query(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_the_page_searches_clicks_and_adds(tiny_index: Path, tmp_path: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

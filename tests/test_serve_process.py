@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 from PIL import Image
 
 import quantrieve as qr
@@ -111,6 +112,7 @@ def check_served(client: httpx.Client, acked: set[int], deleted: set[int]) -> No
         assert client.get(f"/items/{key}").status_code == 404, key
 
 
+@pytest.mark.slow
 def test_kill_during_add_loses_nothing_acknowledged(tiny_index: Path, tmp_path: Path) -> None:
     index_dir = Path(shutil.copytree(tiny_index, tmp_path / "index"))
     log = tmp_path / "server.log"
