@@ -287,3 +287,11 @@ def test_encode_with_refinement_through_the_command_line(tiny_index: Path, tmp_p
         .stdout
     )
     assert [h["results"][0]["item"] for h in hits] == [0, 1]  # indexed queries come first
+
+
+def test_refined_search_of_no_queries_and_of_more_than_the_index() -> None:
+    index = _index(n=30, depth=100)
+    d, items = index.search(torch.zeros(0, M * D_SUB), 5)
+    assert len(d) == len(items) == 0
+    d, items = index.search(torch.zeros(2, M * D_SUB), 50)
+    assert items.shape == (2, 30) and sorted(items[0].tolist()) == list(range(30))

@@ -50,7 +50,7 @@ def refine_head(
     if width == 0:
         return torch.zeros(num_q, 0), head.clone()
     by_item = head.sort(dim=1).values  # unique items: ties below fall back to the item number
-    vectors = fine.index_select(0, by_item.reshape(-1)).float().reshape(num_q, width, -1)
+    vectors = fine.index_select(0, by_item.reshape(-1)).float().reshape(num_q, width, fine.shape[1])
     scores = (queries.float().unsqueeze(1) - vectors).pow(2).sum(-1)
     if distance == "l2":
         scores = scores.sqrt()
