@@ -555,7 +555,9 @@ def evaluate(
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
-    _print_result(f"{index_dir} ({index.bits} bits, {result.extra['distance']})", result)
+    refined = result.extra.get("refine_depth")
+    how = f", first {refined} refined" if refined else ""
+    _print_result(f"{index_dir} ({index.bits} bits, {result.extra['distance']}{how})", result)
     if plot is not None:
         console.print(f"PR curve: {plot}")
 
