@@ -5,19 +5,18 @@ forward pass, and the objective's terms are summed. Every ``eval_every`` epochs 
 mAP (validation queries against the rest of the training side, never the test queries) decides
 which weights are kept as the best model.
 
-With a run directory, everything is written there (a checkpoint after every epoch, atomically,
-so ``resume`` continues exactly); without one (``run_dir=None``), the run lives in memory and
-nothing is written. Run directory layout::
+With a run directory (:class:`~quantrieve.train.run_dir.RunDir`: config.json, run.json,
+splits, log.jsonl, last.pt, model.pt), everything is written there, a checkpoint after every
+epoch, atomically, so ``resume`` continues exactly; without one (``run_dir=None``), the run
+lives in memory and nothing is written.
 
-    config.json     resolved config        run.json      seed, versions, git commit, device
-    splits.npz/json validation split       log.jsonl     every logged step and epoch
-    last.pt         resumable checkpoint   model.pt      best model by validation mAP
+The constructor sets a run up in named steps: join the process group, check the run's folder,
+carve the training data (:mod:`quantrieve.train.training_data`), build the model and its
+optimiser, then restore a checkpoint or record the new run.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import time
 import warnings
@@ -33,8 +32,7 @@ from torch import nn
 from quantrieve.augment import TwoViewAugment, small_view_augment, small_view_side
 from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
-from quantrieve.data.splits import hold_out, load_or_make_split, validation_split
-from quantrieve.errors import QuantrieveError, QuantrieveWarning
+from quantrieve.errors import QuantrieveWarning
 from quantrieve.evaluate import evaluate_codes
 from quantrieve.evaluate.code_usage import CodeUsage, code_usage
 from quantrieve.losses import Objective
@@ -46,39 +44,27 @@ from quantrieve.models.retrieval import (
     to_float_images,
 )
 from quantrieve.models.sync_batchnorm import convert_sync_batchnorm
-from quantrieve.runtime.atomic import atomic_write_json, atomic_write_text
-from quantrieve.runtime.checkpoint import atomic_save, load_checkpoint
 from quantrieve.runtime.device import needs_grad_scaler, resolve_device
-from quantrieve.runtime.distributed import barrier, gather
+from quantrieve.runtime.distributed import Distributed, barrier, gather
 from quantrieve.runtime.distributed import setup as setup_distributed
-from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import run_record
+from quantrieve.train.run_dir import RUN_KIND, RunDir, TrainingError
 from quantrieve.train.schedule import learning_rate
+from quantrieve.train.training_data import carve_training_data
+
+__all__ = [
+    "RUN_KIND",
+    "EpochCallback",
+    "EpochSummary",
+    "Trainer",
+    "TrainingError",
+    "TrainingForward",
+]
 
 LOG_EVERY = 10
-# Below this many steps per epoch (batches the data allows), codes are warned to collapse easily.
-MIN_STEPS_PER_EPOCH = 10
 # Multi-crop's small views below this side (pixels) leave too little to see.
 MIN_SMALL_VIEW_SIDE = 8
-# Above this share of the training images as validation queries, the validation database is
-# warned to be too small for model selection.
-MAX_VAL_QUERY_SHARE = 0.25
-
-
-def _is_run(folder: Path) -> bool:
-    try:
-        record = json.loads((folder / "run.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and "seed" in record and "versions" in record
-
-
-RUN_KIND = OutputKind("training run", "run.json", _is_run)
-
-
-class TrainingError(QuantrieveError, RuntimeError):
-    """Training cannot start or continue (bad run directory, diverged loss, ...)."""
 
 
 @dataclass
@@ -99,6 +85,14 @@ class EpochSummary:
 EpochCallback = Callable[["EpochSummary"], None]
 #: The first results a user looks at: validation always reports P@10 beside mAP@K.
 TOP_RESULTS = 10
+
+
+def _square_side(images: ImageSet) -> tuple[int, int]:
+    """(side, channels) of square training images; other shapes are refused."""
+    h, w, c = images.image_shape
+    if h != w:
+        raise TrainingError(f"training images must be square, got {h}x{w}")
+    return h, c
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -167,64 +161,93 @@ class Trainer:
         on_epoch: EpochCallback | None = None,
     ) -> None:
         self.config = config.validate()
-        self.run_dir = None if run_dir is None else Path(run_dir)
         self.progress = progress
         self.on_epoch = on_epoch
-        self.log_records: list[dict[str, Any]] = []
-        self.best_state: dict[str, Any] | None = None
-        self.device = resolve_device(config.train.device)
-        self.place = setup_distributed(self.device)
-        if self.place.enabled and self.device.type == "cuda":
-            self.device = torch.device("cuda", self.place.local_rank)
-            torch.cuda.set_device(self.device)
-        # Rank 0 writes the run directory; the other ranks only read it (to resume).
-        self.out = self.run_dir if self.place.is_main else None
-        h, w, c = train_set.image_shape
-        if h != w:
-            raise TrainingError(f"training images must be square, got {h}x{w}")
-        if self.out is not None:
-            self._check_run_dir(resume)
-        elif resume and self.run_dir is None:
-            raise TrainingError("resume needs a run directory")
+        # 1. Where this process stands: device, rank, process group.
+        self.device, self.place = self._join_process_group()
+        side, channels = _square_side(train_set)
+        # 2. The run's folder: checked (never overwritten) and created by rank 0.
+        self.run = RunDir(run_dir, main=self.place.is_main)
+        self.run.prepare(resume)
         barrier(self.place)
-        if config.data.holdout_queries:
-            # Held-out test queries never train; saved with the run for encode and evaluate.
-            _, train_set = hold_out(
-                train_set, config.data.holdout_queries, config.data.split_seed, self.out
-            )
-        if config.data.train_limit:
-            train_set = train_set.subset(np.arange(min(config.data.train_limit, len(train_set))))
-        self.train_set = train_set
-
-        self._warn_about_data_size()
-        self.split = self._validation_split() if self.place.is_main else None
-        mean, std = channel_stats(train_set.images)
-        torch.manual_seed(config.train.seed)
-        self.model = RetrievalModel(config.model, h, c, mean, std).to(self.device)
-        if config.model.pretrained and not resume:
-            load_pretrained_backbone(
-                self.model.encoder.backbone, config.model.backbone, config.model.pretrained
-            )
-        self.local_batch = self._local_batch()
-        if self.place.enabled and config.train.sync_batchnorm:
-            self.model = convert_sync_batchnorm(self.model, self.device)
-        self.augment = TwoViewAugment(config.augment, h, c).to(self.device)
-        self.small_augment = self._small_augment(h, c)
-        self.objective = Objective(config.loss, config.model.num_books)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.train.lr, weight_decay=config.train.weight_decay
-        )
-        self.scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(self.device, config.train.amp))
+        # 3. The data: held-out queries out, validation split, steps per epoch.
+        data = carve_training_data(self.config, train_set, self.run)
+        self.train_set, self.split = data.train_set, data.split
         # Kept as the reader gave it (possibly a memory map); batches are gathered per step.
-        self.images = train_set.images
-        self.steps_per_epoch = len(self.images) // config.train.batch_size
-        if config.train.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, config.train.max_steps_per_epoch)
-        if self.steps_per_epoch < 1:
-            raise TrainingError(
-                f"{len(self.images)} training images is less than one batch of "
-                f"train.batch_size = {config.train.batch_size}"
-            )
+        self.images = self.train_set.images
+        self.steps_per_epoch = data.steps_per_epoch
+        self.local_batch = self._local_batch()
+        # 4. The model and what trains it.
+        self.model = self._build_model(side, channels, pretrained=not resume)
+        self.augment, self.small_augment = self._augmentations(side, channels)
+        self.objective = Objective(config.loss, config.model.num_books)
+        self.optimizer, self.scaler = self._optimizer()
+        # 5. Where training starts: epoch 0 (recorded in the folder) or the checkpoint.
+        self._start_fresh()
+        if resume:
+            self._restore(self.run.load_checkpoint())
+        else:
+            self._record_start(side, channels)
+        self.forward = self._forward_module()
+
+    # ---------------------------------------------------------------- setup and state
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's folder (None: the run lives in memory)."""
+        return self.run.path
+
+    @property
+    def log_records(self) -> list[dict[str, Any]]:
+        """The log of a run without a folder (what ``log.jsonl`` would hold)."""
+        return self.run.log_records
+
+    @property
+    def best_state(self) -> dict[str, Any] | None:
+        """The kept weights of a run without a folder (rank 0 writes them to ``model.pt``)."""
+        return self.run.best_state
+
+    def _join_process_group(self) -> tuple[torch.device, Distributed]:
+        """The device and this process's place; under ``torchrun`` the process group is
+        joined and each rank takes the CUDA device of its local rank."""
+        device = resolve_device(self.config.train.device)
+        place = setup_distributed(device)
+        if place.enabled and device.type == "cuda":
+            device = torch.device("cuda", place.local_rank)
+            torch.cuda.set_device(device)
+        return device, place
+
+    def _build_model(self, side: int, channels: int, pretrained: bool) -> RetrievalModel:
+        """The network, seeded with ``train.seed``, normalising with the training images'
+        channel statistics; the backbone from ``model.pretrained`` when ``pretrained`` (not on
+        resume: the checkpoint has the weights); batch norm synchronised over the ranks when
+        ``train.sync_batchnorm``."""
+        m = self.config.model
+        mean, std = channel_stats(self.train_set.images)
+        torch.manual_seed(self.config.train.seed)
+        model = RetrievalModel(m, side, channels, mean, std).to(self.device)
+        if m.pretrained and pretrained:
+            load_pretrained_backbone(model.encoder.backbone, m.backbone, m.pretrained)
+        if self.place.enabled and self.config.train.sync_batchnorm:
+            model = convert_sync_batchnorm(model, self.device)
+        return model
+
+    def _augmentations(
+        self, side: int, channels: int
+    ) -> tuple[TwoViewAugment, TwoViewAugment | None]:
+        """The two-view augmentation and multi-crop's small-view one (or None)."""
+        augment = TwoViewAugment(self.config.augment, side, channels).to(self.device)
+        return augment, self._small_augment(side, channels)
+
+    def _optimizer(self) -> tuple[torch.optim.Optimizer, torch.amp.GradScaler]:
+        """Adam over every weight, and the gradient scaler (enabled only where mixed
+        precision needs one)."""
+        t = self.config.train
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(self.device, t.amp))
+        return optimizer, scaler
+
+    def _start_fresh(self) -> None:
+        """The training state before the first epoch (what a checkpoint replaces)."""
         self._epoch_codes: list[torch.Tensor] = []
         # (epoch, usage) of the latest codes, by what was encoded (see _warn_if_collapsed).
         self._last_usage: dict[str, tuple[int, CodeUsage]] = {}
@@ -232,22 +255,22 @@ class Trainer:
         self.epoch = 0
         self.best_val_map = -math.inf
         self.best_epoch = 0
-        if resume:
-            assert self.run_dir is not None
-            self._restore(load_checkpoint(self.run_dir / "last.pt"))
-        elif self.out is not None:
-            config.save(self.out / "config.json")
-            record = run_record(
-                config.train.seed,
-                str(self.device),
-                {"train_images": len(train_set), "image_shape": [h, w, c]}
-                | ({"skipped_images": train_set.skipped} if train_set.skipped else {}),
-            )
-            record["world_size"] = self.place.world_size
-            atomic_write_json(record, self.out / "run.json")
-        self.forward = self._forward_module()
 
-    # ---------------------------------------------------------------- setup and state
+    def _record_start(self, side: int, channels: int) -> None:
+        """Write ``config.json`` and ``run.json`` (seed, versions, device, data) of a new run."""
+        if self.run.out is None:
+            return
+        train_set = self.train_set
+        self.run.save_config(self.config)
+        record = run_record(
+            self.config.train.seed,
+            str(self.device),
+            {"train_images": len(train_set), "image_shape": [side, side, channels]}
+            | ({"skipped_images": train_set.skipped} if train_set.skipped else {}),
+        )
+        record["world_size"] = self.place.world_size
+        self.run.save_record(record)
+
     def _local_batch(self) -> int:
         """Images per rank and step: the global ``train.batch_size`` split evenly."""
         batch, world = self.config.train.batch_size, self.place.world_size
@@ -294,46 +317,6 @@ class Trainer:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
-    def _check_run_dir(self, resume: bool) -> None:
-        assert self.run_dir is not None
-        checkpoint_path = self.run_dir / "last.pt"
-        if checkpoint_path.exists() and not resume:
-            raise TrainingError(
-                f"{self.run_dir} already holds a run (last.pt); pass --resume to continue it "
-                "or choose another --out"
-            )
-        if resume and not checkpoint_path.exists():
-            raise TrainingError(f"--resume given but {checkpoint_path} does not exist")
-        # A folder of anything but a run (the user's files, an index, a parent of runs) is
-        # never written into: config.json, model.pt, ... could replace files of the same name.
-        refuse_foreign(self.run_dir, RUN_KIND, hint=f"{self.run_dir / 'run'}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-
-    def _warn_about_data_size(self) -> None:
-        """Warn (QuantrieveWarning) when the data allows few steps per epoch, or when the
-        validation queries take a large share of the training images; say what to change."""
-        data, t = self.config.data, self.config.train
-        n = len(self.train_set)
-        steps = n // t.batch_size
-        if 1 <= steps < MIN_STEPS_PER_EPOCH:
-            warnings.warn(
-                f"{n} training images make only {steps} step{'s' if steps > 1 else ''} per "
-                f"epoch at train.batch_size={t.batch_size} ({steps * t.epochs} in all): with so "
-                "few steps the codes may collapse (every item one code); lower train.batch_size "
-                f"(e.g. {max(2, n // MIN_STEPS_PER_EPOCH)}) or raise train.epochs",
-                QuantrieveWarning,
-                stacklevel=3,
-            )
-        if self.train_set.labels is not None and data.val_queries > MAX_VAL_QUERY_SHARE * n:
-            warnings.warn(
-                f"data.val_queries={data.val_queries} takes {data.val_queries / n:.0%} of the {n} "
-                f"training images, leaving a validation database of {max(n - data.val_queries, 0)}"
-                ": model selection on it is noisy and mAP@K is capped by its size; lower "
-                f"data.val_queries (e.g. {max(1, n // 10)})",
-                QuantrieveWarning,
-                stacklevel=3,
-            )
-
     def _warn_if_collapsed(self) -> None:
         """Warn (QuantrieveWarning) when the codes of the last epoch have collapsed: those of
         the validation database if it was encoded, else those of the training batches. Every
@@ -346,16 +329,6 @@ class Trainer:
                     usage.message(f"epoch {epoch}, {what}"), QuantrieveWarning, stacklevel=3
                 )
                 return
-
-    def _validation_split(self) -> dict[str, np.ndarray] | None:
-        data = self.config.data
-        if data.val_queries == 0 or self.train_set.labels is None:
-            return None
-        if self.out is None:
-            return validation_split(len(self.train_set), data.val_queries, data.split_seed)
-        return load_or_make_split(
-            self.run_dir, len(self.train_set), data.val_queries, data.split_seed
-        )
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -376,7 +349,7 @@ class Trainer:
         changed = [key for key in changed if key != "train.epochs"]
         if changed:
             raise TrainingError(
-                f"{self.run_dir / 'last.pt'} was trained with a different config "
+                f"{self.run.checkpoint} was trained with a different config "
                 f"(keys differ: {', '.join(changed)}); resume with the saved config.json"
             )
         if extended:
@@ -388,7 +361,7 @@ class Trainer:
         self.epoch = state["epoch"]
         self.best_val_map = state["best_val_map"]
         self.best_epoch = state["best_epoch"]
-        self._drop_unfinished_epoch_records()
+        self.run.drop_unfinished_epoch_records(self.epoch)
 
     def _extend(self, planned: int, done: int) -> None:
         """Resume with another ``train.epochs``: allowed while it is not below the epochs done.
@@ -402,44 +375,10 @@ class Trainer:
             raise TrainingError(
                 f"train.epochs = {epochs} is below the {done} epochs this run has done"
             )
-        if self.out is not None:
-            self.config.save(self.out / "config.json")
-        self._log({"kind": "extended", "epoch": done, "from_epochs": planned, "to_epochs": epochs})
-
-    def _drop_unfinished_epoch_records(self) -> None:
-        """Remove log records of the epoch that was interrupted (it is trained again), and a
-        last line cut short by the interruption."""
-        path = self.out / "log.jsonl" if self.out is not None else None
-        if path is None or not path.is_file():
-            return
-        lines = path.read_text().splitlines()
-        kept = []
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if record.get("epoch", 0) <= self.epoch:
-                kept.append(line)
-        if len(kept) != len(lines):
-            atomic_write_text("".join(line + "\n" for line in kept), path)
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if not self.place.is_main:
-            return
-        if self.out is None:
-            self.log_records.append(record)
-            return
-        with open(self.out / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-    def _keep(self, extra: dict[str, Any]) -> None:
-        """Keep the current weights as the model of this run (``model.pt`` or in memory)."""
-        if self.out is not None:
-            self.model.save(self.out / "model.pt", extra)
-        else:
-            self.best_state = copy.deepcopy(self.model.state_dict())
-        self.model.training_info = dict(extra)
+        self.run.save_config(self.config)
+        self.run.log(
+            {"kind": "extended", "epoch": done, "from_epochs": planned, "to_epochs": epochs}
+        )
 
     # ---------------------------------------------------------------- training
     @property
@@ -537,7 +476,7 @@ class Trainer:
             logged = self.train_step(batch, step)
             running += logged["loss"]
             if i % LOG_EVERY == 0 or i == self.steps_per_epoch - 1:
-                self._log({"kind": "step", "epoch": epoch, "step": step, **logged})
+                self.run.log({"kind": "step", "epoch": epoch, "step": step, **logged})
             done = (epoch - 1 - span[0]) * self.steps_per_epoch + i + 1
             report(self.progress, done, (span[1] - span[0]) * self.steps_per_epoch)
         seconds = time.perf_counter() - start
@@ -556,11 +495,11 @@ class Trainer:
             val_p10 = self._last_val_p10
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
-                self._keep({"epoch": epoch, "val_map": val_map})
+                self.run.keep(self.model, {"epoch": epoch, "val_map": val_map})
         elif self.place.is_main and (self.split is None or not t.eval_every):
             # No validation (unlabelled data or eval_every = 0): keep the latest weights.
             self.best_epoch = epoch
-            self._keep({"epoch": epoch})
+            self.run.keep(self.model, {"epoch": epoch})
         summary = EpochSummary(
             epoch=epoch,
             loss=running / self.steps_per_epoch,
@@ -572,20 +511,15 @@ class Trainer:
             val_p10=val_p10,
         )
         record = {k: v for k, v in summary.__dict__.items() if k != "best_val_map"}
-        self._log({"kind": "epoch", **record, "code_usage": usage.to_dict()})
-        if self.out is not None:
-            atomic_save(self._state(), self.out / "last.pt")
+        self.run.log({"kind": "epoch", **record, "code_usage": usage.to_dict()})
+        if self.run.out is not None:
+            self.run.save_checkpoint(self._state())
         return summary
 
     def best_model(self) -> RetrievalModel:
         """The kept model (best validation epoch, or the last one without validation), on the
         CPU in eval mode; the live model is left as it is."""
-        model = copy.deepcopy(self.model).cpu()
-        if self.best_state is not None:
-            model.load_state_dict(self.best_state)
-        elif self.run_dir is not None and (self.run_dir / "model.pt").is_file():
-            return RetrievalModel.load(self.run_dir / "model.pt")
-        return model.eval()
+        return self.run.kept_model(self.model)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -612,7 +546,7 @@ class Trainer:
         usage = code_usage(codes, self.config.model.num_codewords)
         self._last_usage["validation database"] = (self.epoch, usage)
         self._last_val_p10 = result.precision_at.get(min(TOP_RESULTS, len(db_idx)))
-        self._log(
+        self.run.log(
             {
                 "kind": "validation",
                 "epoch": self.epoch,
