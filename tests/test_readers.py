@@ -474,8 +474,15 @@ def test_layout_and_skip_bad_reach_the_reader_from_the_config(tmp_path: Path) ->
     from quantrieve.config import ConfigError, load_config
 
     root = _class_folder_with_strays(tmp_path, 1)
-    config = load_config(overrides=["data.dataset=image-folder", "data.layout=flat"])
-    assert config.data.reader_options() == {"layout": "flat", "skip_bad": False, "channels": 0}
+    config = load_config(
+        overrides=["data.dataset=image-folder", "data.layout=flat", "data.decode_workers=2"]
+    )
+    assert config.data.reader_options() == {
+        "layout": "flat",
+        "skip_bad": False,
+        "channels": 0,
+        "workers": 2,
+    }
     parts = read_dataset(config.data.dataset, root, 4, **config.data.reader_options())
     assert parts["all"].labels is None and len(parts["all"]) == 3
     (root / "dog" / "broken.png").write_bytes(b"not a png")
@@ -605,10 +612,72 @@ def test_cache_reused_then_rebuilt_when_stale(tmp_path: Path, monkeypatch) -> No
         cache_module, "decode_image", lambda p, s, c=3: decoded.append(p) or real(p, s, c)
     )
     third = cached_images(paths, 8, cache_dir)
-    assert len(decoded) == 3 and (third[1] == 7).all()
+    assert decoded == [paths[1]] and (third[1] == 7).all()  # only the changed file
+    np.testing.assert_array_equal(third[[0, 2]], first[[0, 2]])
     assert len(list(cache_dir.glob("*.npy"))) == 1
     # A different image size is a different entry.
     assert cached_images(paths, 4, cache_dir).shape == (3, 4, 4, 3)
+
+
+def _counting_decoder(monkeypatch) -> list[Path]:
+    decoded: list[Path] = []
+    real = cache_module.decode_image
+    monkeypatch.setattr(
+        cache_module, "decode_image", lambda p, s, c=3: decoded.append(p) or real(p, s, c)
+    )
+    return decoded
+
+
+def test_a_growing_folder_decodes_only_what_changed(tmp_path: Path, monkeypatch) -> None:
+    root, cache_dir = tmp_path / "photos", tmp_path / "cache"
+    colors = [(i * 9 % 256, i * 31 % 256, i * 57 % 256) for i in range(40)]
+    for i, color in enumerate(colors[:30]):
+        _save(root / f"{i:02d}.png", color)
+    (root / "broken.png").write_bytes(b"not an image")
+    decoded = _counting_decoder(monkeypatch)
+    first = read_image_folder(root, image_size=8, cache_dir=cache_dir, skip_bad=True)["all"]
+    assert len(decoded) == 31 and first.skipped == {"broken.png": first.skipped["broken.png"]}
+
+    # 10 files added, 2 removed, one touched: only the 10 new and the touched one are decoded
+    # (the unreadable file, unchanged, is not tried again), and one entry is left.
+    decoded.clear()
+    for i, color in enumerate(colors[30:], start=30):
+        _save(root / f"{i:02d}.png", color)
+    (root / "03.png").unlink()
+    (root / "17.png").unlink()
+    _save(root / "05.png", (1, 2, 3))
+    stat = (root / "05.png").stat()
+    os.utime(root / "05.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    second = read_image_folder(root, image_size=8, cache_dir=cache_dir, skip_bad=True)["all"]
+    assert sorted(p.name for p in decoded) == ["05.png"] + [f"{i}.png" for i in range(30, 40)]
+    assert len(list(cache_dir.glob("*.npy"))) == 1 and len(list(cache_dir.glob("*.json"))) == 1
+    assert "broken.png" in second.skipped and len(second) == 38
+    # Equal to a cold decode of the same folder, one worker or two.
+    for workers in (1, 2):
+        cold = cache_module.decode_all(sorted(root.glob("[0-9]*.png")), 8, workers=workers)
+        np.testing.assert_array_equal(second.images, cold.images)
+
+
+def test_parallel_decoding_keeps_order_and_names_every_bad_file(tmp_path: Path) -> None:
+    paths = []
+    for i in range(150):
+        path = tmp_path / f"{i:03d}.png"
+        if i % 37 == 5:
+            path.write_bytes(b"broken")
+        else:
+            _save(path, (i, 255 - i, i // 2))
+        paths.append(path)
+    one = cache_module.decode_all(paths, 8, workers=1)
+    progress: list[tuple[int, int]] = []
+    two = cache_module.decode_all(
+        paths, 8, workers=2, progress=lambda d, t: progress.append((d, t))
+    )
+    np.testing.assert_array_equal(one.images, two.images)
+    assert [b.index for b in two.bad] == [5, 42, 79, 116] == [b.index for b in one.bad]
+    assert two.images[:, 0, 0, 0].tolist() == [i for i in range(150) if i % 37 != 5]
+    assert progress[-1] == (150, 150) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+    with pytest.raises(DataError, match="at least one worker"):
+        cache_module.decode_all(paths, 8, workers=0)
 
 
 def test_interrupted_build_leaves_no_valid_looking_file(tmp_path: Path, monkeypatch) -> None:

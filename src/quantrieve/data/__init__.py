@@ -38,6 +38,7 @@ def read_dataset(
     layout: str = "auto",
     skip_bad: bool = False,
     channels: int = 0,
+    workers: int | None = None,
 ) -> dict[str, ImageSet]:
     """Read a dataset by registry name; returns its named parts (e.g. train, test).
 
@@ -55,6 +56,8 @@ def read_dataset(
             formats have no image files to skip.
         channels: of the ``image-folder`` reader: 1 (grayscale) or 3 (RGB); 0 = the
             collection's own (1 when every file is grayscale). Other readers keep theirs.
+        workers: threads of readers that decode image files (default: every core this
+            process may use); fixed-size formats ignore it.
 
     The config's ``data`` section gives ``layout``, ``skip_bad`` and ``channels``:
     ``read_dataset(..., **config.data.reader_options())``.
@@ -73,7 +76,7 @@ def read_dataset(
         )
     if name not in DECODING_READERS:
         return DATASETS[name](root)
-    options: dict = {"skip_bad": skip_bad}
+    options: dict = {"skip_bad": skip_bad, "workers": workers}
     if name == "image-folder":
         options["layout"] = layout
         options["channels"] = channels

@@ -25,6 +25,7 @@ tried: unreadable ones are all named in one error, or with ``skip_bad`` left out
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from quantrieve.config import LAYOUTS
 from quantrieve.data.base import DataError, ImageSet, one_hot
 from quantrieve.data.cache import Progress, default_cache_dir, read_images
 from quantrieve.data.images import (
+    IMAGE_EXTENSIONS,
     UnreadableImagesError,
     collection_channels,
     is_image_file,
@@ -52,15 +54,22 @@ def _names(paths: list[Path], root: Path, limit: int = SHOW_FILES) -> str:
 
 
 def _images_under(folder: Path, root: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, skipping hidden entries, sorted by id."""
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") for part in relative.parts):
-            continue
-        if is_image_file(path) and path.is_file():
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    """Image files under ``folder``, recursively (symbolic links to folders followed), skipping
+    hidden entries, sorted by id. ``os.walk`` on strings: a folder of 100,000 files is listed
+    in well under a second."""
+    found: list[tuple[str, str]] = []  # (id, path)
+    for directory, folders, files in os.walk(folder, followlinks=True):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        prefix = os.path.relpath(directory, root).replace(os.sep, "/")
+        prefix = "" if prefix == "." else prefix + "/"
+        for name in files:
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in IMAGE_EXTENSIONS:
+                continue
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                found.append((prefix + name, path))
+    found.sort()
+    return [Path(path) for _, path in found]
 
 
 def read_image_folder(
@@ -73,6 +82,7 @@ def read_image_folder(
     layout: str = "auto",
     skip_bad: bool = False,
     channels: int = 0,
+    workers: int | None = None,
 ) -> dict[str, ImageSet]:
     """Read an image folder (class sub-folders or flat; see the module docstring).
 
@@ -87,6 +97,7 @@ def read_image_folder(
         channels: 1 (grayscale) or 3 (RGB); 0 = 1 when every file is grayscale, else 3.
         skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
             raising.
+        workers: threads decoding image files (default: every core).
 
     Returns:
         ``{"all": ImageSet}``.
@@ -154,6 +165,7 @@ def read_image_folder(
         progress,
         f"folder-{root.name}",
         channels or collection_channels(files),
+        workers,
     )
     ids = [p.relative_to(root).as_posix() for p in files]
     skipped: dict[str, str] = {}

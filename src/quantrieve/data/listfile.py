@@ -212,6 +212,7 @@ def _load_entries(
     class_names: list[str] | None,
     cache_name: str,
     skip_bad: bool = False,
+    workers: int | None = None,
 ) -> ImageSet:
     files, missing = [], []
     for relative, number in zip(entries.paths, entries.path_lines, strict=True):
@@ -225,9 +226,8 @@ def _load_entries(
             raise DataError(missing[0])
         more = f"; ... and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DataError(f"{len(missing)} images not found: {'; '.join(missing[:3])}{more}")
-    decoded = read_images(
-        files, image_size, None if cache_dir is None else Path(cache_dir), progress, cache_name
-    )
+    cache = None if cache_dir is None else Path(cache_dir)
+    decoded = read_images(files, image_size, cache, progress, cache_name, workers=workers)
     labels, ids, skipped = entries.labels, list(entries.paths), {}
     if decoded.bad:
         if not skip_bad:
@@ -268,6 +268,7 @@ def read_list_file(
     progress: Progress | None = None,
     class_names: list[str] | None = None,
     skip_bad: bool = False,
+    workers: int | None = None,
 ) -> ImageSet:
     """Read a list file and its images.
 
@@ -281,6 +282,7 @@ def read_list_file(
         class_names: names of the C label columns; default ``label_0`` ...
         skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
             raising.
+        workers: threads decoding image files (default: every core).
 
     Returns:
         The images (uint8, (N, image_size, image_size, 3)), labels and ids (the paths as written).
@@ -292,7 +294,15 @@ def read_list_file(
     entries = parse_list_file(list_path, num_classes)
     name = Path(list_path).stem
     return _load_entries(
-        entries, Path(image_root), image_size, cache_dir, progress, class_names, name, skip_bad
+        entries,
+        Path(image_root),
+        image_size,
+        cache_dir,
+        progress,
+        class_names,
+        name,
+        skip_bad,
+        workers,
     )
 
 
@@ -307,6 +317,7 @@ def read_image_target_files(
     progress: Progress | None = None,
     class_names: list[str] | None = None,
     skip_bad: bool = False,
+    workers: int | None = None,
 ) -> ImageSet:
     """Read the ``img.txt`` + ``targets.txt`` pair and its images.
 
@@ -321,6 +332,7 @@ def read_image_target_files(
         class_names: names of the C label columns; default ``label_0`` ...
         skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
             raising.
+        workers: threads decoding image files (default: every core).
 
     Returns:
         The images, labels and ids (the paths as written).
@@ -332,7 +344,15 @@ def read_image_target_files(
     entries = parse_image_target_files(img_path, targets_path, num_classes)
     name = Path(img_path).stem
     return _load_entries(
-        entries, Path(image_root), image_size, cache_dir, progress, class_names, name, skip_bad
+        entries,
+        Path(image_root),
+        image_size,
+        cache_dir,
+        progress,
+        class_names,
+        name,
+        skip_bad,
+        workers,
     )
 
 
@@ -358,6 +378,7 @@ def read_list_dataset(
     class_names: list[str] | None = None,
     name: str = "list",
     skip_bad: bool = False,
+    workers: int | None = None,
 ) -> dict[str, ImageSet]:
     """Read a dataset folder in the layout of the module docstring.
 
@@ -374,6 +395,7 @@ def read_list_dataset(
         name: dataset name, the prefix of cache file names.
         skip_bad: leave unreadable images out (listed in ``ImageSet.skipped``) instead of
             raising; missing ones are always an error.
+        workers: threads decoding image files (default: every core).
 
     Returns:
         The parts present among ``database``, ``train``, ``test``; else ``{"all": ...}`` from
@@ -413,6 +435,7 @@ def read_list_dataset(
                 names,
                 f"{name}-{part}",
                 skip_bad,
+                workers,
             )
             for part, entries in sources.items()
         }
@@ -436,6 +459,7 @@ def _named_list_reader(
         cache_dir: str | Path | None = None,
         progress: Progress | None = None,
         skip_bad: bool = False,
+        workers: int | None = None,
     ) -> dict[str, ImageSet]:
         return read_list_dataset(
             root,
@@ -448,6 +472,7 @@ def _named_list_reader(
             class_names=class_names,
             name=name,
             skip_bad=skip_bad,
+            workers=workers,
         )
 
     read.__name__ = f"read_{name}"
