@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from quantrieve.index.store import PQIndex
+from quantrieve.index.pq_index import PQIndex
 
 
 def main() -> None:

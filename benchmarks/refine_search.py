@@ -26,7 +26,7 @@ M, K, D_SUB = 8, 16, 16
 
 
 def latency(args: argparse.Namespace) -> dict:
-    from quantrieve.index.store import PQIndex
+    from quantrieve.index.pq_index import PQIndex
 
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)

@@ -15,7 +15,7 @@ from quantrieve.config import ModelConfig, load_config
 from quantrieve.data import ImageSet, read_dataset
 from quantrieve.errors import QuantrieveWarning
 from quantrieve.evaluate.code_usage import check_code_usage, code_usage
-from quantrieve.index.store import PQIndex
+from quantrieve.index.pq_index import PQIndex
 from quantrieve.models.retrieval import RetrievalModel, embed_images
 from quantrieve.train.trainer import Trainer
 

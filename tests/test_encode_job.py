@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import quantrieve as qr
 from quantrieve.api.encode_job import EncodeJob, EncodeJobError
 from quantrieve.cli import app
-from quantrieve.index.store import image_fingerprints
+from quantrieve.index.format import image_fingerprints
 
 TINY = [x for item in [*TINY_RUN, "model.num_books=4"] for x in ("--set", item)]
 

@@ -15,7 +15,9 @@ from conftest import embed_queries, encode_index
 from quantrieve.config import ModelConfig
 from quantrieve.data import ImageSet
 from quantrieve.errors import QuantrieveWarning
-from quantrieve.index.store import IndexFormatError, PQIndex, model_path, verify_index_model
+from quantrieve.index.format import IndexFormatError
+from quantrieve.index.model_check import model_path, verify_index_model
+from quantrieve.index.pq_index import PQIndex
 from quantrieve.models.retrieval import RetrievalModel
 
 CONFIG = ModelConfig(width=4, proj_hidden=16, num_books=2, num_codewords=16, codeword_dim=4)

@@ -17,9 +17,13 @@ import quantrieve as qr
 from quantrieve.cli import app
 from quantrieve.evaluate import evaluate_codes
 from quantrieve.evaluate.code_usage import TIE_GROUP, check_code_usage, code_usage
+from quantrieve.index.compaction import compact
 from quantrieve.index.faiss_export import to_faiss
-from quantrieve.index.segments import IndexWriter, NewItems, compact, open_live
-from quantrieve.index.store import IndexFormatError, PQIndex
+from quantrieve.index.format import IndexFormatError
+from quantrieve.index.live import open_live
+from quantrieve.index.pq_index import PQIndex
+from quantrieve.index.segment_files import NewItems
+from quantrieve.index.writer import IndexWriter
 from quantrieve.pq import refine_head, refine_ranking
 
 M, K, D_SUB = 4, 16, 8

@@ -1,5 +1,6 @@
-"""Live index changes (index/segments.py): appended segments, deletions, the manifest written
-last, a crash between the two, compaction, and the command line seeing what a service serves."""
+"""Live index changes (index/segment_files.py, live.py, writer.py, compaction.py): appended
+segments, deletions, the manifest written last, a crash between the two, compaction, and the
+command line seeing what a service serves."""
 
 from __future__ import annotations
 
@@ -11,15 +12,13 @@ import pytest
 import torch
 
 from quantrieve.errors import OutputError
-from quantrieve.index.segments import (
-    IndexBusyError,
-    IndexWriter,
-    NewItems,
-    compact,
-    has_segments,
-    open_live,
-)
-from quantrieve.index.store import IndexFormatError, PQIndex, check_index_output
+from quantrieve.index.compaction import compact
+from quantrieve.index.directory import check_index_output
+from quantrieve.index.format import IndexFormatError
+from quantrieve.index.live import open_live
+from quantrieve.index.pq_index import PQIndex
+from quantrieve.index.segment_files import NewItems, has_segments
+from quantrieve.index.writer import IndexBusyError, IndexWriter
 from quantrieve.pq import CodeSearcher, lookup_tables
 
 M, K, D = 4, 16, 3

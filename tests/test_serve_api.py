@@ -24,7 +24,7 @@ with warnings.catch_warnings():  # starlette asks for httpx2; httpx is what Fast
 import quantrieve as qr
 from quantrieve.cli import app as cli
 from quantrieve.data.images import load_image_file
-from quantrieve.index.segments import IndexBusyError
+from quantrieve.index.writer import IndexBusyError
 from quantrieve.serve import SearchService, ServeOptions, create_app
 
 KEY = "test-key-1234"

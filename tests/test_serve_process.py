@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 import quantrieve as qr
-from quantrieve.index.segments import open_live
+from quantrieve.index.live import open_live
 
 KEY = "process-test-key"
 HOST = "127.0.0.1"

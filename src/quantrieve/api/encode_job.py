@@ -32,7 +32,7 @@ import numpy as np
 
 from quantrieve.data import ImageSet
 from quantrieve.errors import QuantrieveError
-from quantrieve.index.store import image_fingerprints
+from quantrieve.index.format import image_fingerprints
 from quantrieve.runtime.atomic import atomic_write_json
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
 from quantrieve.runtime.progress import Progress, report

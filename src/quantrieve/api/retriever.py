@@ -40,14 +40,11 @@ from quantrieve.data import DataError, ImageSet
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.evaluate import RetrievalResult, evaluate_codes
 from quantrieve.evaluate.code_usage import check_code_usage
+from quantrieve.index.directory import check_index_output
+from quantrieve.index.format import IndexFormatError, image_fingerprints
 from quantrieve.index.hits import Hit, make_hits
-from quantrieve.index.store import (
-    IndexFormatError,
-    PQIndex,
-    check_index_output,
-    image_fingerprints,
-    verify_index_model,
-)
+from quantrieve.index.model_check import verify_index_model
+from quantrieve.index.pq_index import PQIndex
 from quantrieve.models.retrieval import RetrievalModel, embed_images
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
 from quantrieve.runtime.device import resolve_device

@@ -287,7 +287,7 @@ def encode(
     into the index. Under torchrun each process takes its share of the chunks; with --shard,
     the shard that finds every chunk done builds the index."""
     from quantrieve.api.encode_job import EncodeJob
-    from quantrieve.index.store import check_index_output
+    from quantrieve.index.directory import check_index_output
     from quantrieve.runtime.distributed import setup as setup_distributed
 
     _check_distance(distance)
@@ -768,7 +768,7 @@ def compact(
     """Rewrite an index without its deleted items, its added items in one segment (item
     numbers kept). The new version is complete before the old one is removed; refused while a
     service writes to the index."""
-    from quantrieve.index.segments import compact as compact_index
+    from quantrieve.index.compaction import compact as compact_index
 
     report = compact_index(index_dir)
     console.print(

@@ -1,5 +1,14 @@
-"""The PQ index: codes, codebooks, ids and labels in memory and on disk, and faiss export."""
+"""The PQ index: codes, codebooks, ids and labels in memory and on disk, and faiss export.
 
-from quantrieve.index.store import INDEX_FORMAT, INDEX_VERSION, IndexFormatError, PQIndex
+Modules, lowest first (each imports only from those below it; pyproject.toml's import contract
+holds them to it): ``format`` (names, versions, hashes), ``directory`` (reading and writing the
+base files), ``segment_files`` (the manifest and segment files) and ``model_check`` (the index's
+model.pt), ``pq_index`` (:class:`PQIndex` in memory, with ``load`` and ``save``), ``live``
+(:class:`~quantrieve.index.live.LiveIndex`), ``writer`` (the write lock and changes),
+``compaction``; ``hits``, ``faiss_export`` and ``ivf`` build on ``pq_index``.
+"""
+
+from quantrieve.index.format import INDEX_FORMAT, INDEX_VERSION, IndexFormatError
+from quantrieve.index.pq_index import PQIndex
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "IndexFormatError", "PQIndex"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quantrieve.index.store import PQIndex
+from quantrieve.index.pq_index import PQIndex
 
 
 @dataclass

@@ -24,7 +24,8 @@ import faiss
 import numpy as np
 
 from quantrieve.index.faiss_export import check_faiss_output, unpack_codes
-from quantrieve.index.store import IndexFormatError, PQIndex
+from quantrieve.index.format import IndexFormatError
+from quantrieve.index.pq_index import PQIndex
 from quantrieve.pq import bits_per_book
 from quantrieve.runtime.atomic import atomic_path
 

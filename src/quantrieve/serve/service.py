@@ -1,11 +1,11 @@
 """The search service's state: one index version in memory, searched concurrently, changed by
 one writer at a time.
 
-Concurrency model. The current version is an immutable :class:`~quantrieve.index.segments.
+Concurrency model. The current version is an immutable :class:`~quantrieve.index.live.
 LiveIndex` held in one attribute. A search reads that attribute once and works on that version
 to the end (its rows, item numbers and search state), so it never waits for a change and never
 sees half of one. Changes (adds, deletes) take a lock, so they run one at a time: each writes
-its files and its new manifest durably (the index layer's :class:`~quantrieve.index.segments.
+its files and its new manifest durably (the index layer's :class:`~quantrieve.index.writer.
 IndexWriter`, which also holds the index's file lock against other processes), builds the new
 version with its search state, and only then swaps the attribute. Decoding and embedding an
 upload happen before the lock is taken.
@@ -27,14 +27,11 @@ import torch
 from quantrieve.api.retriever import Retriever
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, decode_image_bytes
 from quantrieve.errors import QuantrieveError
+from quantrieve.index.format import INDEX_VERSION, codebooks_sha256, image_fingerprints
 from quantrieve.index.hits import Hit, make_hits
-from quantrieve.index.segments import (
-    IndexWriter,
-    LiveIndex,
-    NewItems,
-    open_live,
-)
-from quantrieve.index.store import INDEX_VERSION, codebooks_sha256, image_fingerprints
+from quantrieve.index.live import LiveIndex, open_live
+from quantrieve.index.segment_files import NewItems
+from quantrieve.index.writer import IndexWriter
 from quantrieve.pq import DISTANCES
 from quantrieve.serve.metrics import Metrics, resident_memory_bytes
 from quantrieve.serve.sources import ItemImages

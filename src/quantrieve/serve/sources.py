@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from quantrieve.data import DataError, ImageSet, read_dataset
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, load_image_file, open_image_bytes
 from quantrieve.errors import QuantrieveError
-from quantrieve.index.segments import LiveIndex
+from quantrieve.index.live import LiveIndex
 
 ARRAY_DATASETS = frozenset({"fashion-mnist", "mnist", "cifar10", "cifar100"})
 

@@ -1,0 +1,150 @@
+"""Live versions of an index directory: the base with its segments and deletions, in memory.
+
+A search service serves one :class:`LiveIndex` at a time and swaps in a new one per change
+(:mod:`quantrieve.index.writer`); the files behind it are described in
+:mod:`quantrieve.index.segment_files`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantrieve.index.format import SEGMENTS_DIR, IndexFormatError
+from quantrieve.index.pq_index import PQIndex
+from quantrieve.index.segment_files import (
+    StoredVersion,
+    manifest_dict,
+    read_added,
+    read_version,
+)
+
+
+@dataclass
+class LiveIndex:
+    """One complete version of an index directory, in memory (immutable once built: a change
+    returns a new one, so searches can keep using the version they started with).
+
+    Built by :func:`open_live` (:meth:`from_version`); a change makes the next version with
+    :func:`dataclasses.replace`, naming the fields it changes.
+
+    Attributes:
+        path: the index directory.
+        index: the live items: base rows, then segment rows, less the deleted ones.
+        keys: int64 (N,), the item number of each live row.
+        part: int32 (N,), where each live row is stored: -1 the base, s >= 0 ``segments[s]``.
+        local: int64 (N,), the row within the base or the segment.
+        generation: the manifest's generation (0: no changes yet).
+        segments: the manifest's segment entries.
+        deleted: the tombstoned item numbers.
+        next_key: the number of the next added item.
+        base_items: rows of the base files.
+        base_sha256: SHA-256 of the base ``index.json``.
+        base_keys: the manifest's ``base.keys`` entry (None: base row i is item i).
+    """
+
+    path: Path
+    index: PQIndex
+    keys: np.ndarray
+    part: np.ndarray
+    local: np.ndarray
+    generation: int
+    segments: tuple[dict[str, Any], ...]
+    deleted: frozenset[int]
+    next_key: int
+    base_items: int
+    base_sha256: str
+    base_keys: dict[str, Any] | None = None
+    _rows: dict[int, int] = field(init=False, default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._rows = {int(k): row for row, k in enumerate(self.keys.tolist())}
+        self.index.items = np.asarray(self.keys, dtype=np.int64)  # rows say their item numbers
+
+    @classmethod
+    def from_version(cls, path: Path, index: PQIndex, version: StoredVersion) -> LiveIndex:
+        """The live index of a stored ``version`` whose live rows ``index`` holds."""
+        return cls(
+            path=path,
+            index=index,
+            keys=version.keys,
+            part=version.part,
+            local=version.local,
+            generation=version.generation,
+            segments=version.segments,
+            deleted=version.deleted,
+            next_key=version.next_key,
+            base_items=version.base_items,
+            base_sha256=version.base_sha256,
+            base_keys=version.base_keys,
+        )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def added_items(self) -> int:
+        """Live items that came from segments."""
+        return int((self.part >= 0).sum())
+
+    def row(self, key: int) -> int | None:
+        """The live row of item ``key``, or None (never added, or deleted)."""
+        return self._rows.get(int(key))
+
+    def segment_file(self, part: int) -> Path:
+        """The file of segment ``part``."""
+        return self.path / SEGMENTS_DIR / self.segments[part]["file"]
+
+    def read_added(self, row: int) -> tuple[np.ndarray, bytes, str]:
+        """The pixels, uploaded bytes and file name of an added item (live row ``row``).
+
+        Raises:
+            IndexFormatError: the row is a base row, or its segment file is gone or unreadable
+                (e.g. the directory was compacted by another process since this version).
+        """
+        part, local = int(self.part[row]), int(self.local[row])
+        if part < 0:
+            raise IndexFormatError(f"row {row} is a base item, not an added one")
+        file = self.segment_file(part)
+        try:
+            return read_added(file, local)
+        except (OSError, KeyError, ValueError) as exc:
+            raise IndexFormatError(
+                f"{file}: cannot read added item {int(self.keys[row])} ({exc}); the index may "
+                "have been compacted since it was loaded: load it again"
+            ) from None
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest of this version (what ``segments/manifest.json`` holds)."""
+        return manifest_dict(
+            generation=self.generation,
+            base_sha256=self.base_sha256,
+            base_items=self.base_items,
+            base_keys=self.base_keys,
+            segments=self.segments,
+            deleted=self.deleted,
+            next_key=self.next_key,
+            num_items=len(self),
+        )
+
+
+def open_live(path: str | Path, verify: bool = True, base: PQIndex | None = None) -> LiveIndex:
+    """The current version of an index directory: its base and, when present, its segments.
+
+    Args:
+        path: the index directory.
+        verify: check every file against its checksum (index.json's, the manifest's).
+        base: the base files, if already loaded (``PQIndex.load(path, segments=False)``).
+
+    Raises:
+        IndexFormatError: a file missing, malformed or altered, or a manifest that belongs to
+            another base (the base was replaced after the service changed it).
+    """
+    path = Path(path)
+    if base is None:
+        base = PQIndex.load(path, verify=verify, segments=False)
+    version = read_version(path, base, verify)
+    return LiveIndex.from_version(path, base.with_version(version), version)

@@ -1,0 +1,370 @@
+"""The PQ index in memory: codes, codebooks, ids, labels, and search over them.
+
+:class:`PQIndex` holds the arrays and searches them (ADC, optional refinement, exact copies
+first). It keeps no file format of its own: :meth:`PQIndex.save` and :meth:`PQIndex.load` hand
+the arrays to the directory reader and writer (:mod:`quantrieve.index.directory`) and to the
+segment files (:mod:`quantrieve.index.segment_files`), which sit below this module; the live
+versions, the writer and compaction sit above it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from quantrieve.errors import QuantrieveError
+from quantrieve.index.directory import SavableModel, read_base, save_index, write_base
+from quantrieve.index.format import RESERVED_META, IndexFormatError
+from quantrieve.index.segment_files import StoredVersion, has_segments, read_version
+from quantrieve.pq import (
+    DEFAULT_REFINE_DEPTH,
+    DISTANCES,
+    CodeSearcher,
+    code_bits,
+    refine_ranking,
+)
+
+
+@dataclass
+class PQIndex:
+    """PQ codes of a database with their codebooks, ids and optional labels.
+
+    Attributes:
+        codebooks: float32 (M, K, d).
+        codes: uint8 (N, M).
+        ids: N item ids.
+        labels: bool (N, C) or None.
+        distance: default ranking distance, ``l2`` or ``sqeuclidean``.
+        content: uint64 (N,) pixel fingerprints (:func:`image_fingerprints`) or None.
+        meta: free-form metadata saved in index.json (config, versions, source...).
+        refine: float16 (N, M*d) embeddings of the items, or None: a search re-scores its
+            first ``refine_depth`` ADC results with them (:mod:`quantrieve.pq.refine`).
+        refine_depth: R, the re-scored results per query (used only with ``refine``).
+        items: int64 (N,) the stable item number of each row (:mod:`quantrieve.index.hits`),
+            or None when row i is item i (a freshly encoded index). An index loaded with its
+            service changes gets them from the manifest.
+    """
+
+    codebooks: np.ndarray
+    codes: np.ndarray
+    ids: list[str]
+    labels: np.ndarray | None = None
+    distance: str = "l2"
+    class_names: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+    content: np.ndarray | None = None
+    refine: np.ndarray | None = None
+    refine_depth: int = DEFAULT_REFINE_DEPTH
+    items: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.content is not None:
+            self.content = np.asarray(self.content, dtype=np.uint64)
+            if self.content.shape != (len(self.codes),):
+                raise IndexFormatError(
+                    f"content fingerprints must be ({len(self.codes)},), got {self.content.shape}"
+                )
+        self.codebooks = np.ascontiguousarray(self.codebooks, dtype=np.float32)
+        self.codes = np.ascontiguousarray(self.codes, dtype=np.uint8)
+        if self.codebooks.ndim != 3:
+            raise IndexFormatError(f"codebooks must be (M, K, d), got {self.codebooks.shape}")
+        m, k, _ = self.codebooks.shape
+        if self.codes.ndim != 2 or self.codes.shape[1] != m:
+            raise IndexFormatError(f"codes must be (N, {m}), got {self.codes.shape}")
+        if len(self.codes) and int(self.codes.max()) >= k:
+            raise IndexFormatError(f"codes hold codeword {int(self.codes.max())} >= K = {k}")
+        if len(self.ids) != len(self.codes):
+            raise IndexFormatError(f"{len(self.ids)} ids for {len(self.codes)} codes")
+        if self.labels is not None and len(self.labels) != len(self.codes):
+            raise IndexFormatError(f"{len(self.labels)} label rows for {len(self.codes)} codes")
+        if self.class_names and (
+            self.labels is None or len(self.class_names) != self.labels.shape[1]
+        ):
+            columns = "no labels" if self.labels is None else f"{self.labels.shape[1]} columns"
+            raise IndexFormatError(f"{len(self.class_names)} class names for {columns} of labels")
+        if self.distance not in DISTANCES:
+            raise IndexFormatError(f"distance must be one of {DISTANCES}, got '{self.distance}'")
+        if self.refine is not None:
+            if not isinstance(self.refine, np.memmap):
+                self.refine = np.asarray(self.refine, dtype=np.float16)
+            dim = self.codebooks.shape[0] * self.codebooks.shape[2]
+            if self.refine.dtype != np.float16 or self.refine.shape != (len(self.codes), dim):
+                raise IndexFormatError(
+                    f"refine embeddings must be float16 ({len(self.codes)}, {dim}), got "
+                    f"{self.refine.dtype} {self.refine.shape}"
+                )
+        if self.items is not None:
+            self.items = np.asarray(self.items, dtype=np.int64)
+            if self.items.shape != (len(self.codes),):
+                raise IndexFormatError(
+                    f"item numbers must be ({len(self.codes)},), got {self.items.shape}"
+                )
+        if self.refine_depth < 1:
+            raise IndexFormatError(f"refine_depth must be >= 1, got {self.refine_depth}")
+        if any("\n" in i or "\r" in i for i in self.ids):
+            raise IndexFormatError("item ids may not contain line breaks")
+        clash = RESERVED_META & set(self.meta)
+        if clash:
+            raise IndexFormatError(f"metadata keys {sorted(clash)} are reserved by the format")
+
+    @property
+    def num_books(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def num_codewords(self) -> int:
+        return self.codebooks.shape[1]
+
+    @property
+    def bits(self) -> int:
+        return code_bits(self.num_books, self.num_codewords)
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def label_names(self, row: int) -> list[str]:
+        """The class names of row ``row`` (empty when unlabelled or unnamed)."""
+        if self.labels is None or not self.class_names:
+            return []
+        return [self.class_names[c] for c in np.flatnonzero(self.labels[row])]
+
+    def item_numbers(self) -> np.ndarray:
+        """int64 (N,): the stable item number of every row (row i is item i by default)."""
+        if self.items is not None:
+            return self.items
+        return np.arange(len(self.codes), dtype=np.int64)
+
+    def add(
+        self,
+        codes: np.ndarray,
+        ids: Sequence[str],
+        labels: np.ndarray | None = None,
+        content: np.ndarray | None = None,
+        refine: np.ndarray | None = None,
+    ) -> None:
+        """Append items in memory: codes uint8 (n, M), their ids and, for a labelled index,
+        their labels in the index's class order; their pixel fingerprints and float16
+        embeddings when the index keeps them. Checked like a new index."""
+        codes = np.asarray(codes, dtype=np.uint8)
+        if (labels is None) != (self.labels is None):
+            raise IndexFormatError("labels must be given for a labelled index, and only for one")
+        if (content is None) != (self.content is None):
+            raise IndexFormatError(
+                "content fingerprints must be given when the index keeps them, and only then"
+            )
+        if (refine is None) != (self.refine is None):
+            raise IndexFormatError(
+                "refine embeddings must be given when the index refines, and only then"
+            )
+        grown = self.with_rows(
+            np.concatenate([np.asarray(self.codes), codes]),
+            [*self.ids, *ids],
+            None if self.labels is None else np.concatenate([self.labels, labels]),
+            None if self.content is None else np.concatenate([self.content, content]),
+            None if self.refine is None else np.concatenate([self.refine, refine]),
+        )  # checks the new rows like a new index
+        if self.items is not None:
+            start = int(self.items.max()) + 1 if len(self.items) else 0
+            new = np.arange(start, start + len(codes), dtype=np.int64)
+            self.items = np.concatenate([self.items, new])
+        self.codes, self.ids, self.labels = grown.codes, grown.ids, grown.labels
+        self.content, self.refine = grown.content, grown.refine
+
+    def search(
+        self,
+        queries: torch.Tensor | np.ndarray,
+        k: int = 10,
+        distance: str | None = None,
+        refine_depth: int | None = None,
+        fingerprints: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k).
+
+        The search state (per-book code columns, the one-hot matrix) is built on the first search
+        and kept with these codes (:meth:`searcher`), so repeated searches cost a look-up table, a
+        gather or product and a top-k.
+
+        An index that refines (:attr:`refine`) re-scores the first ``refine_depth`` results
+        (default: the index's) with the items' float16 embeddings and orders them by that
+        distance, ties by item number; later results keep their ADC order and distances
+        (:func:`~quantrieve.pq.refine_ranking`). ``refine_depth=0`` searches by ADC alone.
+
+        ``fingerprints``: the queries' pixel fingerprints (:func:`image_fingerprints`), for an
+        index that keeps them: the items with a query's very pixels come first, at distance 0,
+        in item order; the rest follow in their order.
+        """
+        queries = torch.as_tensor(queries)
+        distance = distance or self.distance
+        depth = self.refine_depth if refine_depth is None else refine_depth
+        if depth < 0:
+            raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
+        if self.refine is None or depth == 0:
+            dists, items = self.searcher().search(queries, k, distance)
+        else:
+            dists, items = self.searcher().search(queries, max(k, depth), distance)
+            with warnings.catch_warnings():  # a read-only memory map is only ever read here
+                warnings.simplefilter("ignore", UserWarning)
+                fine = torch.from_numpy(self.refine)
+            dists, items = refine_ranking(queries, dists, items, fine, depth, distance)
+            dists, items = dists[:, :k], items[:, :k]
+        if fingerprints is not None and self.content is not None:
+            dists, items = self._copies_first(dists, items, np.asarray(fingerprints, np.uint64))
+        return dists, items
+
+    def copies(self, fingerprint: int) -> np.ndarray:
+        """The rows whose pixel fingerprint is ``fingerprint``, ascending (none without
+        fingerprints)."""
+        if self.content is None:
+            return np.zeros(0, dtype=np.int64)
+        cached = self.__dict__.get("_content_order")
+        if cached is None or cached[0] is not self.content:
+            order = np.argsort(self.content, kind="stable")
+            cached = (self.content, order, self.content[order])
+            self.__dict__["_content_order"] = cached
+        order, ordered = cached[1], cached[2]
+        key = np.uint64(fingerprint)
+        lo = np.searchsorted(ordered, key, side="left")
+        hi = np.searchsorted(ordered, key, side="right")
+        return np.sort(order[lo:hi]).astype(np.int64)
+
+    def _copies_first(
+        self, dists: torch.Tensor, items: torch.Tensor, fingerprints: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each query's exact copies in front at distance 0, the rest after; length kept."""
+        if len(fingerprints) != len(items):
+            raise QuantrieveError(f"{len(fingerprints)} fingerprints for {len(items)} queries")
+        dists, items = dists.clone(), items.clone()
+        k = items.shape[1]
+        for q, fingerprint in enumerate(fingerprints.tolist()):
+            copies = self.copies(fingerprint)[:k]
+            if not len(copies):
+                continue
+            rest = [(d, i) for d, i in zip(dists[q].tolist(), items[q].tolist(), strict=True)]
+            taken = set(copies.tolist())
+            row = [(0.0, int(i)) for i in copies] + [(d, i) for d, i in rest if i not in taken]
+            dists[q] = torch.tensor([d for d, _ in row[:k]], dtype=dists.dtype)
+            items[q] = torch.tensor([i for _, i in row[:k]], dtype=items.dtype)
+        return dists, items
+
+    def searcher(self) -> CodeSearcher:
+        """The :class:`~quantrieve.pq.CodeSearcher` of the current codes (built once, kept until
+        :meth:`add` changes the codes)."""
+        cached = self.__dict__.get("_searcher")
+        if cached is not None and cached[0] is self.codes and cached[1] is self.codebooks:
+            return cached[2]
+        with warnings.catch_warnings():  # a read-only memory map is only ever read here
+            warnings.simplefilter("ignore", UserWarning)
+            searcher = CodeSearcher(torch.from_numpy(self.codebooks), torch.from_numpy(self.codes))
+        self.__dict__["_searcher"] = (self.codes, self.codebooks, searcher)
+        return searcher
+
+    def with_rows(
+        self,
+        codes: np.ndarray,
+        ids: Sequence[str],
+        labels: np.ndarray | None,
+        content: np.ndarray | None,
+        refine: np.ndarray | None,
+        keep: np.ndarray | None = None,
+    ) -> PQIndex:
+        """A new index with this one's codebooks and settings and these rows (``keep``: a mask
+        of the rows to take), checked like a new index. Its item numbers are unset."""
+        if keep is not None and not keep.all():
+            rows = np.flatnonzero(keep)
+            codes = codes[rows]
+            ids = [ids[r] for r in rows.tolist()]
+            labels = None if labels is None else labels[rows]
+            content = None if content is None else content[rows]
+            refine = None if refine is None else refine[rows]
+        return PQIndex(
+            codebooks=self.codebooks,
+            codes=codes,
+            ids=list(ids),
+            labels=labels,
+            distance=self.distance,
+            class_names=list(self.class_names),
+            meta=dict(self.meta),
+            content=content,
+            refine=refine,
+            refine_depth=self.refine_depth,
+        )
+
+    def with_version(self, version: StoredVersion) -> PQIndex:
+        """This index, the base of a directory, as the stored ``version`` has it: the base rows,
+        then the segments' rows, less the deleted ones, numbered by their item numbers. Without
+        stored rows (no manifest) it is this very object, numbered."""
+        rows = version.rows
+        index = (
+            self
+            if rows is None
+            else self.with_rows(
+                rows.codes, rows.ids, rows.labels, rows.content, rows.refine, rows.keep
+            )
+        )
+        index.items = np.asarray(version.keys, dtype=np.int64)
+        return index
+
+    def save(
+        self,
+        path: str | Path,
+        model_file: str | Path | None = None,
+        overwrite: bool = False,
+        model: SavableModel | None = None,
+    ) -> Path:
+        """Write the index directory (:mod:`quantrieve.index.format`).
+
+        The encoder goes in as ``model.pt``: copied from ``model_file``, or written by
+        ``model.save`` (an in-memory model).
+
+        A new or empty folder is written; an existing index is replaced only with
+        ``overwrite``, whole (the new one is complete before the old one is removed); any
+        other folder or file is refused (:class:`~quantrieve.errors.OutputError`).
+        """
+        return save_index(self, path, model_file, overwrite, model)
+
+    def write_files(
+        self,
+        folder: Path,
+        model_file: str | Path | None = None,
+        model: SavableModel | None = None,
+    ) -> None:
+        """Write the base files of the format into an existing, empty ``folder`` (no swap: see
+        :meth:`save`, which calls this on a temporary folder)."""
+        write_base(self, folder, model_file, model)
+
+    @classmethod
+    def load(
+        cls, path: str | Path, mmap: bool = False, verify: bool = True, segments: bool = True
+    ) -> PQIndex:
+        """Read an index directory; errors name the directory and the file or key at fault.
+
+        An index changed by a search service (``segments/manifest.json``, see
+        :mod:`quantrieve.index.segment_files`) loads as it stands now: the base items, then the
+        items of every appended segment, less the deleted ones; ``quantrieve search`` and
+        ``evaluate`` see what the service serves.
+
+        Args:
+            path: the index directory.
+            mmap: memory-map codes and labels instead of reading them (an index with segments
+                is merged into memory).
+            verify: check codes.npy, ids.txt and labels.npy against their checksums in
+                index.json, and each segment against the manifest (reads each file once; turn
+                off for very large memory-mapped indexes). The cheap checks (M, K, d, bits, item
+                count, codebook hash) always run.
+            segments: apply the segments and deletions; False reads the base files alone.
+
+        Raises:
+            IndexFormatError: a missing or malformed file, a newer version, or an index altered
+                since it was written (the message names the file or index.json key).
+        """
+        path = Path(path)
+        base = read_base(path, mmap, verify, cls)
+        if not segments or not has_segments(path):
+            return base
+        return base.with_version(read_version(path, base, verify))

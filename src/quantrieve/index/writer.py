@@ -1,0 +1,179 @@
+"""The one process allowed to change an index directory, and its lock.
+
+:class:`IndexWriter` holds ``segments/.lock`` and turns a :class:`~quantrieve.index.live.LiveIndex`
+into the next version: an append writes a new segment, a delete tombstones items, and each change
+ends by writing the new manifest atomically (:mod:`quantrieve.index.segment_files` describes the
+files and their durability).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from quantrieve.errors import QuantrieveError
+from quantrieve.index.format import MANIFEST, SEGMENTS_DIR, IndexFormatError
+from quantrieve.index.live import LiveIndex
+from quantrieve.index.segment_files import ADDED_PREFIX, NewItems, read_manifest, write_segment
+from quantrieve.runtime.atomic import atomic_write_json, fsync_dir
+
+LOCK_FILE = ".lock"
+
+
+class IndexBusyError(QuantrieveError):
+    """Another process (a running service, a compaction) holds the index's write lock."""
+
+
+class IndexWriter:
+    """The one process allowed to change an index directory: holds ``segments/.lock``.
+
+    The lock is an advisory ``flock``, released when the process ends however it ends (a
+    SIGKILL included), so a crashed service never leaves the index locked.
+
+    Args:
+        path: the index directory.
+        before_commit: called after a change's files are durable and before its manifest is
+            written (tests use it to stop a process in that window).
+
+    Raises:
+        IndexBusyError: another process holds the lock.
+        IndexFormatError: the folder is not writable.
+    """
+
+    def __init__(self, path: str | Path, before_commit: Callable[[], None] | None = None) -> None:
+        self.path = Path(path)
+        self.before_commit = before_commit
+        folder = self.path / SEGMENTS_DIR
+        try:
+            folder.mkdir(exist_ok=True)
+            self._lock: IO[bytes] | None = open(folder / LOCK_FILE, "ab")  # noqa: SIM115
+        except OSError as exc:
+            raise IndexFormatError(
+                f"{folder}: cannot write here ({exc.strerror}); serve it read-only "
+                "(quantrieve serve --read-only) or from a writable copy"
+            ) from None
+        try:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            self._lock = None
+            raise IndexBusyError(
+                f"{self.path}: another process is changing this index (a running `quantrieve "
+                "serve` or `quantrieve compact` holds segments/.lock); stop it first, or serve "
+                "this index read-only (--read-only)"
+            ) from None
+        self._remove_temporaries(folder)
+
+    @staticmethod
+    def _remove_temporaries(folder: Path) -> None:
+        """Temporary files of changes that never finished (ours: never in a manifest)."""
+        for file in folder.glob(".*.tmp*"):
+            if file.is_file():
+                file.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the lock."""
+        if self._lock is not None:
+            fcntl.flock(self._lock.fileno(), fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> IndexWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_current(self, live: LiveIndex) -> None:
+        if self._lock is None:
+            raise IndexBusyError(f"{self.path}: the writer was closed")
+        on_disk = read_manifest(self.path)
+        generation = 0 if on_disk is None else on_disk["generation"]
+        if generation != live.generation:
+            raise IndexBusyError(
+                f"{self.path}: the index on disk is at generation {generation}, this version at "
+                f"{live.generation}; load it again"
+            )
+
+    def _commit(self, live: LiveIndex) -> None:
+        """Write the manifest of ``live`` atomically (temporary file, fsync, rename, fsync)."""
+        if self.before_commit is not None:
+            self.before_commit()
+        folder = self.path / SEGMENTS_DIR
+        atomic_write_json(live.manifest(), folder / MANIFEST)
+        fsync_dir(folder)
+
+    def append(self, live: LiveIndex, items: NewItems) -> LiveIndex:
+        """Append ``items`` as a new segment; returns the new version (durable on return).
+
+        Their item numbers are ``live.next_key`` onwards, in order.
+        """
+        self._check_current(live)
+        n, base = len(items), live.index
+        if n == 0:
+            raise QuantrieveError("nothing to add")
+        if len(items.pixels) != n or len(items.raw) != n or len(items.names) != n:
+            raise ValueError("codes, pixels, raw and names must have one row per item")
+        if (items.labels is None) != (base.labels is None):
+            raise IndexFormatError("labels must be given for a labelled index, and only for one")
+        if (items.content is None) != (base.content is None):
+            raise IndexFormatError("content fingerprints must be given when the index keeps them")
+        if (items.refine is None) != (base.refine is None):
+            raise IndexFormatError("refine embeddings must be given when the index refines")
+        generation = live.generation + 1
+        keys = np.arange(live.next_key, live.next_key + n, dtype=np.int64)
+        ids = [f"{ADDED_PREFIX}{k}" for k in keys.tolist()]
+        grown = base.with_rows(
+            np.concatenate([np.asarray(base.codes), items.codes]),
+            [*base.ids, *ids],
+            None if base.labels is None else np.concatenate([base.labels, items.labels]),
+            None if base.content is None else np.concatenate([base.content, items.content]),
+            None if base.refine is None else np.concatenate([base.refine, items.refine]),
+        )  # checks the new rows like a new index (shapes, codewords < K)
+        folder = self.path / SEGMENTS_DIR
+        # A file of this name can only be left by a change that never committed: replaced.
+        entry = write_segment(folder / f"seg-{generation:06d}.npz", keys, ids, items)
+        segment = len(live.segments)
+        new = dataclasses.replace(
+            live,
+            path=self.path,
+            index=grown,
+            keys=np.concatenate([live.keys, keys]),
+            part=np.concatenate([live.part, np.full(n, segment, dtype=np.int32)]),
+            local=np.concatenate([live.local, np.arange(n, dtype=np.int64)]),
+            generation=generation,
+            segments=(*live.segments, entry),
+            next_key=live.next_key + n,
+        )
+        self._commit(new)
+        return new
+
+    def delete(self, live: LiveIndex, keys: Iterable[int]) -> LiveIndex:
+        """Tombstone items (live ones; others raise KeyError); returns the new version."""
+        self._check_current(live)
+        wanted = sorted({int(k) for k in keys})
+        missing = [k for k in wanted if live.row(k) is None]
+        if missing:
+            raise KeyError(missing[0])
+        keep = ~np.isin(live.keys, np.array(wanted, dtype=np.int64))
+        base = live.index
+        shrunk = base.with_rows(
+            np.asarray(base.codes), base.ids, base.labels, base.content, base.refine, keep
+        )
+        new = dataclasses.replace(
+            live,
+            path=self.path,
+            index=shrunk,
+            keys=live.keys[keep],
+            part=live.part[keep],
+            local=live.local[keep],
+            generation=live.generation + 1,
+            deleted=live.deleted | frozenset(wanted),
+        )
+        self._commit(new)
+        return new
