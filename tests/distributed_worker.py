@@ -59,5 +59,35 @@ def main() -> None:
     shutdown(place)
 
 
+def gather_gradients(rank: int, world: int, init_file: str, out: str) -> None:
+    """One rank of the gathered-gradient check (run by torch.multiprocessing.spawn): gathers
+    its rows with :func:`all_gather_with_grad`, backpropagates its own loss of the whole
+    gathered tensor, and saves the gathered tensor and its rows' gradient to ``out.RANK``."""
+    import torch.distributed as dist
+
+    from quantrieve.runtime.distributed import all_gather_with_grad
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        rows = gathered_rows(rank).requires_grad_()
+        gathered = all_gather_with_grad(rows)
+        rank_loss(gathered, rank).backward()
+        torch.save({"gathered": gathered.detach(), "grad": rows.grad}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def gathered_rows(rank: int) -> torch.Tensor:
+    """The rows rank ``rank`` contributes to the gathered-gradient check."""
+    return torch.randn(3, 4, generator=torch.Generator().manual_seed(rank))
+
+
+def rank_loss(gathered: torch.Tensor, rank: int) -> torch.Tensor:
+    """A loss of every rank's rows that differs from rank to rank (rank-dependent weights)."""
+    weights = torch.linspace(-1, 2, gathered.numel()).view_as(gathered) * (rank + 1)
+    return (weights * gathered).tanh().square().sum() + gathered[rank].sum()
+
+
 if __name__ == "__main__":
     main()

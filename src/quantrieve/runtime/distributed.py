@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,20 +67,39 @@ def gather(tensor: Tensor, place: Distributed) -> Tensor:
     return all_gather_with_grad(tensor)
 
 
-def all_gather_with_grad(tensor: Tensor) -> Tensor:
-    """Every rank's ``tensor`` stacked along dim 0 (rank order), differentiable: the backward
-    pass sums each slice's gradients over ranks and returns them to the slice's rank."""
-    from torch.distributed import _functional_collectives as collectives
+def all_gather_with_grad(tensor: Tensor, group: dist.ProcessGroup | None = None) -> Tensor:
+    """Every rank's ``tensor`` concatenated along dim 0 (rank order), differentiable: the
+    backward pass sums each slice's gradients over ranks and returns them to the slice's rank
+    (a reduce-scatter). Every rank must pass a tensor of the same shape."""
+    return _GatherWithGradient.apply(tensor, group)
 
-    # The name changed across torch releases (2.13: all_gather_single_autograd; earlier:
-    # all_gather_tensor_autograd); torch.distributed.nn's all_gather is the old, deprecated API.
-    for name in ("all_gather_single_autograd", "all_gather_tensor_autograd"):
-        gather_fn = getattr(collectives, name, None)
-        if gather_fn is not None:
-            return gather_fn(tensor.contiguous(), 0, dist.group.WORLD)
-    import torch.distributed.nn.functional as dist_nn
 
-    return torch.cat(dist_nn.all_gather(tensor.contiguous()))
+# torch 2.13 renamed the single-tensor collectives (all_gather_into_tensor ->
+# all_gather_single, reduce_scatter_tensor -> reduce_scatter_single) and deprecated the old
+# names; both are public, so take the new one where it exists.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+_reduce_scatter_single = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+
+
+class _GatherWithGradient(torch.autograd.Function):
+    """All-gather along dim 0 forward, reduce-scatter (sum) backward, over public collectives."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, group: dist.ProcessGroup | None) -> Tensor:
+        ctx.group = group
+        world = dist.get_world_size(group)
+        local = tensor.contiguous()
+        out = local.new_empty((world * local.shape[0], *local.shape[1:]))
+        _all_gather_single(out, local, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        world = dist.get_world_size(ctx.group)
+        full = grad.contiguous()
+        mine = full.new_empty((full.shape[0] // world, *full.shape[1:]))
+        _reduce_scatter_single(mine, full, group=ctx.group)
+        return mine, None
 
 
 def barrier(place: Distributed) -> None:
