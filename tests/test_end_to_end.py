@@ -14,8 +14,8 @@ from conftest import TINY_RUN
 from typer.testing import CliRunner
 
 from quantrieve import Retriever
-from quantrieve.cli import _print_epoch, app, main
-from quantrieve.cli.terminal import console
+from quantrieve.cli import app, main
+from quantrieve.cli.terminal import console, print_epoch
 from quantrieve.index import PQIndex
 from quantrieve.index.faiss_export import to_faiss
 from quantrieve.train.trainer import EpochSummary
@@ -217,5 +217,5 @@ def test_each_epoch_reports_validation_p_at_10_beside_map(trained: dict[str, Pat
         assert r["val_p10"] == validations[r["epoch"]]["precision_at"]["10"]
     summary = EpochSummary(3, 1.0, 2.0, 10.0, 0.5, 3, 0.5, val_p10=0.625)
     with console.capture() as captured:
-        _print_epoch(summary, 5)
+        print_epoch(summary, 5)
     assert "val mAP 0.5000  P@10 0.6250" in captured.get()

@@ -2,9 +2,11 @@
 
 A run is described by one :class:`RunConfig` made of sections (data, augment, model, loss,
 train, eval). Configs come from a named preset (a TOML file shipped in
-``quantrieve/presets``) or a user TOML/JSON file, then ``section.key=value`` overrides from the
-command line. Every section validates itself and errors name the offending key. The resolved
-config is saved as JSON next to every run.
+``quantrieve/presets``) or a user TOML/JSON file, then overrides: typed settings by key
+(``{"train.epochs": 3}``, :func:`apply_overrides`), the way code sets values, and the user's
+``section.key=value`` strings (``--set``), the one input parsed from text
+(:func:`settings_from_text`). Every section validates itself and errors name the offending key.
+The resolved config is saved as JSON next to every run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import tomllib
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -60,6 +63,8 @@ class DataConfig:
             collection's own (1 when every file is grayscale: no three-fold copy of the work).
         skip_bad: Leave unreadable image files out (they are listed in the run's run.json)
             instead of stopping with an error that names them all.
+        decode_workers: Threads that decode image files into the cache (folders and list
+            files); 0 = every core this process may use. Results do not depend on it.
     """
 
     dataset: str = "fashion-mnist"
@@ -72,6 +77,7 @@ class DataConfig:
     layout: str = "auto"
     skip_bad: bool = False
     channels: int = 0
+    decode_workers: int = 0
 
     def validate(self) -> None:
         _check(self.holdout_queries >= 0, "data.holdout_queries", "must be >= 0 (0 = none)")
@@ -80,10 +86,16 @@ class DataConfig:
         _check(self.layout in LAYOUTS, "data.layout", f"one of {LAYOUTS}, got {self.layout!r}")
         _check(self.val_queries >= 0, "data.val_queries", "must be >= 0")
         _check(self.train_limit >= 0, "data.train_limit", "must be >= 0")
+        _check(self.decode_workers >= 0, "data.decode_workers", "must be >= 0 (0 = every core)")
 
     def reader_options(self) -> dict[str, Any]:
         """The reader keywords of :func:`quantrieve.data.read_dataset` this section sets."""
-        return {"layout": self.layout, "skip_bad": self.skip_bad, "channels": self.channels}
+        return {
+            "layout": self.layout,
+            "skip_bad": self.skip_bad,
+            "channels": self.channels,
+            "workers": self.decode_workers or None,
+        }
 
 
 @dataclass
@@ -330,6 +342,11 @@ LOSS_PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+#: Typed config values by ``section.key`` (``{"train.epochs": 3, "loss.w_cc": 0.0}``): values
+#: travel as values; only the user's ``--set`` strings are text (:func:`settings_from_text`).
+Settings = Mapping[str, Any]
+
+
 @dataclass(frozen=True)
 class Method:
     """A trained method: a name for a set of loss settings.
@@ -341,37 +358,36 @@ class Method:
     Attributes:
         name: What users type.
         description: One line for reports and help.
-        overrides: The ``section.key=value`` settings that make a run this method, applied
-            after the preset's.
+        settings: The typed settings that make a run this method, applied after the preset's.
     """
 
     name: str
     description: str
-    overrides: tuple[str, ...]
+    settings: Settings = field(default_factory=dict, hash=False)
 
 
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("hqc", "HQC, all five terms (w_icf = w_icz = 1)", ("loss.preset=hqc",)),
-        Method("spq", "SPQ, cross-quantized contrastive loss", ("loss.preset=spq",)),
+        Method("hqc", "HQC, all five terms (w_icf = w_icz = 1)", {"loss.preset": "hqc"}),
+        Method("spq", "SPQ, cross-quantized contrastive loss", {"loss.preset": "spq"}),
         Method(
             "hqc-ref",
             "HQC with the reference implementation's defaults (w_icf = w_icz = 0)",
-            ("loss.preset=hqc-ref",),
+            {"loss.preset": "hqc-ref"},
         ),
-        Method("hqc-no-cc", "HQC without L_cc", ("loss.preset=hqc", "loss.w_cc=0")),
-        Method("hqc-no-pn", "HQC without L_pn", ("loss.preset=hqc", "loss.w_pn=0")),
-        Method("hqc-no-cd", "HQC without L_cd", ("loss.preset=hqc", "loss.w_cd=0")),
+        Method("hqc-no-cc", "HQC without L_cc", {"loss.preset": "hqc", "loss.w_cc": 0.0}),
+        Method("hqc-no-pn", "HQC without L_pn", {"loss.preset": "hqc", "loss.w_pn": 0.0}),
+        Method("hqc-no-cd", "HQC without L_cd", {"loss.preset": "hqc", "loss.w_cd": 0.0}),
     )
 }
 
 
-def method_overrides(name: str) -> tuple[str, ...]:
-    """The settings of a registered method; the error lists the methods."""
+def method_settings(name: str) -> dict[str, Any]:
+    """The typed settings of a registered method; the error lists the methods."""
     if name not in METHODS:
         raise ConfigError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
-    return METHODS[name].overrides
+    return dict(METHODS[name].settings)
 
 
 @dataclass
@@ -569,18 +585,77 @@ def config_differences(saved: dict[str, Any], current: RunConfig) -> list[str]:
     )
 
 
-def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
-    """Parse ``section.key=value`` strings into a nested dict (values stay strings)."""
-    nested: dict[str, dict[str, Any]] = {}
+def _split_key(key: str, text: str | None = None) -> tuple[str, str]:
+    """``section.key`` as ``(section, key)``; ``text``: the key as the user wrote it."""
+    parts = key.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(
+            f"override key '{key if text is None else text}' is not of the form section.key"
+        )
+    return parts[0], parts[1]
+
+
+def settings_from_text(overrides: Sequence[str]) -> dict[str, str]:
+    """The user's ``section.key=value`` strings (``--set``) as settings; the values stay text
+    and are parsed by field type when applied (:func:`apply_overrides`). A later string for
+    the same key wins."""
+    settings: dict[str, str] = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form section.key=value")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(f"override key '{key}' is not of the form section.key")
-        nested.setdefault(parts[0], {})[parts[1]] = value.strip()
+        _split_key(key.strip(), key)
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """Parse ``section.key=value`` strings into a nested dict (values stay strings)."""
+    return _nested(settings_from_text(overrides))
+
+
+def _nested(settings: Settings) -> dict[str, dict[str, Any]]:
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        section, name = _split_key(key)
+        nested.setdefault(section, {})[name] = value
     return nested
+
+
+_TYPED = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+
+
+def _check_typed(value: Any, annotation: Any, key: str) -> None:
+    """A value given as a value (not text) must have its field's type already."""
+    if isinstance(value, str):
+        return  # text, as the user typed it: parsed by the field's type
+    if typing.get_origin(annotation) in (list, typing.List):  # noqa: UP006
+        ok = isinstance(value, list | tuple)
+    else:
+        kinds = _TYPED.get(annotation, (object,))
+        ok = isinstance(value, kinds) and not (annotation is not bool and isinstance(value, bool))
+    if not ok:
+        name = getattr(annotation, "__name__", str(annotation))
+        raise ConfigError(f"config key '{key}': expected {name}, got {value!r}")
+
+
+def apply_overrides(config: RunConfig, settings: Settings) -> RunConfig:
+    """A validated copy of ``config`` with typed settings by ``section.key`` applied.
+
+    ``{"train.epochs": 3, "loss.preset": "spq", "model.bits": 32}``: a value of another type
+    than its field's is refused (a string is text and parsed, as ``--set`` values are). Within
+    a section, ``loss.preset`` applies first (its weights, then explicit ones) and
+    ``model.bits`` last (books from the final K), whatever the order given.
+    """
+    classes = _section_classes()
+    for key, value in settings.items():
+        section, name = _split_key(key)
+        hints = typing.get_type_hints(classes[section]) if section in classes else {}
+        if name in hints:
+            _check_typed(value, hints[name], key)
+        elif key == "model.bits":
+            _check_typed(value, int, key)
+    return config_from_dict(_nested(settings), config).validate()
 
 
 def preset_names() -> list[str]:
@@ -608,9 +683,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 def load_config(
     preset: str | None = None,
     config_file: str | Path | None = None,
-    overrides: list[str] | None = None,
+    overrides: Sequence[str] | Settings | None = None,
 ) -> RunConfig:
-    """Resolve a config: defaults <- preset <- config file <- command-line overrides."""
+    """Resolve a config: defaults <- preset <- config file <- overrides.
+
+    ``overrides``: typed settings by key (:data:`Settings`), or the user's ``section.key=value``
+    strings (``--set``, parsed from text)."""
     config = RunConfig()
     if preset is not None:
         names = preset_names()
@@ -621,7 +699,8 @@ def load_config(
     if config_file is not None:
         config = config_from_dict(read_config_file(config_file), config)
     if overrides:
-        config = config_from_dict(parse_overrides(overrides), config)
+        settings = overrides if isinstance(overrides, Mapping) else settings_from_text(overrides)
+        return apply_overrides(config, settings)
     return config.validate()
 
 

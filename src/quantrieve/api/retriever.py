@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +32,11 @@ import torch
 
 from quantrieve.config import (
     RunConfig,
+    Settings,
     config_from_dict,
     load_config,
-    method_overrides,
+    method_settings,
+    settings_from_text,
 )
 from quantrieve.data import DataError, ImageSet
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
@@ -169,7 +171,7 @@ class Retriever:
         method: str | None = None,
         epochs: int | None = None,
         config_file: str | Path | None = None,
-        overrides: Sequence[str] = (),
+        overrides: Sequence[str] | Settings = (),
         device: str = "auto",
     ) -> Retriever:
         """An untrained retriever from a preset (see ``quantrieve presets``) or config file.
@@ -179,16 +181,19 @@ class Retriever:
             method: a registered method (``hqc``, ``spq``, ``hqc-ref``, ``hqc-no-cc``, ...:
                 :data:`quantrieve.config.METHODS`).
             epochs: training epochs (``train.epochs``).
-            overrides: ``section.key=value`` strings, as ``--set`` on the command line.
+            overrides: typed settings by ``section.key`` (``{"train.epochs": 3}``), or
+                ``section.key=value`` strings as ``--set`` on the command line; they win over
+                ``method`` and ``epochs``, ``bits`` wins over them.
         """
-        extra = list(overrides)
+        settings: dict[str, Any] = method_settings(method) if method is not None else {}
         if epochs is not None:
-            extra.insert(0, f"train.epochs={epochs}")
-        if method is not None:
-            extra[:0] = method_overrides(method)
+            settings["train.epochs"] = epochs
+        settings.update(
+            overrides if isinstance(overrides, Mapping) else settings_from_text(overrides)
+        )
         if bits is not None:
-            extra.append(f"model.bits={bits}")
-        return cls(load_config(preset, config_file, extra), device=device)
+            settings["model.bits"] = bits
+        return cls(load_config(preset, config_file, settings), device=device)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto", need_index: bool = False) -> Retriever:

@@ -1,4 +1,5 @@
-"""The terminal: rich progress bars with ETA, and the consoles results and messages go to.
+"""The terminal: rich progress bars with ETA, the consoles results and messages go to, and the
+lines and tables several commands print (an epoch's summary, a retrieval result).
 
 Only the command line imports this module. Library code reports progress through the
 ``progress(done, total)`` callback of :mod:`quantrieve.runtime.progress`; :func:`progress_bar`
@@ -17,6 +18,10 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Table
+
+from quantrieve.evaluate import RetrievalResult
+from quantrieve.train.trainer import EpochSummary
 
 # Progress and status go to stderr; results (tables, JSON) go to stdout so they can be piped.
 console = Console(stderr=True)
@@ -74,3 +79,31 @@ class CountingProgress:
 def progress_bar(description: str) -> CountingProgress:
     """A ``progress(done, total)`` callback drawing a bar named ``description``."""
     return CountingProgress(description)
+
+
+def print_epoch(summary: EpochSummary, total: int) -> None:
+    """One line per training epoch: loss, speed, validation mAP and the best so far."""
+    line = (
+        f"epoch {summary.epoch}/{total}  loss {summary.loss:.4f}  "
+        f"{summary.images_per_second:.0f} img/s"
+    )
+    if summary.val_map is not None:
+        line += f"  val mAP {summary.val_map:.4f}"
+        if summary.val_p10 is not None:
+            line += f"  P@10 {summary.val_p10:.4f}"
+    if summary.best_val_map is not None:
+        line += f"  (best {summary.best_val_map:.4f} @ epoch {summary.best_epoch})"
+    console.print(line)
+
+
+def print_result(title: str, result: RetrievalResult) -> None:
+    """A retrieval result as a table on stdout: mAP@K, precision@N, sizes, seconds."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row(f"mAP@{result.k}", f"{result.map_at_k:.4f}")
+    for n, v in result.precision_at.items():
+        table.add_row(f"precision@{n}", f"{v:.4f}")
+    table.add_row("queries x database", f"{result.num_queries} x {result.num_database}")
+    table.add_row("seconds", f"{result.seconds:.2f}")
+    stdout.print(table)

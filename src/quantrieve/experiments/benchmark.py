@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from quantrieve.config import RunConfig, load_config, num_books_for_bits
+from quantrieve.config import RunConfig, load_config, num_books_for_bits, settings_from_text
 from quantrieve.experiments.cells import deep_cell, shallow_cell
 from quantrieve.experiments.grid import (
     BENCHMARK_KIND,
@@ -42,7 +42,7 @@ from quantrieve.experiments.grid import (
     merge_setup,
     parse_bits,
     parse_seeds,
-    protocol_overrides,
+    protocol_settings,
     read_json,
 )
 from quantrieve.experiments.protocols import Protocol, get_protocol, materialize
@@ -103,7 +103,9 @@ def run_benchmark(
     overrides = list(overrides)
     out_dir = Path(out_dir)
     refuse_foreign(out_dir, BENCHMARK_KIND, hint=f"runs/benchmark-{protocol.name}")
-    base_config = load_config(preset, overrides=[*protocol_overrides(protocol), *overrides])
+    base_config = load_config(
+        preset, overrides={**protocol_settings(protocol), **settings_from_text(overrides)}
+    )
     root = str(root if root is not None else base_config.data.root)
     explicit = seeds is not None
     seed_list = parse_seeds(list(seeds)) if seeds is not None else [base_config.train.seed]

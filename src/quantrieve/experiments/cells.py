@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from quantrieve.api.retriever import Retriever
-from quantrieve.baselines import fit_baseline
+from quantrieve.baselines import BASELINES, fit_baseline
 from quantrieve.config import RunConfig, num_books_for_bits
 from quantrieve.evaluate import RetrievalResult, evaluate_distances
 from quantrieve.experiments.grid import read_json
@@ -118,7 +118,8 @@ def shallow_cell(
     method: str, bits: int, num_codewords: int, seed: int, data: ProtocolData
 ) -> dict[str, Any]:
     protocol = data.protocol
-    books = 1 if method == "exact" else num_books_for_bits(bits, num_codewords)
+    coded = BASELINES[method].coded
+    books = num_books_for_bits(bits, num_codewords) if coded else 1
     start = time.perf_counter()
     fitted = fit_baseline(
         method,
@@ -141,11 +142,9 @@ def shallow_cell(
     return {
         "result": result.to_dict(),
         "train": {"seconds": fit_seconds, "images_per_second": None, "epochs": None},
-        "distance": {"pq": BASELINE_DISTANCE, "opq": BASELINE_DISTANCE, "itq": "hamming"}.get(
-            method, "l2 (exact)"
-        ),
-        "num_books": None if method == "exact" else books,
-        "num_codewords": None if method == "exact" else num_codewords,
+        "distance": BASELINES[method].distance or BASELINE_DISTANCE,
+        "num_books": books if coded else None,
+        "num_codewords": num_codewords if coded else None,
         "device": "cpu",
         "wall_seconds": time.perf_counter() - start,
     }

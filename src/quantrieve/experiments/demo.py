@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from quantrieve.api.retriever import Retriever
+from quantrieve.api import Retriever, run_parts
 from quantrieve.baselines import fit_baseline
-from quantrieve.data import read_dataset
+from quantrieve.config import settings_from_text
 from quantrieve.evaluate import RetrievalResult, evaluate_distances
 from quantrieve.experiments.figures import plot_pr_curves, plot_retrieval_grid, pr_title
 from quantrieve.runtime.atomic import atomic_write_json
@@ -47,14 +47,16 @@ def run_demo(
     out = Path(out)
     say = stage or (lambda _: None)
     step = progress or (lambda _: None)
-    extra = ([f"data.root={data_dir}"] if data_dir else []) + list(overrides or [])
-    retriever = Retriever.from_preset(preset, overrides=extra)
+    settings = {"data.root": data_dir} if data_dir else {}
+    settings.update(settings_from_text(overrides or []))  # the user's --set wins
+    retriever = Retriever.from_preset(preset, overrides=settings)
     config = retriever.config
     # The demo folder is the demo's own: a rerun continues it, any other folder is refused.
     refuse_foreign(out, DEMO_KIND, hint="runs/demo")
-    atomic_write_json({"preset": preset, "overrides": extra}, out / DEMO_KIND.marker)
-    parts = read_dataset(config.data.dataset, config.data.root)
-    train, test = parts["train"], parts["test"]
+    command = ([f"data.root={data_dir}"] if data_dir else []) + list(overrides or [])
+    atomic_write_json({"preset": preset, "overrides": command}, out / DEMO_KIND.marker)
+    parts = run_parts(retriever)
+    train, test = parts.get("train"), parts.get("test")
     run_dir = out / "train"
     resume = (run_dir / "last.pt").exists()
     say(f"1/4 training ({preset}, {config.model.bits} bits)")
@@ -64,7 +66,7 @@ def run_demo(
     index = retriever.build_index(
         train,
         config.eval.distance,
-        source={"dataset": config.data.dataset, "root": config.data.root, "part": "train"},
+        source=parts.source("train"),
         progress=step("embedding database"),
     )
     retriever.save(out / "index", overwrite=True)

@@ -6,12 +6,19 @@ from __future__ import annotations
 import json
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantrieve.baselines import BASELINES
 from quantrieve.config import METHODS as DEEP
-from quantrieve.config import RunConfig, config_differences, load_config
+from quantrieve.config import (
+    RunConfig,
+    Settings,
+    config_differences,
+    load_config,
+    settings_from_text,
+)
 from quantrieve.errors import QuantrieveError
 from quantrieve.experiments.protocols import Protocol
 from quantrieve.runtime.atomic import atomic_write_json
@@ -41,30 +48,20 @@ class GridMethod:
     Attributes:
         name: Registry name (``--methods``).
         kind: ``deep`` (trained encoder, :data:`quantrieve.config.METHODS`) or ``shallow``
-            (raw-pixel baseline).
+            (raw-pixel baseline, :data:`quantrieve.baselines.BASELINES`).
         description: One line for the report.
-        overrides: Config overrides that define a deep method (applied after the user's).
+        settings: Typed config settings that define a deep method (applied after the user's).
     """
 
     name: str
     kind: str
     description: str
-    overrides: tuple[str, ...] = ()
+    settings: Settings = field(default_factory=dict, hash=False)
 
 
 METHODS: dict[str, GridMethod] = {
-    **{m.name: GridMethod(m.name, "deep", m.description, m.overrides) for m in DEEP.values()},
-    **{
-        m.name: m
-        for m in (
-            GridMethod("pq", "shallow", "faiss PQ on raw pixels (same M, K; squared-L2 ADC)"),
-            GridMethod(
-                "opq", "shallow", "faiss OPQ + PQ on raw pixels (same M, K; squared-L2 ADC)"
-            ),
-            GridMethod("itq", "shallow", "PCA + ITQ binary codes on raw pixels (Hamming)"),
-            GridMethod("exact", "shallow", "exhaustive L2 on raw pixels (uncompressed reference)"),
-        )
-    },
+    **{m.name: GridMethod(m.name, "deep", m.description, m.settings) for m in DEEP.values()},
+    **{b.name: GridMethod(b.name, "shallow", b.description) for b in BASELINES.values()},
 }
 
 
@@ -119,15 +116,15 @@ def parse_seeds(text: str | Sequence[int | str]) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def protocol_overrides(protocol: Protocol) -> list[str]:
-    cuts = ",".join(str(n) for n in protocol.precision_at)
-    return [
-        f"data.dataset={protocol.dataset}",
-        f"data.root={protocol.default_root}",
-        f"data.val_queries={protocol.val_queries}",
-        f"eval.topk={protocol.topk}",
-        f"eval.precision_at=[{cuts}]",
-    ]
+def protocol_settings(protocol: Protocol) -> dict[str, Any]:
+    """The config settings a protocol fixes: dataset, folder, validation queries, K, cut-offs."""
+    return {
+        "data.dataset": protocol.dataset,
+        "data.root": protocol.default_root,
+        "data.val_queries": protocol.val_queries,
+        "eval.topk": protocol.topk,
+        "eval.precision_at": list(protocol.precision_at),
+    }
 
 
 def cell_config(
@@ -141,15 +138,15 @@ def cell_config(
 ) -> RunConfig:
     """Config of a deep cell: preset <- protocol <- user overrides <- data root <- method, bits
     (<- ``train.seed``, when the grid runs several seeds)."""
-    extra = [
-        *protocol_overrides(protocol),
-        *overrides,
-        f"data.root={root}",
-        *METHODS[method].overrides,
-        *([f"train.seed={seed}"] if seed is not None else []),
-        f"model.bits={bits}",
-    ]
-    return load_config(preset, overrides=extra)
+    settings = {
+        **protocol_settings(protocol),
+        **settings_from_text(overrides),
+        "data.root": str(root),
+        **METHODS[method].settings,
+        **({"train.seed": seed} if seed is not None else {}),
+        "model.bits": bits,
+    }
+    return load_config(preset, overrides=settings)
 
 
 def read_json(path: Path) -> Any:

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from quantrieve.data import DataError, ImageSet, read_dataset
+from quantrieve.api import run_parts
+from quantrieve.data import DataError, ImageSet
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, load_image_file, open_image_bytes
 from quantrieve.errors import QuantrieveError
 from quantrieve.index.live import LiveIndex
@@ -77,7 +78,8 @@ class ItemImages:
                 if self.root is None:
                     raise ImageUnavailableError("the index records no source for its images")
                 try:
-                    self._arrays = read_dataset(str(self.dataset), self.root)
+                    # The index's ids name the rows of the dataset's own parts (``part:row``).
+                    self._arrays = run_parts(dataset=str(self.dataset), data_dir=self.root).parts
                 except QuantrieveError as exc:
                     raise ImageUnavailableError(f"the index's source images: {exc}") from None
             return self._arrays

@@ -1,0 +1,135 @@
+"""``quantrieve encode``: a dataset part into an index directory, chunk by chunk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from quantrieve.api import Retriever, run_parts
+from quantrieve.cli.options import (
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    check_distance,
+    out_option,
+    overwrite_option,
+)
+from quantrieve.cli.terminal import console, progress_bar
+from quantrieve.config import DISTANCES, ConfigError
+from quantrieve.pq import DEFAULT_REFINE_DEPTH
+from quantrieve.runtime.distributed import shutdown
+
+ModelArg = Annotated[Path, typer.Argument(help="A run directory or its model.pt.")]
+OutOpt = out_option("Index directory to write.")
+PartOpt = Annotated[
+    str | None,
+    typer.Option(help="Dataset part to encode (default: the part the run trained on)."),
+]
+DistanceOpt = Annotated[str, typer.Option(help=f"Default ranking distance: {DISTANCES}.")]
+OverwriteOpt = overwrite_option("index at --out")
+ChunkOpt = Annotated[
+    int, typer.Option(help="Images per chunk: the unit of memory, progress and resumption.")
+]
+ShardOpt = Annotated[
+    str | None,
+    typer.Option(help="i/n: encode chunks i, i+n, ... only (one job of a cluster array)."),
+]
+RefineDepthOpt = Annotated[
+    int,
+    typer.Option(
+        help="R > 0: keep each item's embedding in float16 (2 bytes a dimension) and "
+        "re-score the first R results of every search with it; 0: codes alone."
+    ),
+]
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``--shard i/n`` as ``(i, n)``."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must be i/n (e.g. 0/4), got '{text}'") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard i/n needs 0 <= i < n, got '{text}'")
+    return index, count
+
+
+def encode(
+    model: ModelArg,
+    out: OutOpt,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    part: PartOpt = None,
+    distance: DistanceOpt = "l2",
+    device: DeviceOpt = "auto",
+    overwrite: OverwriteOpt = False,
+    chunk: ChunkOpt = 8192,
+    shard: ShardOpt = None,
+    refine_depth: RefineDepthOpt = 0,
+) -> None:
+    """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels).
+
+    Chunk by chunk into OUT.encoding/ (bounded memory; a rerun continues a killed job), then
+    into the index. Under torchrun each process takes its share of the chunks; with --shard,
+    the shard that finds every chunk done builds the index."""
+    from quantrieve.api.encode_job import EncodeJob
+    from quantrieve.index.directory import check_index_output
+    from quantrieve.runtime.distributed import setup as setup_distributed
+
+    check_distance(distance)
+    if refine_depth < 0:
+        raise ConfigError(f"--refine-depth must be >= 0 (0 = off), got {refine_depth}")
+    share = _shard(shard)
+    check_index_output(out, overwrite)
+    retriever = Retriever.load(model, device=device)
+    place = setup_distributed(retriever.device)
+    if place.enabled and retriever.device.type == "cuda":
+        retriever.device = torch.device("cuda", place.local_rank)
+    if share is None:
+        share = (place.rank, place.world_size)
+    parts = run_parts(
+        retriever, dataset=dataset, data_dir=data_dir, progress=progress_bar("decoding images")
+    )
+    database = parts.get(part)
+    job = EncodeJob(
+        retriever, database, out.with_name(out.name + ".encoding"), chunk, refine=refine_depth > 0
+    )
+    job.run(share, progress_bar("encoding database"))
+    shutdown(place)  # every rank's chunks are written
+    if not place.is_main:
+        return
+    if not job.finished():
+        left = job.num_chunks - len(job.done_chunks())
+        console.print(
+            f"shard {share[0]}/{share[1]} done; {left} of {job.num_chunks} chunks left to other "
+            f"shards (the last one to finish builds the index), in {job.folder}"
+        )
+        return
+    codes, content = job.codes()
+    index = retriever.index_from_codes(
+        database,
+        codes,
+        content,
+        distance,
+        parts.source(part),
+        refine=job.refine_embeddings(),
+        refine_depth=refine_depth or DEFAULT_REFINE_DEPTH,
+    )
+    retriever.save(out, overwrite=overwrite)
+    job.remove()
+    refined = (
+        f", {index.refine.nbytes / 1e6:.2f} MB of float16 embeddings re-scoring the first "
+        f"{index.refine_depth} results"
+        if index.refine is not None
+        else ""
+    )
+    console.print(
+        f"index of {len(index)} items, {index.bits} bits ({index.num_books} x "
+        f"{index.num_codewords} codewords, {index.codes.nbytes / 1e6:.2f} MB of codes{refined})"
+        f" -> {out}"
+    )

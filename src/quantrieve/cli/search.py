@@ -1,0 +1,110 @@
+"""``quantrieve search``: top-k index items for query images, as tables, JSON or a PNG grid."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.table import Table
+
+from quantrieve.api import Retriever, run_parts
+from quantrieve.cli.options import (
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
+    DistanceOpt,
+    IndexDirArg,
+    ItemsOpt,
+    JsonOpt,
+    RefineDepthOpt,
+    check_distance,
+    overwrite_option,
+)
+from quantrieve.cli.queries import read_queries
+from quantrieve.cli.terminal import console, progress_bar, stdout
+from quantrieve.config import ConfigError
+from quantrieve.data import DataError, ImageSet
+
+QueryImagesArg = Annotated[
+    list[Path] | None, typer.Argument(help="Query image files (several, or a shell glob).")
+]
+ImageOpt = Annotated[
+    list[Path] | None, typer.Option("--image", help="Query image file (repeatable).")
+]
+PartOpt = Annotated[str, typer.Option(help="Dataset part of the queries.")]
+KOpt = Annotated[int, typer.Option("-k", help="Results per query.")]
+GridOpt = Annotated[
+    Path | None,
+    typer.Option(help="Also draw the queries and their results as a PNG grid here."),
+]
+OverwriteOpt = overwrite_option("--grid file")
+
+
+def search(
+    index_dir: IndexDirArg,
+    query_images: QueryImagesArg = None,
+    images: ImageOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    part: PartOpt = "test",
+    items: ItemsOpt = None,
+    k: KOpt = 10,
+    distance: DistanceOpt = None,
+    device: DeviceOpt = "auto",
+    as_json: JsonOpt = False,
+    grid: GridOpt = None,
+    overwrite: OverwriteOpt = False,
+    refine_depth: RefineDepthOpt = None,
+) -> None:
+    """Top-k database items for query images, by ADC with a per-query look-up table."""
+    from quantrieve.runtime.outputs import check_new_file
+
+    if k < 1:
+        raise ConfigError(f"-k must be >= 1, got {k}")
+    check_distance(distance)
+    if grid is not None:
+        check_new_file(grid, overwrite, "result grid")
+    retriever = Retriever.load(index_dir, device=device, need_index=True)
+    queries = read_queries(
+        retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, items
+    )
+    bar = progress_bar("embedding queries") if len(queries) > 5000 else None
+    results = retriever.search(queries, k, distance, progress=bar, refine_depth=refine_depth)
+    if grid is not None:
+        _draw_grid(retriever, queries, results.indices, grid)
+    if as_json:
+        payload = [
+            {"query": q, "results": [h.__dict__ for h in hits]}
+            for q, hits in zip(queries.ids, results.hits, strict=True)
+        ]
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    for q, hits in zip(queries.ids, results.hits, strict=True):
+        table = Table(title=f"query {q}")
+        for column in ("rank", "item", "id", "distance", "labels"):
+            table.add_column(column)
+        for h in hits:
+            table.add_row(str(h.rank), str(h.item), h.id, f"{h.distance:.4f}", ", ".join(h.labels))
+        stdout.print(table)
+
+
+def _draw_grid(retriever: Retriever, queries: ImageSet, neighbours: np.ndarray, path: Path) -> None:
+    """The queries and their results as a PNG; database images come from the index's source."""
+    from quantrieve.experiments.figures import plot_retrieval_grid
+
+    assert retriever.index is not None
+    part = (retriever.index.meta.get("source") or {}).get("part", "train")
+    database = run_parts(retriever, progress=progress_bar("decoding images")).get(part)
+    if database.ids != retriever.index.ids:
+        raise DataError(
+            f"the index's items are not its source images ({part}): they changed since it was "
+            "encoded, or the search service added or deleted items, so results cannot be "
+            "drawn; search without --grid, or encode it again"
+        )
+    shown = min(len(queries), 16)
+    plot_retrieval_grid(queries.subset(np.arange(shown)), database, neighbours[:shown], path)
+    console.print(f"result grid: {path}")

@@ -1,0 +1,125 @@
+"""``quantrieve train`` and ``quantrieve presets``: train an encoder from a preset or config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from quantrieve.api import Retriever, run_parts
+from quantrieve.cli.options import data_dir_option, out_option, set_option
+from quantrieve.cli.terminal import console, print_epoch, progress_bar
+from quantrieve.config import METHODS, load_config, preset_names, settings_from_text
+from quantrieve.runtime.distributed import from_environment, shutdown
+from quantrieve.train.trainer import TrainingError
+
+OutOpt = out_option("Run directory.")
+SetOpt = set_option("Override, e.g. --set train.epochs=30.")
+DataDirOpt = data_dir_option("Dataset folder (data.root).")
+PresetOpt = Annotated[str | None, typer.Option(help="Named preset (see `quantrieve presets`).")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML or JSON config.")]
+BitsOpt = Annotated[int | None, typer.Option(help="Code length; sets model.num_books.")]
+MethodOpt = Annotated[str | None, typer.Option(help=f"Method: {', '.join(METHODS)}.")]
+DatasetOpt = Annotated[
+    str | None, typer.Option(help="Dataset reader, e.g. image-folder (data.dataset).")
+]
+ImageSizeOpt = Annotated[
+    int | None,
+    typer.Option(help="Side images are decoded to, for image files (data.image_size)."),
+]
+ChannelsOpt = Annotated[
+    int | None,
+    typer.Option(help="Image folders: 1 (grayscale) or 3 (RGB); default the data's own."),
+]
+EpochsOpt = Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")]
+SkipBadOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-bad",
+        help="Leave unreadable images out (listed in run.json) instead of stopping "
+        "(data.skip_bad).",
+    ),
+]
+HoldoutOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Hold out N images as test queries (a folder without a test part); saved "
+        "with the run, never trained on (data.holdout_queries)."
+    ),
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")]
+
+
+def train(
+    out: OutOpt = Path("runs/train"),
+    preset: PresetOpt = None,
+    config_file: ConfigOpt = None,
+    overrides: SetOpt = None,
+    bits: BitsOpt = None,
+    method: MethodOpt = None,
+    dataset: DatasetOpt = None,
+    data_dir: DataDirOpt = None,
+    image_size: ImageSizeOpt = None,
+    channels: ChannelsOpt = None,
+    epochs: EpochsOpt = None,
+    skip_bad: SkipBadOpt = False,
+    holdout: HoldoutOpt = None,
+    resume: ResumeOpt = False,
+) -> None:
+    """Train an encoder from scratch, without labels. Writes model.pt (best by validation mAP)."""
+    if resume:
+        if preset is not None or config_file is not None:
+            raise TrainingError(
+                "--resume continues with the run's saved config.json; drop --preset / --config "
+                "(or start a new run in another --out)"
+            )
+        config_file = out / "config.json"
+        if not config_file.is_file():
+            raise TrainingError(f"--resume given but {config_file} does not exist")
+    options: dict[str, Any] = {
+        "data.dataset": dataset,
+        "data.root": str(Path(data_dir).resolve()) if data_dir else None,
+        "data.image_size": image_size,
+        "data.channels": channels,
+        "train.epochs": epochs,
+        "data.holdout_queries": holdout,
+        "data.skip_bad": True if skip_bad else None,
+    }
+    settings = {key: value for key, value in options.items() if value is not None}
+    settings.update(settings_from_text(overrides or []))  # the user's --set wins
+    retriever = Retriever.from_preset(
+        preset, bits=bits, method=method, config_file=config_file, overrides=settings
+    )
+    config = retriever.config
+    console.print(
+        f"training {config.model.backbone} / {config.loss.preset}, {config.model.bits} bits "
+        f"(M={config.model.num_books}, K={config.model.num_codewords}), "
+        f"{config.train.epochs} epochs on {config.data.dataset} at {config.data.root} -> {out}"
+    )
+    # The trainer carves the held-out queries (data.holdout_queries) out of the training part.
+    train_set = run_parts(retriever, held_out=False, progress=progress_bar("decoding images")).get()
+    if resume:
+        from quantrieve.runtime.checkpoint import load_checkpoint
+
+        done = load_checkpoint(out / "last.pt")["epoch"]
+        console.print(f"resuming {out} at epoch {done + 1} of {config.train.epochs} ({done} done)")
+    retriever.fit(
+        train_set,
+        run_dir=out,
+        resume=resume,
+        progress=progress_bar("training"),
+        on_epoch=lambda s: print_epoch(s, config.train.epochs),
+    )
+    shutdown(from_environment())
+    console.print(f"done: model {out / 'model.pt'}, log {out / 'log.jsonl'}")
+
+
+def presets() -> None:
+    """List the shipped presets."""
+    for name in preset_names():
+        config = load_config(name)
+        console.print(
+            f"{name}: {config.data.dataset}, {config.model.backbone} (width {config.model.width}), "
+            f"{config.model.bits} bits, {config.loss.preset}, {config.train.epochs} epochs"
+        )
