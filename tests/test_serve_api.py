@@ -421,3 +421,80 @@ def test_an_item_has_one_number_in_the_api_the_command_line_and_http(index_dir: 
     out = CliRunner().invoke(cli, args, catch_exceptions=False).output
     hits = json.loads(out[out.index("[") :])[0]["results"]
     assert all(f"train:{h['item']}" == h["id"] for h in hits) and hits[0]["item"] == 5
+
+
+def test_the_contract_fixes_a_schema_fuzzer_asked_for(client: TestClient) -> None:
+    # A 405 names every method of the path (GET and DELETE of /items/{item} are two routes).
+    put = client.put("/items/7")
+    assert put.status_code == 405 and put.json() == {"detail": "Method Not Allowed"}
+    assert set(put.headers["allow"].split(", ")) == {"GET", "DELETE"}
+    assert client.post("/health").headers["allow"] == "GET"
+    # Items and k are integers as JSON Schema means it: never booleans or strings.
+    for body in ({"items": [False]}, {"items": [True]}, {"items": ["3"]}, {"items": [3.5]}):
+        refused = client.post("/search", json=body)
+        assert refused.status_code == 422 and "items.0" in refused.json()["detail"], body
+    assert client.post("/search", json={"items": [7], "k": True}).status_code == 422
+    assert client.post("/search", json={"items": [7], "k": 3.0}).json()["k"] == 3
+    for body in ({"items": None}, {"items": []}, {"embeddings": [[1e10] * 16]}):
+        assert client.post("/search", json=body).status_code == 422, body
+    # No operation takes query parameters: a k in the URL is refused, not ignored.
+    image = files(("q.png", png(bar_image(4))))
+    in_url = client.post("/search?k=5", files=image)
+    assert in_url.status_code == 422 and "'k'" in in_url.json()["detail"]
+    assert client.get("/items/7?size=large").status_code == 422
+    assert client.post("/search", files=image, data={"k": "5.0"}).json()["k"] == 5
+    # The document states the limits, the image types and the refusals.
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/search"]["post"]["requestBody"]["content"]
+    form = body["multipart/form-data"]
+    assert form["schema"]["properties"]["k"]["maximum"] == OPTIONS.max_k
+    assert form["schema"]["properties"]["images"]["maxItems"] == OPTIONS.max_batch
+    assert "image/png" in form["encoding"]["images"]["contentType"]
+    vectors = body["application/json"]["schema"]["properties"]["embeddings"]["items"]
+    assert vectors["minItems"] == vectors["maxItems"] == 16
+    responses = spec["paths"]["/search"]["post"]["responses"]
+    assert responses["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SearchResponse"
+    }
+    assert responses["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorResponse"
+    }
+    hit = spec["components"]["schemas"]["HitOut"]["properties"]
+    assert "row" not in hit and set(hit) == {
+        "rank",
+        "item",
+        "id",
+        "distance",
+        "labels",
+        "added",
+        "image_url",
+    }
+    labels = spec["paths"]["/items"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert "coat" in labels["schema"]["properties"]["labels"]["items"]["pattern"]
+
+
+def test_writes_are_authorised_by_a_dependency(client: TestClient, index_dir: Path) -> None:
+    spec = client.get("/openapi.json").json()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["APIKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": schemes["APIKey"]["description"],
+    }
+    assert schemes["Bearer"]["scheme"] == "bearer"
+    for path, method in (("/items", "post"), ("/items/{item}", "delete")):
+        assert spec["paths"][path][method]["security"] == [{"APIKey": []}, {"Bearer": []}]
+    assert "security" not in spec["paths"]["/search"]["post"]
+    missing = client.delete("/items/7")
+    assert missing.status_code == 401
+    assert missing.json() == {
+        "detail": "this service needs its API key for changes (header X-API-Key)"
+    }
+    assert client.delete("/items/7", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.delete("/items/7", headers={"Authorization": f"Basic {KEY}"}).status_code == 401
+    assert client.delete("/items/7", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    with TestClient(create_app(index_dir, ServeOptions(read_only=True, api_key=KEY))) as c:
+        refused = c.delete("/items/8", headers={"X-API-Key": KEY})
+        assert refused.status_code == 403
+        assert refused.json() == {"detail": "this service is read-only (started with --read-only)"}
