@@ -48,16 +48,30 @@ def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
     return path
 
 
-def make_idx_dataset(root: Path, n_train: int, n_test: int, size: int = 12, seed: int = 0) -> Path:
-    """Class-structured 10-class images (a bright bar whose position is the class) plus noise."""
+def make_idx_dataset(
+    root: Path,
+    n_train: int,
+    n_test: int,
+    size: int = 12,
+    seed: int = 0,
+    bar_length: int | None = None,
+) -> Path:
+    """Class-structured 10-class images (a bright bar whose row is the class) plus noise.
+
+    ``bar_length``: the bar spans that many columns from a random one (a nuisance raw pixels
+    see and a pooled network can ignore), instead of the full width. The labels and noise of
+    a seed are the same either way.
+    """
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = rng.integers(0, 10, n).astype(np.uint8)
         images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
+        length = size if bar_length is None else bar_length
+        starts = np.zeros(n, int) if bar_length is None else rng.integers(0, size - length + 1, n)
         for i, c in enumerate(labels):
             row = int(c) * (size - 2) // 9
-            images[i, row : row + 2, :] = 230
+            images[i, row : row + 2, starts[i] : starts[i] + length] = 230
         write_idx(root / f"{prefix}-images-idx3-ubyte", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
     return root
