@@ -3,8 +3,16 @@ code-sharing candidates, checked against a brute-force reference."""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
 
 from quantrieve.errors import QuantrieveError
 from quantrieve.index import duplicates as dup
@@ -96,3 +104,59 @@ def test_bad_arguments_are_refused() -> None:
         find_duplicates(codes, np.ones((3, 4)), min_similarity=1.5)
     with pytest.raises(QuantrieveError, match="2 embeddings for 3 codes"):
         find_duplicates(codes, np.ones((2, 4)))
+
+
+def test_the_command_writes_groups_and_a_contact_sheet(
+    tiny_index: Path, tiny_fashion: Path, tmp_path: Path
+) -> None:
+    """An index encoded with embeddings; an exact copy of item 5 added through the service: the
+    command groups them under their stable item numbers, as JSONL and CSV, and draws them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from quantrieve.cli import app
+    from quantrieve.data import read_dataset
+    from quantrieve.serve import ServeOptions, create_app
+
+    index_dir = tmp_path / "index"
+    run = CliRunner().invoke(
+        app,
+        ["encode", str(tiny_index.parent / "run"), "--out", str(index_dir), "--refine-depth", "10"],
+        catch_exceptions=False,
+    )
+    assert run.exit_code == 0, run.output
+    pixels = np.asarray(read_dataset("fashion-mnist", tiny_fashion)["train"].images[5]).squeeze()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    with TestClient(create_app(index_dir, ServeOptions(api_key="k" * 12))) as client:
+        added = client.post(
+            "/items",
+            files=[("images", ("copy.png", buffer.getvalue(), "image/png"))],
+            headers={"X-API-Key": "k" * 12},
+        )
+        assert added.status_code == 201, added.text
+        new_item = added.json()["added"][0]["item"]
+
+    out = tmp_path / "groups.jsonl"
+    sheet = tmp_path / "sheet.png"
+    args = ["duplicates", str(index_dir), "--out", str(out), "--sheet", str(sheet)]
+    result = CliRunner().invoke(app, [*args, "--min-similarity", "1.0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    groups = [json.loads(line) for line in out.read_text().splitlines()]
+    assert groups[0]["items"] == [5, new_item] and groups[0]["exact"]
+    assert groups[0]["ids"][1] == f"added:{new_item}"
+    assert all(g["exact"] for g in groups)  # at similarity 1.0: pixel copies only
+    with Image.open(sheet) as drawn:
+        assert drawn.format == "PNG" and drawn.width > 2 * 96
+    # Again, as CSV, at the default bound (near-copies too): the copy stays with item 5.
+    csv_out = tmp_path / "groups.csv"
+    result = CliRunner().invoke(app, ["duplicates", str(index_dir), "--out", str(csv_out)])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(csv_out.open()))
+    group_of = {int(r["item"]): r["group"] for r in rows}
+    assert group_of[5] == group_of[new_item]
+    refused = CliRunner().invoke(app, [*args[:2], "--out", str(tmp_path / "g.txt")])
+    assert "must end in .jsonl or .csv" in str(refused.exception)
+    again = CliRunner().invoke(app, args)
+    assert "--overwrite" in str(again.exception)

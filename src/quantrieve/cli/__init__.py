@@ -23,6 +23,7 @@ from quantrieve.cli import (
     baseline,
     benchmark,
     demo,
+    duplicates,
     embed,
     encode,
     evaluate,
@@ -53,6 +54,7 @@ app.command()(baseline.baseline)
 app.command("export-faiss")(export.export_faiss)
 app.command()(serve.serve)
 app.command()(index_tools.compact)
+app.command()(duplicates.duplicates)
 app.command()(train.presets)
 app.command()(demo.demo)
 app.command()(benchmark.benchmark)

@@ -175,3 +175,35 @@ def plot_map_vs_bits(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def contact_sheet(
+    rows: list[list[Any]], labels: list[str], cell: int = 96, pad: int = 6, label_height: int = 16
+) -> Any:
+    """One row of thumbnails per label (PIL images; None draws an empty grey cell), each
+    scaled to fit a ``cell`` x ``cell`` square, under its label: a PIL RGB image."""
+    from PIL import Image, ImageDraw
+
+    columns = max((len(r) for r in rows), default=1)
+    width = pad + columns * (cell + pad)
+    height = pad + len(rows) * (label_height + cell + pad)
+    sheet = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (row, label) in enumerate(zip(rows, labels, strict=True)):
+        top = pad + i * (label_height + cell + pad)
+        draw.text((pad, top), label, fill="black")
+        for j, image in enumerate(row):
+            left, cell_top = pad + j * (cell + pad), top + label_height
+            if image is None:
+                draw.rectangle((left, cell_top, left + cell, cell_top + cell), fill="#ccc")
+                continue
+            scaled = image.copy()
+            scale = cell / max(scaled.size)
+            new_size = (max(1, round(scaled.width * scale)), max(1, round(scaled.height * scale)))
+            scaled = scaled.resize(
+                new_size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BILINEAR
+            )
+            sheet.paste(
+                scaled, (left + (cell - scaled.width) // 2, cell_top + (cell - scaled.height) // 2)
+            )
+    return sheet

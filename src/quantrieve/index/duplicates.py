@@ -2,8 +2,10 @@
 
 Two items are *near-duplicates* when the cosine similarity of their embeddings (the float16
 copies an index keeps for refinement, ``refine.npy``) is at least ``min_similarity``; items with
-equal pixels (equal fingerprints, ``content.npy``) are always duplicates. Groups are the connected
-components of these pairs (a union-find), so a chain of near-duplicates is one group.
+equal pixels (equal fingerprints, ``content.npy``) are always duplicates. Groups grow by merging
+(a union-find), but two groups merge only when their first items (their *leaders*) are
+near-duplicates as well: a chain of small steps (A like B, B like C, ...) does not join images
+that are not alike, as plain connected components would.
 
 Comparing every pair is quadratic; instead the candidates of an item are the items whose PQ code
 equals its code in all books but at most one (multi-probe hashing on the codes the index already
@@ -25,7 +27,7 @@ from quantrieve.errors import QuantrieveError
 
 #: Default least cosine similarity of two near-duplicates' embeddings (measured on planted
 #: duplicates: ``benchmarks/duplicates.py``, see ``docs/results.md``).
-DEFAULT_MIN_SIMILARITY = 0.95
+DEFAULT_MIN_SIMILARITY = 0.99
 #: Rows compared at a time inside one bucket (a BLOCK x BLOCK float32 matrix).
 BLOCK = 2048
 
@@ -52,7 +54,10 @@ class DuplicateGroup:
 
 
 class _UnionFind:
-    def __init__(self, n: int) -> None:
+    """Groups of rows; a group's root is its first row (its leader)."""
+
+    def __init__(self, n: int, unit: np.ndarray | None = None, bound: float = 1.0) -> None:
+        self.unit, self.bound = unit, bound
         self.parent = np.arange(n, dtype=np.int64)
         self.weakest = np.ones(n, dtype=np.float64)  # per root: lowest similarity that joined
 
@@ -65,9 +70,13 @@ class _UnionFind:
             parent[row], row = root, parent[row]
         return root
 
-    def union(self, a: int, b: int, similarity: float) -> None:
+    def union(self, a: int, b: int, similarity: float, exact: bool = False) -> None:
+        """Merge the groups of ``a`` and ``b`` (pixel copies always; near-duplicates when the
+        groups' leaders are alike too)."""
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
+            return
+        if not exact and self.unit is not None and self.unit[ra] @ self.unit[rb] < self.bound:
             return
         root, child = min(ra, rb), max(ra, rb)
         self.parent[child] = root
@@ -127,7 +136,8 @@ def find_duplicates(
         codes: uint8 (N, M) PQ codes of the index.
         embeddings: (N, D) embeddings (float16 or float32), or None to find exact copies only.
         fingerprints: uint64 (N,) pixel fingerprints, or None.
-        min_similarity: least cosine similarity of two near-duplicates, in (-1, 1].
+        min_similarity: least cosine similarity of two near-duplicates, in (-1, 1]; 1.0
+            finds exact copies (equal fingerprints) alone.
         progress: called as ``progress(done, total)`` over the hashing passes.
 
     Returns:
@@ -152,14 +162,16 @@ def find_duplicates(
         )
     if not -1.0 < min_similarity <= 1.0:
         raise QuantrieveError(f"min_similarity must be in (-1, 1], got {min_similarity}")
-    groups = _UnionFind(n)
+    if min_similarity >= 1.0:
+        embeddings = None  # equal embeddings of different pixels are not copies
+    unit = None if embeddings is None else _unit(embeddings)
+    groups = _UnionFind(n, unit, min_similarity)
     if fingerprints is not None:
         fingerprints = np.asarray(fingerprints, dtype=np.uint64)
         for rows in _buckets(fingerprints.view(np.uint8).reshape(n, 8)):
             for row in rows[1:]:
-                groups.union(int(rows[0]), int(row), 1.0)
-    if embeddings is not None:
-        unit = _unit(embeddings)
+                groups.union(int(rows[0]), int(row), 1.0, exact=True)
+    if unit is not None:
         # Pass 0: equal codes. Pass b: codes equal but in book b, pairs that differ there.
         masks: list[int | None] = [None, *range(codes.shape[1] if codes.shape[1] > 1 else 0)]
         for done, masked in enumerate(masks, start=1):
@@ -180,3 +192,21 @@ def find_duplicates(
         result.append(DuplicateGroup(rows, exact, float(groups.weakest[roots[rows[0]]])))
     result.sort(key=lambda g: (-len(g), int(g.rows[0])))
     return result
+
+
+def group_records(
+    groups: list[DuplicateGroup], items: np.ndarray, ids: list[str]
+) -> list[dict[str, object]]:
+    """The groups as records (one per group, largest first): ``group`` (1-based), ``size``,
+    ``exact``, ``min_similarity``, the stable ``items`` numbers and their ``ids``."""
+    return [
+        {
+            "group": number,
+            "size": len(group),
+            "exact": group.exact,
+            "min_similarity": round(group.min_similarity, 6),
+            "items": [int(items[row]) for row in group.rows],
+            "ids": [ids[row] for row in group.rows],
+        }
+        for number, group in enumerate(groups, start=1)
+    ]
