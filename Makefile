@@ -53,7 +53,8 @@ test: venv browser
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
-# The tests without the slow ones (multi-process, browser, kill-and-recover): under a minute.
+# The tests without the slow ones (multi-process incl. the gathered-gradient check, browser,
+# kill-and-recover, the tiny model that must learn): every module, under a minute.
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
 
