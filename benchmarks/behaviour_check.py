@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = {
     "seconds", "time", "elapsed", "created", "git", "path", "uptime_seconds", "version",
     "milliseconds", "images_per_second", "root", "train_seconds", "encode_seconds",
+    "index_dir", "latency_ms", "resident_memory_bytes", "date", "git_commit", "run_dir",
+    "seconds_per_epoch", "wall_seconds",
 }  # fmt: skip
 
 # The tiny grid of benchmarks/results/behaviour_unchanged/README.md.
@@ -182,7 +184,7 @@ def run(out_file: Path) -> None:
 
 
 def compare(before: Path, after: Path) -> int:
-    old, new = json.loads(before.read_text()), json.loads(after.read_text())
+    old, new = _strip(json.loads(before.read_text())), _strip(json.loads(after.read_text()))
     differences = []
 
     def walk(a: Any, b: Any, where: str) -> None:

@@ -28,6 +28,7 @@ from quantrieve.cli import (
     encode,
     evaluate,
     export,
+    folder_sync,
     index_tools,
     search,
     serve,
@@ -53,6 +54,8 @@ app.command()(evaluate.evaluate)
 app.command()(baseline.baseline)
 app.command("export-faiss")(export.export_faiss)
 app.command()(serve.serve)
+app.command()(folder_sync.add)
+app.command()(folder_sync.sync)
 app.command()(index_tools.compact)
 app.command()(duplicates.duplicates)
 app.command()(train.presets)

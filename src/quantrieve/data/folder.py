@@ -72,6 +72,15 @@ def _images_under(folder: Path, root: Path) -> list[Path]:
     return [Path(path) for _, path in found]
 
 
+def list_image_files(root: str | Path) -> list[Path]:
+    """Every image file under ``root`` (sub-folders included, hidden entries skipped), in the
+    order of their ids (their paths under ``root``): the files an image-folder index holds."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found")
+    return _images_under(root, root)
+
+
 def read_image_folder(
     root: str | Path,
     *,

@@ -82,11 +82,15 @@ class NewItems:
     Attributes:
         codes: uint8 (n, M), from the index's model.
         pixels: uint8 (n, H, W, C), the images as embedded (kept to search by an item).
-        raw: the uploaded files' bytes (kept, to show the image and to encode it again).
+        raw: the uploaded files' bytes (kept, to show the image and to encode it again); empty
+            for an item added from a file of the index's image folder, which is referred to by
+            its id (the path under the folder) instead of copied.
         names: the uploaded file names (shown, never used as paths).
         labels: bool (n, C) in the index's class order, for a labelled index (else None).
         content: uint64 (n,) pixel fingerprints, for an index that keeps them (else None).
         refine: float16 (n, M*d) embeddings, for an index that refines (else None).
+        ids: the items' ids: paths under the index's image folder for items added from its
+            files; None gives uploads their ids ``added:<item>``.
     """
 
     codes: np.ndarray
@@ -96,6 +100,7 @@ class NewItems:
     labels: np.ndarray | None = None
     content: np.ndarray | None = None
     refine: np.ndarray | None = None
+    ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.codes)

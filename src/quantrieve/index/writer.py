@@ -127,7 +127,12 @@ class IndexWriter:
             raise IndexFormatError("refine embeddings must be given when the index refines")
         generation = live.generation + 1
         keys = np.arange(live.next_key, live.next_key + n, dtype=np.int64)
-        ids = [f"{ADDED_PREFIX}{k}" for k in keys.tolist()]
+        if items.ids is None:
+            ids = [f"{ADDED_PREFIX}{k}" for k in keys.tolist()]
+        elif len(items.ids) != n or any(i.startswith(ADDED_PREFIX) for i in items.ids):
+            raise ValueError(f"one id per item, none starting with {ADDED_PREFIX!r}")
+        else:
+            ids = list(items.ids)
         grown = base.with_rows(
             np.concatenate([np.asarray(base.codes), items.codes]),
             [*base.ids, *ids],

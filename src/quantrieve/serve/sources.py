@@ -8,7 +8,9 @@ Base items come from the index's source (``index.json`` ``source``: dataset, roo
   it. The id comes from the index, never from a client, and a path that would leave ``root``
   (an edited ids.txt) is refused.
 
-Added items come from their segment (the upload as received, and the pixels the model saw).
+Uploaded items come from their segment (the upload as received, and the pixels the model saw);
+items added from the image folder (``quantrieve add`` / ``sync``) come from their file, like base
+items.
 Thumbnails are encoded once and kept in a bounded in-memory cache (least recently used out).
 """
 
@@ -125,8 +127,10 @@ class ItemImages:
             if key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-        if live.part[row] >= 0:
+        raw = b""
+        if live.part[row] >= 0:  # an upload keeps its bytes; a file added from the folder not
             _, raw, name = live.read_added(row)
+        if raw:
             out = self._thumbnail_of_bytes(raw, name)
         elif self.dataset in ARRAY_DATASETS:
             out = _png(self._array(live.index.ids[row]))

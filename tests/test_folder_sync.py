@@ -1,0 +1,135 @@
+"""`quantrieve add` / `sync`: an image-folder index kept in step with its folder, files referred
+to rather than copied, the same item numbers in the API, the command line and the service."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_tiny_index
+from PIL import Image
+from typer.testing import CliRunner
+
+from quantrieve.api import Retriever
+from quantrieve.api import folder_sync as sync_module
+from quantrieve.api.folder_sync import add_files, sync_folder
+from quantrieve.cli import app
+from quantrieve.errors import QuantrieveError
+from quantrieve.index.live import open_live
+
+CLASSES = ("low", "high")
+PER_CLASS = 24
+
+
+def photo(path: Path, cls: int, seed: int) -> None:
+    image = np.random.default_rng(seed).integers(0, 70, (40, 48, 3)).astype(np.uint8)
+    image[cls * 20 : cls * 20 + 8] = 230
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(path)
+
+
+@pytest.fixture(scope="module")
+def folder_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("sync")
+    for c, name in enumerate(CLASSES):
+        for i in range(PER_CLASS):
+            photo(base / "photos" / name / f"{i:02d}.png", c, 100 * c + i)
+    return build_tiny_index(
+        base / "photos", base, "--dataset", "image-folder", "--image-size", "16"
+    )
+
+
+def test_sync_adds_removes_and_replaces_and_everyone_sees_the_same_items(
+    folder_index: Path, tmp_path: Path, monkeypatch
+) -> None:
+    index_dir = Path(shutil.copytree(folder_index, tmp_path / "index"))
+    root = Path(open_live(index_dir).index.meta["source"]["root"])
+    total = len(CLASSES) * PER_CLASS
+    assert sync_folder(index_dir, workers=1).unchanged == total  # in step already
+
+    photo(root / "high" / "new-1.png", 1, 7001)
+    photo(root / "low" / "new-2.png", 0, 7002)
+    (root / "low" / "03.png").unlink()
+    photo(root / "high" / "05.png", 0, 7003)  # changed content
+    (root / "high" / "broken.png").write_bytes(b"not an image")
+    live = open_live(index_dir)
+    old_05 = int(live.keys[live.index.ids.index("high/05.png")])
+
+    result = CliRunner().invoke(app, ["sync", str(index_dir), "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "added 3, removed 1, replaced 1 (changed files)" in result.output
+    assert "skipped high/broken.png" in result.output
+
+    live = open_live(index_dir)
+    ids = live.index.ids
+    assert len(live) == total - 1 + 2 and "low/03.png" not in ids
+    assert ids.count("high/05.png") == 1 and live.row(old_05) is None
+    new = {i: int(live.keys[ids.index(i)]) for i in ("high/new-1.png", "low/new-2.png")}
+    assert min(new.values()) >= total  # new numbers, never reused
+    row = live.row(new["high/new-1.png"])
+    pixels, raw, name = live.read_added(row)
+    assert raw == b"" and name == "new-1.png"  # a reference to the file, not a copy
+    assert live.index.label_names(row) == ["high"]
+
+    # The API finds the new file's item first (its own pixels); the service names it alike.
+    retriever = Retriever.load(index_dir, device="cpu")
+    hit = retriever.search(pixels[None], k=1).hits[0][0]
+    assert (hit.item, hit.id) == (new["high/new-1.png"], "high/new-1.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from quantrieve.serve import create_app
+
+    with TestClient(create_app(index_dir)) as client:
+        item = client.get(f"/items/{new['high/new-1.png']}").json()
+        assert item["id"] == "high/new-1.png" and item["labels"] == ["high"]
+        assert client.get(f"/items/{new['high/new-1.png']}/image").status_code == 200
+    # Nothing changed: nothing to do. The unreadable file is reported again, never added.
+    again = sync_folder(index_dir, workers=1)
+    assert (again.added, again.removed, again.replaced) == ([], [], [])
+    assert list(again.unreadable) == ["high/broken.png"]
+    (root / "high" / "broken.png").unlink()
+    # The command line names the item alike.
+    query = str(root / "high" / "new-1.png")
+    shown = CliRunner().invoke(app, ["search", str(index_dir), query, "-k", "1", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert f'"item": {hit.item}' in shown.output and '"id": "high/new-1.png"' in shown.output
+
+    # A sync killed between its additions and its removals: the next one finishes the job.
+    photo(root / "low" / "07.png", 1, 7004)
+
+    def killed(*_args: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sync_module.IndexWriter, "delete", killed)
+        with pytest.raises(KeyboardInterrupt):
+            sync_folder(index_dir, workers=1)
+    assert open_live(index_dir).index.ids.count("low/07.png") == 2
+    finished = sync_folder(index_dir, workers=1)
+    assert len(finished.removed) == 1 and not finished.added
+    assert open_live(index_dir).index.ids.count("low/07.png") == 1
+
+
+def test_add_refers_to_files_of_the_folder_only(folder_index: Path, tmp_path: Path) -> None:
+    index_dir = Path(shutil.copytree(folder_index, tmp_path / "index"))
+    root = Path(open_live(index_dir).index.meta["source"]["root"])
+    photo(root / "low" / "added.png", 0, 9001)
+    try:
+        report = add_files(index_dir, [root / "low" / "added.png"], workers=1)
+        live = open_live(index_dir)
+        assert live.index.ids[live.row(report.added[0])] == "low/added.png"
+        with pytest.raises(QuantrieveError, match="already in the index"):
+            add_files(index_dir, [root / "low" / "added.png"])
+        photo(tmp_path / "outside.png", 0, 9002)
+        with pytest.raises(QuantrieveError, match="not in the index's image folder"):
+            add_files(index_dir, [tmp_path / "outside.png"])
+        photo(root / "unsorted.png", 0, 9003)
+        with pytest.raises(QuantrieveError, match="labelled by class folders"):
+            add_files(index_dir, [root / "unsorted.png"])
+    finally:  # the folder is shared by this module's tests
+        for extra in (root / "low" / "added.png", root / "unsorted.png"):
+            extra.unlink(missing_ok=True)
