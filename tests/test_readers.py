@@ -658,7 +658,9 @@ def test_a_growing_folder_decodes_only_what_changed(tmp_path: Path, monkeypatch)
         np.testing.assert_array_equal(second.images, cold.images)
 
 
-def test_parallel_decoding_keeps_order_and_names_every_bad_file(tmp_path: Path) -> None:
+def test_parallel_decoding_keeps_order_and_names_every_bad_file(
+    tmp_path: Path, monkeypatch
+) -> None:
     paths = []
     for i in range(150):
         path = tmp_path / f"{i:03d}.png"
@@ -676,6 +678,10 @@ def test_parallel_decoding_keeps_order_and_names_every_bad_file(tmp_path: Path) 
     assert [b.index for b in two.bad] == [5, 42, 79, 116] == [b.index for b in one.bad]
     assert two.images[:, 0, 0, 0].tolist() == [i for i in range(150) if i % 37 != 5]
     assert progress[-1] == (150, 150) and [d for d, _ in progress] == sorted(d for d, _ in progress)
+    monkeypatch.setattr(cache_module, "PROCESS_MIN_IMAGES", 1)  # worker processes this time
+    processes = cache_module.decode_all(paths, 8, workers=2)
+    np.testing.assert_array_equal(one.images, processes.images)
+    assert processes.bad == one.bad
     with pytest.raises(DataError, match="at least one worker"):
         cache_module.decode_all(paths, 8, workers=0)
 

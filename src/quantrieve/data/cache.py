@@ -17,21 +17,23 @@ the caller decides (:class:`DecodedImages`: raise naming all of them, or leave t
 The entry is reused only if the recorded key equals the key of the sources now. Otherwise (files
 added, removed, touched or replaced) a new entry is built *incrementally*: the rows of every
 source whose identity (path, size, mtime) is unchanged are copied from the collection's previous
-entries, and only the new or changed files are decoded, by ``workers`` threads (PIL releases the
-GIL while it decodes and resizes). The superseded entries of the same lineage are then removed, so
-a growing folder keeps one entry. A build writes to a temporary file and moves it into place with
-:func:`os.replace`; the JSON record is removed before and written (also atomically) after, so an
-interrupted build never leaves a file that looks valid.
+entries, and only the new or changed files are decoded, by ``workers`` processes (decoding holds
+Python's GIL most of the time, so threads would not scale; small jobs use threads). The
+superseded entries of the same lineage are then removed, so a growing folder keeps one entry. A
+build writes to a temporary file and moves it into place with :func:`os.replace`; the JSON record
+is removed before and written (also atomically) after, so an interrupted build never leaves a
+file that looks valid.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +52,9 @@ Progress = Callable[[int, int], None]
 # 2: images are turned upright by their EXIF orientation (entries of format 1 are not).
 # 3: the record lists each source's identity, so a changed collection is rebuilt incrementally.
 CACHE_FORMAT = 3
-# Most images handed to a decoding thread at a time (few enough for an even load and a live
+# Below this many images to decode, workers are threads (no process start-up).
+PROCESS_MIN_IMAGES = 512
+# Most images handed to a decoding worker at a time (few enough for an even load and a live
 # progress bar; fewer for small sets).
 DECODE_CHUNK = 64
 CACHE_ENV = "QUANTRIEVE_CACHE_DIR"
@@ -156,6 +160,32 @@ def decode_images(
     return decode_all(paths, image_size, progress, workers=workers).require_all()
 
 
+def _decode_chunk(
+    paths: list[Path], rows: list[int], image_size: int, channels: int
+) -> tuple[list[int], np.ndarray, list[BadImage]]:
+    """Decode ``paths`` (the images of ``rows``): the rows decoded, their pixels, the bad ones.
+    A top-level function, so that worker processes can run it."""
+    pixels = np.empty((len(rows), image_size, image_size, channels), dtype=np.uint8)
+    done: list[int] = []
+    bad: list[BadImage] = []
+    for path, row in zip(paths, rows, strict=True):
+        try:
+            pixels[len(done)] = decode_image(path, image_size, channels)
+            done.append(row)
+        except UnreadableImageError as exc:
+            bad.append(BadImage(row, Path(path), exc.reason))
+    return done, pixels[: len(done)], bad
+
+
+def _pool(workers: int, total: int) -> Executor:
+    """Processes for a large job (decoding holds Python's GIL most of the time, so threads do
+    not scale), threads for a small one (no process start-up)."""
+    if total < PROCESS_MIN_IMAGES:
+        return ThreadPoolExecutor(workers, thread_name_prefix="quantrieve-decode")
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+
+
 def _decode_rows(
     out: np.ndarray,
     paths: Sequence[Path],
@@ -164,7 +194,8 @@ def _decode_rows(
     progress: Progress | None,
     workers: int | None,
 ) -> list[BadImage]:
-    """Decode ``paths[i]`` into ``out[i]`` for every ``i`` in ``rows``, on ``workers`` threads.
+    """Decode ``paths[i]`` into ``out[i]`` for every ``i`` in ``rows``, on ``workers`` worker
+    processes (threads for a small job; in this process for one worker).
 
     Returns:
         The unreadable images, in path order. An exception other than an unreadable image (an
@@ -172,35 +203,37 @@ def _decode_rows(
     """
     channels = out.shape[-1]
     rows = list(rows)
-
-    def decode_chunk(chunk: list[int]) -> list[BadImage]:
-        bad = []
-        for i in chunk:
-            try:
-                out[i] = decode_image(paths[i], image_size, channels)
-            except UnreadableImageError as exc:
-                bad.append(BadImage(i, Path(paths[i]), exc.reason))
-        return bad
-
-    total, done, bad = len(rows), 0, []
-    threads = min(decode_workers(workers), max(1, total))
-    if threads == 1:
-        for i in rows:
-            bad += decode_chunk([i])
-            done += 1
-            if progress is not None:
-                progress(done, total)
-        return bad
-    size = max(1, min(DECODE_CHUNK, total // (threads * 8)))  # small sets: image by image
+    total, finished, bad = len(rows), 0, []
+    workers = min(decode_workers(workers), max(1, total))
+    # One image at a time in this process; chunks for workers (small sets image by image).
+    size = 1 if workers == 1 else max(1, min(DECODE_CHUNK, total // (workers * 8)))
     chunks = [rows[start : start + size] for start in range(0, total, size)]
-    with ThreadPoolExecutor(threads, thread_name_prefix="quantrieve-decode") as pool:
-        futures = {pool.submit(decode_chunk, chunk): len(chunk) for chunk in chunks}
+
+    def collect(result: tuple[list[int], np.ndarray, list[BadImage]]) -> int:
+        done, pixels, chunk_bad = result
+        if done:
+            out[done] = pixels
+        bad.extend(chunk_bad)
+        return len(done) + len(chunk_bad)
+
+    if workers == 1:
+        for chunk in chunks:
+            finished += collect(
+                _decode_chunk([paths[i] for i in chunk], chunk, image_size, channels)
+            )
+            if progress is not None:
+                progress(finished, total)
+        return bad
+    with _pool(workers, total) as pool:
+        futures = [
+            pool.submit(_decode_chunk, [paths[i] for i in chunk], chunk, image_size, channels)
+            for chunk in chunks
+        ]
         try:
             for future in as_completed(futures):
-                bad += future.result()
-                done += futures[future]
+                finished += collect(future.result())
                 if progress is not None:
-                    progress(done, total)
+                    progress(finished, total)
         except BaseException:
             for future in futures:
                 future.cancel()
