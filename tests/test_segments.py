@@ -170,3 +170,65 @@ def test_code_searcher_is_exact_and_repeatable(queries: int) -> None:
         d2, i2 = searcher.search(q, 7, distance)
         assert torch.equal(i, i2) and torch.equal(d, d2)
     assert searcher.search(q[:0], 3)[0].shape[0] == 0
+
+
+def test_merge_plan_picks_adjacent_segments_of_one_tier() -> None:
+    from quantrieve.index.writer import merge_plan
+
+    assert merge_plan([1] * 9) is None
+    assert merge_plan([1] * 10) == (0, 10)
+    assert merge_plan([100, 1, 1, 1, 5, 1, 1], factor=3) == (1, 4)
+    assert merge_plan([30, 12, 1, 1, 10, 11], factor=3) is None  # tiers 3, 2, 0, 0, 2, 2
+    assert merge_plan([10, 12, 15, 1], factor=10) is None  # 3 of tier 1 only
+    assert merge_plan([10, 12, 15, 1], factor=3) == (0, 3)
+    with pytest.raises(ValueError):
+        merge_plan([1], factor=1)
+
+
+def test_many_small_adds_are_merged_and_search_as_without_merging(tmp_path: Path) -> None:
+    merged_dir, plain_dir = _index(tmp_path / "a"), _index(tmp_path / "b")
+    for path, factor in ((merged_dir, 3), (plain_dir, 0)):
+        with IndexWriter(path, merge_factor=factor) as writer:
+            live = open_live(path)
+            for i in range(20):
+                live = writer.append(live, _items(1 + i % 2, seed=i))
+                if i == 7:
+                    live = writer.delete(live, [int(live.keys[-1])])
+    merged, plain = open_live(merged_dir), open_live(plain_dir)
+    files = sorted(p.name for p in (merged_dir / "segments").glob("seg-*.npz"))
+    assert len(plain.segments) == 20 and len(merged.segments) == len(files) <= 6
+    assert merged.keys.tolist() == plain.keys.tolist()
+    np.testing.assert_array_equal(merged.index.codes, plain.index.codes)
+    assert merged.index.ids == plain.index.ids and merged.deleted == plain.deleted
+    for row in (12, len(merged) - 1):  # an added item reads back from its merged segment
+        a, b = merged.read_added(row), plain.read_added(row)
+        np.testing.assert_array_equal(a[0], b[0])
+        assert a[1:] == b[1:]
+    query = torch.from_numpy(np.random.default_rng(5).normal(size=(3, M * D)).astype(np.float32))
+    for x, y in zip(merged.index.search(query, 8), plain.index.search(query, 8), strict=True):
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+
+
+def test_a_merge_killed_before_its_commit_leaves_the_previous_version(tmp_path: Path) -> None:
+    path = _index(tmp_path)
+    with IndexWriter(path, merge_factor=0) as writer:
+        live = open_live(path)
+        for i in range(3):
+            live = writer.append(live, _items(2, seed=i))
+
+    def killed() -> None:
+        raise KeyboardInterrupt
+
+    with (
+        IndexWriter(path, before_commit=killed, merge_factor=3) as writer,
+        pytest.raises(KeyboardInterrupt),
+    ):
+        writer.merge(open_live(path))
+    assert len(list((path / "segments").glob("seg-*.npz"))) == 4  # the unreferenced merge
+    before = open_live(path)
+    assert len(before.segments) == 3 and len(before) == 12 + 6
+    with IndexWriter(path, merge_factor=3) as writer:  # opening removes the orphan
+        assert len(list((path / "segments").glob("seg-*.npz"))) == 3
+        after = writer.merge(open_live(path))
+    assert len(after.segments) == 1 and after.keys.tolist() == before.keys.tolist()
+    assert open_live(path).keys.tolist() == before.keys.tolist()

@@ -212,6 +212,45 @@ def write_segment(
     return {"file": file.name, "sha256": file_sha256(file), "num_items": n}
 
 
+def read_segment_items(file: Path) -> tuple[np.ndarray, list[str], NewItems]:
+    """Every row of a segment file (deleted ones included): keys, ids and the items, as a
+    merge rewrites them.
+
+    Raises:
+        OSError, KeyError, ValueError: the file is gone or unreadable (the caller names it).
+    """
+    with np.load(file, allow_pickle=False) as data:
+        offsets, raw = data["raw_offsets"], data["raw"]
+        items = NewItems(
+            codes=np.asarray(data["codes"]),
+            pixels=np.asarray(data["pixels"]),
+            raw=[raw[offsets[i] : offsets[i + 1]].tobytes() for i in range(len(offsets) - 1)],
+            names=[str(n) for n in data["names"]],
+            labels=np.asarray(data["labels"], dtype=bool) if "labels" in data else None,
+            content=np.asarray(data["content"], dtype=np.uint64) if "content" in data else None,
+            refine=np.asarray(data["refine"]) if "refine" in data else None,
+        )
+        return np.asarray(data["keys"], dtype=np.int64), [str(i) for i in data["ids"]], items
+
+
+def merge_items(parts: Sequence[NewItems]) -> NewItems:
+    """The rows of several segments' items, in order, as one."""
+
+    def joined(name: str) -> np.ndarray | None:
+        arrays = [getattr(p, name) for p in parts]
+        return None if arrays[0] is None else np.concatenate(arrays)
+
+    return NewItems(
+        codes=np.concatenate([p.codes for p in parts]),
+        pixels=np.concatenate([p.pixels for p in parts]),
+        raw=[r for p in parts for r in p.raw],
+        names=[n for p in parts for n in p.names],
+        labels=joined("labels"),
+        content=joined("content"),
+        refine=joined("refine"),
+    )
+
+
 def read_added(file: Path, local: int) -> tuple[np.ndarray, bytes, str]:
     """The pixels, uploaded bytes and file name of row ``local`` of a segment file.
 

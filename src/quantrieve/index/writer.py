@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -19,10 +20,40 @@ import numpy as np
 from quantrieve.errors import QuantrieveError
 from quantrieve.index.format import MANIFEST, SEGMENTS_DIR, IndexFormatError
 from quantrieve.index.live import LiveIndex
-from quantrieve.index.segment_files import ADDED_PREFIX, NewItems, read_manifest, write_segment
+from quantrieve.index.segment_files import (
+    ADDED_PREFIX,
+    NewItems,
+    merge_items,
+    read_manifest,
+    read_segment_items,
+    write_segment,
+)
 from quantrieve.runtime.atomic import atomic_write_json, fsync_dir
 
 LOCK_FILE = ".lock"
+#: Segments of one size tier merged into one when this many sit side by side (as Lucene's
+#: log merge policy): 10,000 single adds leave at most about MERGE_FACTOR files per tier, and
+#: log_{MERGE_FACTOR}(added items) tiers.
+MERGE_FACTOR = 10
+
+
+def merge_plan(sizes: Sequence[int], factor: int = MERGE_FACTOR) -> tuple[int, int] | None:
+    """The first run of ``factor`` adjacent segments of one size tier (tier t holds
+    ``factor**t <= items < factor**(t+1)``), as (start, stop) positions, or None.
+
+    Only adjacent segments are merged, so the order of the rows (base, then segments in
+    manifest order) never changes.
+    """
+    if factor < 2:
+        raise ValueError(f"merge factor must be >= 2, got {factor}")
+    tiers = [int(math.log(max(size, 1), factor) + 1e-9) for size in sizes]
+    start = 0
+    for i in range(1, len(tiers) + 1):
+        if i == len(tiers) or tiers[i] != tiers[start]:
+            if i - start >= factor:
+                return start, start + factor
+            start = i
+    return None
 
 
 class IndexBusyError(QuantrieveError):
@@ -39,15 +70,23 @@ class IndexWriter:
         path: the index directory.
         before_commit: called after a change's files are durable and before its manifest is
             written (tests use it to stop a process in that window).
+        merge_factor: adjacent segments of one size tier merged after an append
+            (:func:`merge_plan`); 0 never merges.
 
     Raises:
         IndexBusyError: another process holds the lock.
         IndexFormatError: the folder is not writable.
     """
 
-    def __init__(self, path: str | Path, before_commit: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        before_commit: Callable[[], None] | None = None,
+        merge_factor: int = MERGE_FACTOR,
+    ) -> None:
         self.path = Path(path)
         self.before_commit = before_commit
+        self.merge_factor = merge_factor
         folder = self.path / SEGMENTS_DIR
         try:
             folder.mkdir(exist_ok=True)
@@ -69,11 +108,17 @@ class IndexWriter:
             ) from None
         self._remove_temporaries(folder)
 
-    @staticmethod
-    def _remove_temporaries(folder: Path) -> None:
-        """Temporary files of changes that never finished (ours: never in a manifest)."""
+    def _remove_temporaries(self, folder: Path) -> None:
+        """Files of changes that never finished or were superseded: temporary files, and
+        segment files no manifest names (a change killed before its commit, segments merged
+        by a merge killed after its commit). We hold the lock: no change is under way."""
         for file in folder.glob(".*.tmp*"):
             if file.is_file():
+                file.unlink(missing_ok=True)
+        manifest = read_manifest(self.path)
+        named = set() if manifest is None else {s.get("file") for s in manifest["segments"]}
+        for file in folder.glob("seg-*.npz"):
+            if file.name not in named:
                 file.unlink(missing_ok=True)
 
     def close(self) -> None:
@@ -156,6 +201,55 @@ class IndexWriter:
             next_key=live.next_key + n,
         )
         self._commit(new)
+        return self.merge(new) if self.merge_factor else new
+
+    def merge(self, live: LiveIndex) -> LiveIndex:
+        """Merge runs of small adjacent segments (:func:`merge_plan`) until none is left;
+        returns the new version (the same items and rows, fewer files).
+
+        Each merge writes the merged segment durably, commits a manifest naming it instead of
+        the merged ones, then removes their files: a crash leaves either the old version or
+        the new one, plus at worst an unreferenced file (removed by the next merge).
+        """
+        while (
+            plan := merge_plan([s["num_items"] for s in live.segments], self.merge_factor)
+        ) is not None:
+            live = self._merge(live, *plan)
+        return live
+
+    def _merge(self, live: LiveIndex, start: int, stop: int) -> LiveIndex:
+        self._check_current(live)
+        folder = self.path / SEGMENTS_DIR
+        keys, ids, parts = [], [], []
+        for part in range(start, stop):
+            k, i, items = read_segment_items(live.segment_file(part))
+            keys.append(k)
+            ids += i
+            parts.append(items)
+        generation = live.generation + 1
+        merged = write_segment(
+            folder / f"seg-{generation:06d}.npz", np.concatenate(keys), ids, merge_items(parts)
+        )
+        old_files = [live.segment_file(part) for part in range(start, stop)]
+        # Rows keep their order; rows of merged segments now live in segment ``start``.
+        part, local = live.part.copy(), live.local.copy()
+        offsets = np.cumsum([0] + [s["num_items"] for s in live.segments[start:stop]])
+        inside = (part >= start) & (part < stop)
+        local[inside] += offsets[part[inside] - start]
+        part[inside] = start
+        part[part >= stop] -= stop - start - 1
+        new = dataclasses.replace(
+            live,
+            path=self.path,
+            part=part,
+            local=local,
+            generation=generation,
+            segments=(*live.segments[:start], merged, *live.segments[stop:]),
+        )
+        self._commit(new)
+        for file in old_files:
+            file.unlink(missing_ok=True)
+        fsync_dir(folder)
         return new
 
     def delete(self, live: LiveIndex, keys: Iterable[int]) -> LiveIndex:
