@@ -133,3 +133,41 @@ def test_add_refers_to_files_of_the_folder_only(folder_index: Path, tmp_path: Pa
     finally:  # the folder is shared by this module's tests
         for extra in (root / "low" / "added.png", root / "unsorted.png"):
             extra.unlink(missing_ok=True)
+
+
+def test_batch_search_streams_one_line_per_query(folder_index: Path, tmp_path: Path) -> None:
+    import csv
+    import json
+
+    root = Path(open_live(folder_index).index.meta["source"]["root"])
+    listed = sorted(p for p in root.rglob("*.png"))[:5]
+    list_file = tmp_path / "queries.txt"
+    (tmp_path / "broken.png").write_bytes(b"no image")
+    lines = [str(p) for p in listed] + ["# a comment", "", "broken.png", "missing.png"]
+    list_file.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "results.jsonl"
+    args = ["search", str(folder_index), "--batch", str(list_file), "--out", str(out), "-k", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "searched 5 queries (2 unreadable)" in result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["query"] for r in rows] == [*map(str, listed), str(tmp_path / "broken.png"),
+                                          str(tmp_path / "missing.png")]  # fmt: skip
+    index = open_live(folder_index).index
+    for row, path in zip(rows[:5], listed, strict=True):
+        first = row["results"][0]  # an indexed image finds itself first (same pixels)
+        assert first["id"] == path.relative_to(root).as_posix() and first["distance"] == 0.0
+        assert first["item"] == index.ids.index(first["id"]) and "row" not in first
+        assert len(row["results"]) == 3
+    assert "unreadable image" in rows[5]["error"] and rows[6]["error"] == "file not found"
+
+    # The same as CSV, a folder this time: one line per hit, queries in id order.
+    out_csv = tmp_path / "results.csv"
+    folder_args = ["search", str(folder_index), "--batch", str(root / "low"), "--out"]
+    result = CliRunner().invoke(app, [*folder_args, str(out_csv), "-k", "2"])
+    assert result.exit_code == 0, result.output
+    hits = list(csv.DictReader(out_csv.open()))
+    queries = sorted({h["query"] for h in hits})
+    assert len(hits) == 2 * len(queries) and len(queries) == len(list((root / "low").glob("*.png")))
+    refused = CliRunner().invoke(app, [*folder_args, str(tmp_path / "r.txt")])
+    assert "must end in .jsonl or .csv" in str(refused.exception)

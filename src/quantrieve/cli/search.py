@@ -41,7 +41,23 @@ GridOpt = Annotated[
     Path | None,
     typer.Option(help="Also draw the queries and their results as a PNG grid here."),
 ]
-OverwriteOpt = overwrite_option("--grid file")
+OverwriteOpt = overwrite_option("--grid or --out file")
+BatchOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--batch",
+        help="Search every image of this folder, or of this list file (one path per line), "
+        "streaming the results to --out.",
+    ),
+]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--out",
+        "-o",
+        help="With --batch: results file, .jsonl (a line per query) or .csv (a line per hit).",
+    ),
+]
 
 
 def search(
@@ -59,6 +75,8 @@ def search(
     grid: GridOpt = None,
     overwrite: OverwriteOpt = False,
     refine_depth: RefineDepthOpt = None,
+    batch: BatchOpt = None,
+    out: OutOpt = None,
 ) -> None:
     """Top-k database items for query images, by ADC with a per-query look-up table."""
     from quantrieve.runtime.outputs import check_new_file
@@ -66,6 +84,9 @@ def search(
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
     check_distance(distance)
+    if batch is not None or out is not None:
+        _search_batch(index_dir, batch, out, k, distance, refine_depth, device, overwrite)
+        return
     if grid is not None:
         check_new_file(grid, overwrite, "result grid")
     retriever = Retriever.load(index_dir, device=device, need_index=True)
@@ -108,3 +129,60 @@ def _draw_grid(retriever: Retriever, queries: ImageSet, neighbours: np.ndarray, 
     shown = min(len(queries), 16)
     plot_retrieval_grid(queries.subset(np.arange(shown)), database, neighbours[:shown], path)
     console.print(f"result grid: {path}")
+
+
+def _search_batch(
+    index_dir: Path,
+    batch: Path | None,
+    out: Path | None,
+    k: int,
+    distance: str | None,
+    refine_depth: int | None,
+    device: str,
+    overwrite: bool,
+) -> None:
+    """``--batch SOURCE --out FILE``: every query of a folder or list file, one result line
+    per query (JSONL) or per hit (CSV), written as it is found (constant memory)."""
+    import csv
+
+    from quantrieve.api.batch_search import query_files, search_files
+    from quantrieve.runtime.atomic import atomic_path
+    from quantrieve.runtime.outputs import check_new_file
+
+    if batch is None or out is None:
+        raise ConfigError(
+            "--batch and --out go together: quantrieve search INDEX --batch "
+            "FOLDER --out results.jsonl"
+        )
+    if out.suffix not in (".jsonl", ".csv"):
+        raise ConfigError(f"{out}: --out must end in .jsonl or .csv")
+    check_new_file(out, overwrite, "results file")
+    retriever = Retriever.load(index_dir, device=device, need_index=True)
+    searched = failed = 0
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n") if out.suffix == ".csv" else None
+        if writer is not None:
+            writer.writerow(["query", "rank", "item", "id", "distance", "labels", "error"])
+        results = search_files(retriever, query_files(batch), k, distance, refine_depth)
+        for result in results:
+            searched += 1
+            failed += result.error is not None
+            if writer is None:
+                line = {"query": result.query, "results": [_hit_json(h) for h in result.hits]}
+                if result.error is not None:
+                    line["error"] = result.error
+                handle.write(json.dumps(line) + "\n")
+            elif result.error is not None:
+                writer.writerow([result.query, "", "", "", "", "", result.error])
+            else:
+                for h in result.hits:
+                    writer.writerow(
+                        [result.query, h.rank, h.item, h.id, h.distance, ";".join(h.labels), ""]
+                    )
+    console.print(f"searched {searched - failed:,} queries ({failed:,} unreadable) -> {out}")
+
+
+def _hit_json(hit: object) -> dict:
+    fields = dict(hit.__dict__)
+    fields.pop("row", None)  # a position in one version of the index; items are stable
+    return fields
