@@ -35,6 +35,7 @@ from quantrieve.data import ImageSet
 from quantrieve.errors import QuantrieveWarning
 from quantrieve.evaluate import evaluate_codes
 from quantrieve.evaluate.code_usage import CodeUsage, code_usage
+from quantrieve.evaluate.self_retrieval import SelfRetrieval, self_retrieval
 from quantrieve.losses import Objective
 from quantrieve.models.pretrained import load_pretrained_backbone
 from quantrieve.models.retrieval import (
@@ -80,11 +81,15 @@ class EpochSummary:
     best_epoch: int = 0
     best_val_map: float | None = None
     val_p10: float | None = None
+    val_self: float | None = None  # label-free: augmented copies finding their original
 
 
 EpochCallback = Callable[["EpochSummary"], None]
 #: The first results a user looks at: validation always reports P@10 beside mAP@K.
 TOP_RESULTS = 10
+# The label-free signal: database images sampled per validation, and its seed's offset.
+SELF_QUERIES = 500
+SELF_SEED_OFFSET = 7919
 
 
 def _square_side(images: ImageSet) -> tuple[int, int]:
@@ -252,6 +257,7 @@ class Trainer:
         # (epoch, usage) of the latest codes, by what was encoded (see _warn_if_collapsed).
         self._last_usage: dict[str, tuple[int, CodeUsage]] = {}
         self._last_val_p10: float | None = None
+        self._last_val_self: float | None = None
         self.epoch = 0
         self.best_val_map = -math.inf
         self.best_epoch = 0
@@ -485,7 +491,7 @@ class Trainer:
         usage = code_usage(torch.cat(self._epoch_codes), self.config.model.num_codewords)
         self._epoch_codes = []
         self._last_usage = {"training batches": (epoch, usage)}
-        val_map = val_p10 = None
+        val_map = val_p10 = val_self = None
         if (
             t.eval_every
             and self.split is not None
@@ -493,6 +499,7 @@ class Trainer:
         ):
             val_map = self.validate()
             val_p10 = self._last_val_p10
+            val_self = self._last_val_self
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
                 self.run.keep(self.model, {"epoch": epoch, "val_map": val_map})
@@ -509,6 +516,7 @@ class Trainer:
             best_epoch=self.best_epoch,
             best_val_map=self.best_val_map if self.best_val_map > -math.inf else None,
             val_p10=val_p10,
+            val_self=val_self,
         )
         record = {k: v for k, v in summary.__dict__.items() if k != "best_val_map"}
         self.run.log({"kind": "epoch", **record, "code_usage": usage.to_dict()})
@@ -546,12 +554,41 @@ class Trainer:
         usage = code_usage(codes, self.config.model.num_codewords)
         self._last_usage["validation database"] = (self.epoch, usage)
         self._last_val_p10 = result.precision_at.get(min(TOP_RESULTS, len(db_idx)))
+        found = self.self_retrieval(db_idx, codes, codebooks)
+        self._last_val_self = found.recall_at_10
         self.run.log(
             {
                 "kind": "validation",
                 "epoch": self.epoch,
                 **result.to_dict(),
+                **found.to_dict(),
                 "code_usage": usage.to_dict(),
             }
         )
         return result.map_at_k
+
+    @torch.no_grad()
+    def self_retrieval(
+        self, db_idx: np.ndarray, codes: torch.Tensor, codebooks: torch.Tensor
+    ) -> SelfRetrieval:
+        """The label-free signal (:mod:`quantrieve.evaluate.self_retrieval`): a fixed sample of
+        up to :data:`SELF_QUERIES` database images, augmented as in training (a fixed seed, the
+        training's random state untouched), each searched for among ``codes``."""
+        seed = self.config.train.seed + SELF_SEED_OFFSET
+        pick = np.sort(
+            np.random.default_rng(seed).choice(
+                len(db_idx), min(SELF_QUERIES, len(db_idx)), replace=False
+            )
+        )
+        images, copies = self.train_set.images, []
+        was_training = self.model.training
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for start in range(0, len(pick), 256):
+                rows = db_idx[pick[start : start + 256]]
+                batch = torch.from_numpy(np.ascontiguousarray(images[rows]))
+                x = self.augment(to_float_images(batch.to(self.device)))
+                copies.append(self.model.embed(x, amp=self.config.train.amp).float().cpu())
+        self.model.train(was_training)
+        return self_retrieval(torch.cat(copies), codebooks, codes, pick)
