@@ -347,23 +347,48 @@ LOSS_PRESETS: dict[str, dict[str, float]] = {
 Settings = Mapping[str, Any]
 
 
+METHOD_KINDS = ("deep", "shallow")
+
+
 @dataclass(frozen=True)
 class Method:
-    """A trained method: a name for a set of loss settings.
+    """A method quantrieve evaluates: trained (``deep``, a name for a set of loss settings) or a
+    shallow baseline on raw pixels (``shallow``, fitted by :mod:`quantrieve.baselines`).
 
-    The one registry of the methods quantrieve trains (``--method`` of ``train``, ``--methods``
-    of ``benchmark``, :meth:`Retriever.from_preset`); the shallow pixel baselines are listed by
-    the benchmark beside them.
+    :data:`METHODS` is the one registry of methods: ``--method`` of ``train`` and
+    :meth:`Retriever.from_preset` take its deep ones (:data:`TRAINED_METHODS`), ``quantrieve
+    baseline`` its shallow ones (:data:`quantrieve.baselines.BASELINES`), and the benchmark
+    grid, its cells and its report all of them, in this order.
 
     Attributes:
         name: What users type.
         description: One line for reports and help.
-        settings: The typed settings that make a run this method, applied after the preset's.
+        settings: The typed settings that make a run this method, applied after the preset's
+            (deep methods).
+        kind: ``deep`` (a trained encoder) or ``shallow`` (a baseline on raw pixels).
+        distance: How a shallow method's codes rank, as a report names it (None: the ADC
+            distance asked for).
+        coded: False for the uncompressed reference (no books, no codewords, no code length).
     """
 
     name: str
     description: str
     settings: Settings = field(default_factory=dict, hash=False)
+    kind: str = "deep"
+    distance: str | None = None
+    coded: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in METHOD_KINDS:
+            raise ConfigError(
+                f"method {self.name!r}: kind one of {METHOD_KINDS}, got {self.kind!r}"
+            )
+
+
+def _baseline(
+    name: str, description: str, distance: str | None = None, coded: bool = True
+) -> Method:
+    return Method(name, description, kind="shallow", distance=distance, coded=coded)
 
 
 METHODS: dict[str, Method] = {
@@ -379,14 +404,24 @@ METHODS: dict[str, Method] = {
         Method("hqc-no-cc", "HQC without L_cc", {"loss.preset": "hqc", "loss.w_cc": 0.0}),
         Method("hqc-no-pn", "HQC without L_pn", {"loss.preset": "hqc", "loss.w_pn": 0.0}),
         Method("hqc-no-cd", "HQC without L_cd", {"loss.preset": "hqc", "loss.w_cd": 0.0}),
+        # Pixel baselines (quantrieve.baselines.pixels fits them).
+        _baseline("pq", "faiss PQ on raw pixels (same M, K; squared-L2 ADC)"),
+        _baseline("opq", "faiss OPQ + PQ on raw pixels (same M, K; squared-L2 ADC)"),
+        _baseline("itq", "PCA + ITQ binary codes on raw pixels (Hamming)", "hamming"),
+        _baseline(
+            "exact", "exhaustive L2 on raw pixels (uncompressed reference)", "l2 (exact)", False
+        ),
     )
 }
 
+#: The methods ``train`` can train (``--method``), in registry order.
+TRAINED_METHODS = tuple(name for name, m in METHODS.items() if m.kind == "deep")
+
 
 def method_settings(name: str) -> dict[str, Any]:
-    """The typed settings of a registered method; the error lists the methods."""
-    if name not in METHODS:
-        raise ConfigError(f"unknown method {name!r}; available: {', '.join(METHODS)}")
+    """The typed settings of a registered trained method; the error lists the trained ones."""
+    if name not in TRAINED_METHODS:
+        raise ConfigError(f"unknown method {name!r}; available: {', '.join(TRAINED_METHODS)}")
     return dict(METHODS[name].settings)
 
 

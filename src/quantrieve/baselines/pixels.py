@@ -20,40 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from quantrieve.config import METHODS, Method
 from quantrieve.errors import QuantrieveError
 from quantrieve.pq import adc_distances, bits_per_book, lookup_tables, squared_l2_distances
 
-
-@dataclass(frozen=True)
-class Baseline:
-    """A shallow method on raw pixels.
-
-    :data:`BASELINES` is the one registry of them: ``quantrieve baseline``, the benchmark grid
-    (:mod:`quantrieve.experiments.grid`) and its cells derive their names and lines from it.
-
-    Attributes:
-        name: What users type.
-        description: One line for reports.
-        distance: How its codes rank, as a report names it (None: the ADC distance asked for).
-        coded: False for the uncompressed reference (no books, no codewords, no code length).
-    """
-
-    name: str
-    description: str
-    distance: str | None = None
-    coded: bool = True
-
-
-BASELINES: dict[str, Baseline] = {
-    b.name: b
-    for b in (
-        Baseline("pq", "faiss PQ on raw pixels (same M, K; squared-L2 ADC)"),
-        Baseline("opq", "faiss OPQ + PQ on raw pixels (same M, K; squared-L2 ADC)"),
-        Baseline("itq", "PCA + ITQ binary codes on raw pixels (Hamming)", "hamming"),
-        Baseline(
-            "exact", "exhaustive L2 on raw pixels (uncompressed reference)", "l2 (exact)", False
-        ),
-    )
+#: The shallow methods of the one registry of methods (:data:`quantrieve.config.METHODS`):
+#: ``quantrieve baseline``, the benchmark grid and its cells take their names and lines from it.
+BASELINES: dict[str, Method] = {
+    name: method for name, method in METHODS.items() if method.kind == "shallow"
 }
 
 

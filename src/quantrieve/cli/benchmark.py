@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from quantrieve.baselines import BASELINES
 from quantrieve.cli.options import data_dir_option, set_option
 from quantrieve.cli.terminal import console, progress_bar, stdout
 from quantrieve.config import METHODS
@@ -17,7 +16,7 @@ from quantrieve.config import METHODS
 ProtocolOpt = Annotated[str, typer.Option(help="Evaluation protocol (see `quantrieve protocols`).")]
 MethodsOpt = Annotated[
     str,
-    typer.Option(help=f"Comma-separated: {', '.join([*METHODS, *BASELINES])}."),
+    typer.Option(help=f"Comma-separated: {', '.join(METHODS)}."),
 ]
 BitsOpt = Annotated[
     str | None, typer.Option(help="Comma-separated code lengths; default: the protocol's.")

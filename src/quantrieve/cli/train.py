@@ -10,7 +10,7 @@ import typer
 from quantrieve.api import Retriever, run_parts
 from quantrieve.cli.options import data_dir_option, out_option, set_option
 from quantrieve.cli.terminal import console, print_epoch, progress_bar
-from quantrieve.config import METHODS, load_config, preset_names, settings_from_text
+from quantrieve.config import TRAINED_METHODS, load_config, preset_names, settings_from_text
 from quantrieve.runtime.distributed import from_environment, shutdown
 from quantrieve.train.trainer import TrainingError
 
@@ -20,7 +20,7 @@ DataDirOpt = data_dir_option("Dataset folder (data.root).")
 PresetOpt = Annotated[str | None, typer.Option(help="Named preset (see `quantrieve presets`).")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML or JSON config.")]
 BitsOpt = Annotated[int | None, typer.Option(help="Code length; sets model.num_books.")]
-MethodOpt = Annotated[str | None, typer.Option(help=f"Method: {', '.join(METHODS)}.")]
+MethodOpt = Annotated[str | None, typer.Option(help=f"Method: {', '.join(TRAINED_METHODS)}.")]
 DatasetOpt = Annotated[
     str | None, typer.Option(help="Dataset reader, e.g. image-folder (data.dataset).")
 ]

@@ -27,11 +27,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from quantrieve.config import RunConfig, load_config, num_books_for_bits, settings_from_text
+from quantrieve.config import (
+    METHODS,
+    RunConfig,
+    load_config,
+    num_books_for_bits,
+    settings_from_text,
+)
 from quantrieve.experiments.cells import deep_cell, shallow_cell
 from quantrieve.experiments.grid import (
     BENCHMARK_KIND,
-    METHODS,
     SETUP_FILE,
     BenchmarkError,
     cell_config,

@@ -1,20 +1,18 @@
-"""The benchmark grid: its methods, code lengths, cell names and configs, the setup a folder
-holds, and the commands that reproduce it (see :mod:`quantrieve.experiments.benchmark`)."""
+"""The benchmark grid: its methods (:data:`quantrieve.config.METHODS`, deep and shallow), code
+lengths, cell names and configs, the setup a folder holds, and the commands that reproduce it
+(see :mod:`quantrieve.experiments.benchmark`)."""
 
 from __future__ import annotations
 
 import json
 import shlex
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quantrieve.baselines import BASELINES
-from quantrieve.config import METHODS as DEEP
 from quantrieve.config import (
+    METHODS,
     RunConfig,
-    Settings,
     config_differences,
     load_config,
     settings_from_text,
@@ -39,30 +37,6 @@ BENCHMARK_KIND = OutputKind("benchmark folder", SETUP_FILE)
 
 class BenchmarkError(QuantrieveError, ValueError):
     """A benchmark request or output folder that cannot be used; the message says why."""
-
-
-@dataclass(frozen=True)
-class GridMethod:
-    """One row of the benchmark grid.
-
-    Attributes:
-        name: Registry name (``--methods``).
-        kind: ``deep`` (trained encoder, :data:`quantrieve.config.METHODS`) or ``shallow``
-            (raw-pixel baseline, :data:`quantrieve.baselines.BASELINES`).
-        description: One line for the report.
-        settings: Typed config settings that define a deep method (applied after the user's).
-    """
-
-    name: str
-    kind: str
-    description: str
-    settings: Settings = field(default_factory=dict, hash=False)
-
-
-METHODS: dict[str, GridMethod] = {
-    **{m.name: GridMethod(m.name, "deep", m.description, m.settings) for m in DEEP.values()},
-    **{b.name: GridMethod(b.name, "shallow", b.description) for b in BASELINES.values()},
-}
 
 
 def parse_list(text: str | Sequence[str]) -> list[str]:

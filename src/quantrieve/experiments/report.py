@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from quantrieve.config import METHODS
 from quantrieve.evaluate import PR_METHOD
 from quantrieve.experiments.cells import load_cells, result_from_dict
 from quantrieve.experiments.figures import plot_map_vs_bits, plot_pr_curves, pr_title
 from quantrieve.experiments.grid import (
-    METHODS,
     SETUP_FILE,
     BenchmarkError,
     benchmark_commands,
@@ -23,7 +23,8 @@ from quantrieve.runtime.run_info import environment
 
 
 def method_rank(method: str) -> int:
-    """Position in ``METHODS`` (HQC, SPQ, ablations, pixel baselines), whatever the run order."""
+    """Position in :data:`quantrieve.config.METHODS` (HQC, SPQ, ablations, pixel baselines),
+    whatever the run order."""
     order = list(METHODS)
     return order.index(method) if method in order else len(order)
 
