@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from quantrieve.config import ConfigError, LossConfig, apply_loss_preset
+from quantrieve.config import LOSS_PRESETS, ConfigError, LossConfig, apply_loss_preset
 from quantrieve.losses import (
     TERMS,
     Objective,
@@ -439,6 +440,13 @@ def test_hqc_preset_weights_match_method() -> None:
     apply_loss_preset(config, "hqc")
     weights = {name: getattr(config, f"w_{name}") for name in TERMS}
     assert weights == {"icf": 1.0, "icz": 1.0, "cc": 0.4, "pn": 0.1, "cd": 0.2, "xqc": 0.0}
+
+
+def test_every_term_has_one_weight_key_and_a_weight_in_every_preset() -> None:
+    """The term names are one list: the weight keys of the loss section and of every preset."""
+    weight_keys = [f.name for f in dataclasses.fields(LossConfig) if f.name.startswith("w_")]
+    assert weight_keys == [f"w_{term}" for term in TERMS]
+    assert all(list(weights) == weight_keys for weights in LOSS_PRESETS.values())
 
 
 def test_unknown_preset_and_bad_config_raise() -> None:

@@ -283,6 +283,11 @@ class ModelConfig:
 
 FUSIONS = ("sum", "concat", "embedding", "quantized")
 
+#: The terms of the objective (docs/method.md, Objective), in the order they are logged: the one
+#: list of their names. Each has a weight ``w_<term>`` in :class:`LossConfig`; the objective
+#: (:data:`quantrieve.losses.TERMS`), the presets and the training log take their names from it.
+LOSS_TERMS = ("icf", "icz", "cc", "pn", "cd", "xqc")
+
 
 @dataclass
 class LossConfig:
@@ -307,38 +312,37 @@ class LossConfig:
     fusion: str = "sum"
 
     def weights(self) -> dict[str, float]:
-        """The weight of every objective term, by term name (``icf``, ``icz``, ``cc``,
-        ``pn``, ``cd``, ``xqc``): what makes a run HQC, SPQ or an ablation."""
-        return {
-            "icf": self.w_icf,
-            "icz": self.w_icz,
-            "cc": self.w_cc,
-            "pn": self.w_pn,
-            "cd": self.w_cd,
-            "xqc": self.w_xqc,
-        }
+        """The weight of every objective term, by term name (:data:`LOSS_TERMS`): what makes a
+        run HQC, SPQ or an ablation."""
+        return {term: getattr(self, f"w_{term}") for term in LOSS_TERMS}
 
     def validate(self) -> None:
-        for name in ("w_icf", "w_icz", "w_cc", "w_pn", "w_cd", "w_xqc"):
-            _check(getattr(self, name) >= 0, f"loss.{name}", "weights must be >= 0")
+        for term, weight in self.weights().items():
+            _check(weight >= 0, f"loss.w_{term}", "weights must be >= 0")
         for name in ("tau_ic", "tau_cc", "tau_pn", "tau_xqc"):
             _check(getattr(self, name) > 0, f"loss.{name}", "temperatures must be > 0")
         _check(self.top_n >= 1, "loss.top_n", "must be >= 1")
         _check(self.fusion in FUSIONS, "loss.fusion", f"one of {FUSIONS}")
         _check(
-            any(getattr(self, n) > 0 for n in ("w_icf", "w_icz", "w_cc", "w_pn", "w_cd", "w_xqc")),
+            any(weight > 0 for weight in self.weights().values()),
             "loss",
             "at least one weight must be > 0",
         )
 
 
+def _loss_weights(**weights: float) -> dict[str, float]:
+    """A preset's weight of every term of :data:`LOSS_TERMS` (each must be given), as the
+    ``w_<term>`` keys of the ``loss`` section."""
+    return {f"w_{term}": weights[term] for term in LOSS_TERMS}
+
+
 LOSS_PRESETS: dict[str, dict[str, float]] = {
     # HQC, BMVC 2023: all five terms, instance-contrastive weights 1 (docs/method.md).
-    "hqc": {"w_icf": 1.0, "w_icz": 1.0, "w_cc": 0.4, "w_pn": 0.1, "w_cd": 0.2, "w_xqc": 0.0},
+    "hqc": _loss_weights(icf=1.0, icz=1.0, cc=0.4, pn=0.1, cd=0.2, xqc=0.0),
     # The reference implementation's defaults: instance-contrastive terms off.
-    "hqc-ref": {"w_icf": 0.0, "w_icz": 0.0, "w_cc": 0.4, "w_pn": 0.1, "w_cd": 0.2, "w_xqc": 0.0},
+    "hqc-ref": _loss_weights(icf=0.0, icz=0.0, cc=0.4, pn=0.1, cd=0.2, xqc=0.0),
     # SPQ, ICCV 2021: cross-quantized contrastive learning only.
-    "spq": {"w_icf": 0.0, "w_icz": 0.0, "w_cc": 0.0, "w_pn": 0.0, "w_cd": 0.0, "w_xqc": 1.0},
+    "spq": _loss_weights(icf=0.0, icz=0.0, cc=0.0, pn=0.0, cd=0.0, xqc=1.0),
 }
 
 

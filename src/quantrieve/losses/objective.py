@@ -15,12 +15,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from quantrieve.config import LossConfig
+from quantrieve.config import LOSS_TERMS, LossConfig
 from quantrieve.losses.consistency import consistent_contrastive
 from quantrieve.losses.contrastive import cross_quantized_contrastive, nt_xent
 from quantrieve.losses.part import codeword_diversity, part_neighbour_consistency
 
-TERMS = ("icf", "icz", "cc", "pn", "cd", "xqc")
+#: The objective's terms, in the order it returns them (:data:`quantrieve.config.LOSS_TERMS`).
+TERMS = LOSS_TERMS
 
 
 def fuse(f: Tensor, z: Tensor, fusion: str) -> Tensor:
