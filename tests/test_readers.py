@@ -649,7 +649,7 @@ def test_a_growing_folder_decodes_only_what_changed(tmp_path: Path, monkeypatch)
     stat = (root / "05.png").stat()
     os.utime(root / "05.png", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     second = read_image_folder(root, image_size=8, cache_dir=cache_dir, skip_bad=True)["all"]
-    assert sorted(p.name for p in decoded) == ["05.png"] + [f"{i}.png" for i in range(30, 40)]
+    assert sorted(Path(p).name for p in decoded) == ["05.png"] + [f"{i}.png" for i in range(30, 40)]
     assert len(list(cache_dir.glob("*.npy"))) == 1 and len(list(cache_dir.glob("*.json"))) == 1
     assert "broken.png" in second.skipped and len(second) == 38
     # Equal to a cold decode of the same folder, one worker or two.
@@ -722,6 +722,17 @@ def test_registry_keeps_old_entries_and_adds_readers() -> None:
         "coco",
         "image-folder",
     } <= set(DATASETS)
+
+
+def test_registry_states_each_dataset_s_capabilities() -> None:
+    """One table says which readers decode files (the rest are arrays) and which is a folder."""
+    from quantrieve.data import ARRAY_DATASETS
+
+    assert {"fashion-mnist", "mnist", "cifar10", "cifar100"} == ARRAY_DATASETS
+    assert [n for n, d in DATASETS.items() if d.folder] == ["image-folder"]
+    assert all(d.decodes_files for d in DATASETS.values() if d.folder)
+    with pytest.raises(DataError, match="image-folder dataset only"):
+        read_dataset("mnist", "unused", layout="flat")
 
 
 def test_read_dataset_passes_image_size_and_reports_decoding(tmp_path: Path) -> None:

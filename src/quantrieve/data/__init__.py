@@ -1,8 +1,10 @@
-"""Dataset readers behind one interface (:class:`ImageSet`) and a registry by name."""
+"""Dataset readers behind one interface (:class:`ImageSet`) and the one registry of datasets by
+name (:data:`DATASETS`): each dataset's reader and what it can do."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from quantrieve.data.base import DataError, ImageSet, IndexedImages, one_hot
@@ -11,22 +13,50 @@ from quantrieve.data.folder import read_image_folder
 from quantrieve.data.idx import read_fashion_mnist, read_mnist
 from quantrieve.data.listfile import read_coco, read_flickr25k, read_nuswide21
 
-Reader = Callable[[str | Path], dict[str, ImageSet]]
+Reader = Callable[..., dict[str, ImageSet]]
 
-DATASETS: dict[str, Reader] = {
-    "fashion-mnist": read_fashion_mnist,
-    "mnist": read_mnist,
-    "cifar10": read_cifar10,
-    "cifar100": read_cifar100,
-    "flickr25k": read_flickr25k,
-    "nuswide21": read_nuswide21,
-    "coco": read_coco,
-    "image-folder": read_image_folder,
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """A dataset quantrieve reads, and what its reader can do.
+
+    :data:`DATASETS` is the one registry of them: :func:`read_dataset`, the config's
+    ``data.dataset``, the benchmark protocols and the service's item images
+    (:data:`ARRAY_DATASETS`) take names and capabilities from it.
+
+    Attributes:
+        name: What users type (``data.dataset``, ``--dataset``).
+        reader: ``reader(root, **options) -> {part: ImageSet}``.
+        decodes_files: The reader decodes image files: it takes an output size, leaves
+            unreadable files out on request, decodes with workers and reports progress, and an
+            item's id is its file's path under the root. Otherwise the images are fixed-size
+            arrays (IDX, CIFAR) and an id names a row (``part:row``).
+        folder: An image folder: its reader takes a layout (``data.layout``) and channels
+            (``data.channels``); other readers have a fixed layout and keep their channels.
+    """
+
+    name: str
+    reader: Reader
+    decodes_files: bool = False
+    folder: bool = False
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    info.name: info
+    for info in (
+        DatasetInfo("fashion-mnist", read_fashion_mnist),
+        DatasetInfo("mnist", read_mnist),
+        DatasetInfo("cifar10", read_cifar10),
+        DatasetInfo("cifar100", read_cifar100),
+        DatasetInfo("flickr25k", read_flickr25k, decodes_files=True),
+        DatasetInfo("nuswide21", read_nuswide21, decodes_files=True),
+        DatasetInfo("coco", read_coco, decodes_files=True),
+        DatasetInfo("image-folder", read_image_folder, decodes_files=True, folder=True),
+    )
 }
 
-
-# Readers that decode image files: they take an output size and report decoding progress.
-DECODING_READERS = frozenset({"flickr25k", "nuswide21", "coco", "image-folder"})
+#: Datasets of fixed-size arrays (no image files): their items are rows, ``part:row``.
+ARRAY_DATASETS = frozenset(name for name, info in DATASETS.items() if not info.decodes_files)
 
 
 def read_dataset(
@@ -64,27 +94,37 @@ def read_dataset(
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{name}'; available: {', '.join(sorted(DATASETS))}")
-    if layout != "auto" and name != "image-folder":
+    info = DATASETS[name]
+    if layout != "auto" and not info.folder:
         raise DataError(
             f"data.layout={layout} applies to the image-folder dataset only; '{name}' has a "
             "fixed layout (use data.layout=auto)"
         )
-    if channels and name != "image-folder":
+    if channels and not info.folder:
         raise DataError(
             f"data.channels={channels} applies to the image-folder dataset only; '{name}' keeps "
             "its own (use data.channels=0)"
         )
-    if name not in DECODING_READERS:
-        return DATASETS[name](root)
+    if not info.decodes_files:
+        return info.reader(root)
     options: dict = {"skip_bad": skip_bad, "workers": workers}
-    if name == "image-folder":
+    if info.folder:
         options["layout"] = layout
         options["channels"] = channels
     if image_size:
         options["image_size"] = image_size
     if progress is not None:
         options["progress"] = progress
-    return DATASETS[name](root, **options)
+    return info.reader(root, **options)
 
 
-__all__ = ["DATASETS", "DataError", "ImageSet", "IndexedImages", "one_hot", "read_dataset"]
+__all__ = [
+    "ARRAY_DATASETS",
+    "DATASETS",
+    "DataError",
+    "DatasetInfo",
+    "ImageSet",
+    "IndexedImages",
+    "one_hot",
+    "read_dataset",
+]

@@ -241,7 +241,12 @@ def _decode_rows(
     return sorted(bad, key=lambda b: b.index)
 
 
-def file_identities(paths: Sequence[Path]) -> list[str]:
+def _absolute(path: str | Path) -> str:
+    text = os.fspath(path)
+    return text if os.path.isabs(text) else os.path.abspath(text)
+
+
+def file_identities(paths: Sequence[str | Path]) -> list[str]:
     """One identity per source: a digest of its absolute path, byte size and modification time
     (ns). A file that is touched, replaced or resized gets a new identity.
 
@@ -251,10 +256,10 @@ def file_identities(paths: Sequence[Path]) -> list[str]:
     identities = []
     for path in paths:
         try:
-            stat = path.stat()
+            stat = os.stat(path)
         except OSError as exc:
             raise DataError(f"{path}: cannot read image file ({exc.strerror})") from None
-        text = f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        text = f"{_absolute(path)}\0{stat.st_size}\0{stat.st_mtime_ns}"
         identities.append(hashlib.blake2b(text.encode(), digest_size=16).hexdigest())
     return identities
 
@@ -294,7 +299,7 @@ def cache_key(
 def _lineage(paths: Sequence[Path], image_size: int, name: str, channels: int) -> str:
     """The prefix shared by the entries of one collection: its name, geometry and folder."""
     try:
-        folder = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+        folder = os.path.commonpath([os.path.dirname(_absolute(p)) for p in paths])
     except ValueError:  # paths on different drives
         folder = ""
     gray = "" if channels == 3 else "-gray"
@@ -305,7 +310,7 @@ def _lineage(paths: Sequence[Path], image_size: int, name: str, channels: int) -
 def _entry_stem(paths: Sequence[Path], image_size: int, name: str, channels: int = 3) -> str:
     ident = hashlib.sha256(f"{image_size}\n".encode())
     for path in paths:
-        ident.update(f"{os.path.abspath(path)}\n".encode())
+        ident.update(f"{_absolute(path)}\n".encode())
     return f"{_lineage(paths, image_size, name, channels)}-{ident.hexdigest()[:16]}"
 
 
