@@ -226,6 +226,9 @@ def run_job(spec: dict) -> dict:
                     "distinct_fraction": usage["distinct_fraction"],
                     "mean_perplexity": usage["mean_perplexity"],
                     "min_perplexity": usage["min_perplexity"],
+                    # label-free: augmented copies finding their originals (absent before)
+                    "self_r1": record.get("self_recall_at_1"),
+                    "self_r10": record.get("self_recall_at_10"),
                 }
             )
     model = retriever.model
