@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quantrieve.data import DataError, ImageSet
+from quantrieve.data import DATASETS, DataError, ImageSet
 from quantrieve.experiments import protocols
 from quantrieve.experiments.protocols import (
     PROTOCOLS,
@@ -48,6 +48,7 @@ def test_registry_states_the_papers_protocols() -> None:
     assert [p.topk for p in PROTOCOLS.values()] == [1000, 1000, 5000, 5000]
     assert [p.num_queries for p in PROTOCOLS.values()] == [None, None, 2000, 2100]
     assert all(p.train_is_database and p.val_queries > 0 for p in PROTOCOLS.values())
+    assert all(p.dataset in DATASETS for p in PROTOCOLS.values())
     text = describe()
     for name in PROTOCOLS:
         assert name in text

@@ -26,12 +26,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from quantrieve.api import run_parts
-from quantrieve.data import DataError, ImageSet
+from quantrieve.data import ARRAY_DATASETS, DataError, ImageSet
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, load_image_file, open_image_bytes
 from quantrieve.errors import QuantrieveError
 from quantrieve.index.live import LiveIndex
-
-ARRAY_DATASETS = frozenset({"fashion-mnist", "mnist", "cifar10", "cifar100"})
 
 
 class ImageUnavailableError(QuantrieveError):
