@@ -171,3 +171,31 @@ def test_batch_search_streams_one_line_per_query(folder_index: Path, tmp_path: P
     assert len(hits) == 2 * len(queries) and len(queries) == len(list((root / "low").glob("*.png")))
     refused = CliRunner().invoke(app, [*folder_args, str(tmp_path / "r.txt")])
     assert "must end in .jsonl or .csv" in str(refused.exception)
+
+
+def test_an_index_follows_its_folder_to_a_new_place(folder_index: Path, tmp_path: Path) -> None:
+    index_dir = Path(shutil.copytree(folder_index, tmp_path / "index"))
+    sync_folder(index_dir, workers=1)  # in step with the folder (which earlier tests changed)
+    old_root = Path(open_live(index_dir).index.meta["source"]["root"])
+    new_root = Path(shutil.copytree(old_root, tmp_path / "moved" / "photos"))  # mtimes kept
+    before = open_live(index_dir)
+    photo(new_root / "low" / "after-move.png", 0, 4242)
+    result = CliRunner().invoke(app, ["sync", str(index_dir), str(new_root)])
+    assert result.exit_code == 0, result.output
+    assert "added 1, removed 0, replaced 0" in result.output
+    after = open_live(index_dir)
+    assert after.index.meta["source"]["root"] == str(new_root.resolve())
+    assert after.keys[: len(before)].tolist() == before.keys.tolist()  # items kept their numbers
+    # Every reader of the index sees the new place: the API's load, the service's images.
+    assert Retriever.load(index_dir).index.meta["source"]["root"] == str(new_root.resolve())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from quantrieve.serve import create_app
+
+    shutil.rmtree(tmp_path / "moved" / "photos" / "high")  # only the new place has "low" now
+    low_item = int(after.keys[after.index.ids.index("low/00.png")])
+    with TestClient(create_app(index_dir)) as client:
+        assert client.get(f"/items/{low_item}/image").status_code == 200
+    with pytest.raises(QuantrieveError, match="no such folder"):
+        sync_folder(index_dir, folder=tmp_path / "nowhere")

@@ -65,8 +65,9 @@ class SyncReport:
     generation: int = 0
 
 
-def folder_root(live: LiveIndex) -> Path:
-    """The image folder an index was encoded from (``source.root`` of an image-folder index)."""
+def folder_root(live: LiveIndex, must_exist: bool = True) -> Path:
+    """The image folder an index was encoded from (``source.root`` of an image-folder index,
+    or where ``quantrieve sync INDEX FOLDER`` last pointed it)."""
     source = live.index.meta.get("source") or {}
     if source.get("dataset") != "image-folder" or not source.get("root"):
         raise QuantrieveError(
@@ -74,8 +75,11 @@ def folder_root(live: LiveIndex) -> Path:
             f"{source.get('dataset') or 'not recorded'}); add images through the service instead"
         )
     root = Path(source["root"])
-    if not root.is_dir():
-        raise QuantrieveError(f"{live.path}: its image folder {root} is missing")
+    if must_exist and not root.is_dir():
+        raise QuantrieveError(
+            f"{live.path}: its image folder {root} is missing; if it moved, give its new place: "
+            "quantrieve sync INDEX FOLDER"
+        )
     return root
 
 
@@ -207,11 +211,24 @@ def sync_folder(
     workers: int | None = None,
     progress: Progress | None = None,
     device: str = "auto",
+    folder: str | Path | None = None,
 ) -> SyncReport:
-    """Bring an index in step with its image folder (see the module docstring)."""
+    """Bring an index in step with its image folder (see the module docstring).
+
+    Args:
+        folder: the image folder's new place, when it moved (or was copied) since the index
+            was encoded: the index is pointed at it first (ids are paths under the folder, so
+            unchanged files keep their items). None: the folder the index records.
+    """
     retriever = Retriever.load(index_dir, device=device, need_index=True)
     with IndexWriter(index_dir) as writer:
         live = open_live(index_dir)
+        if folder is not None:
+            folder_root(live, must_exist=False)  # an image-folder index, wherever it was
+            if not Path(folder).is_dir():
+                raise QuantrieveError(f"{folder}: no such folder")
+            if Path(folder).resolve() != Path(live.index.meta["source"]["root"]).resolve():
+                live = writer.relocate(live, folder)
         root = folder_root(live)
         files = {i: root / i for i in _item_ids(root, list_image_files(root))}
         encoded = _encoded_ns(live)

@@ -51,6 +51,10 @@ def add(
 
 def sync(
     index_dir: IndexDirArg,
+    folder: Annotated[
+        Path | None,
+        typer.Argument(help="The folder's new place, if it moved (default: where it was)."),
+    ] = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
@@ -58,4 +62,7 @@ def sync(
     changed files replaced (new item numbers). Uploads through the service are kept."""
     from quantrieve.api.folder_sync import sync_folder
 
-    _summary(sync_folder(index_dir, workers, progress_bar("syncing"), device))
+    report = sync_folder(index_dir, workers, progress_bar("syncing"), device, folder)
+    if folder is not None:
+        console.print(f"image folder: {folder.resolve()}")
+    _summary(report)

@@ -44,6 +44,7 @@ class LiveIndex:
         base_items: rows of the base files.
         base_sha256: SHA-256 of the base ``index.json``.
         base_keys: the manifest's ``base.keys`` entry (None: base row i is item i).
+        source_root: the image folder's new place, when it moved after encoding (else None).
     """
 
     path: Path
@@ -58,6 +59,7 @@ class LiveIndex:
     base_items: int
     base_sha256: str
     base_keys: dict[str, Any] | None = None
+    source_root: str | None = None
     _rows: dict[int, int] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -80,6 +82,7 @@ class LiveIndex:
             base_items=version.base_items,
             base_sha256=version.base_sha256,
             base_keys=version.base_keys,
+            source_root=version.source_root,
         )
 
     def __len__(self) -> int:
@@ -128,6 +131,7 @@ class LiveIndex:
             deleted=self.deleted,
             next_key=self.next_key,
             num_items=len(self),
+            source_root=self.source_root,
         )
 
 

@@ -308,6 +308,9 @@ class PQIndex:
             )
         )
         index.items = np.asarray(version.keys, dtype=np.int64)
+        if version.source_root is not None:  # the image folder moved after encoding
+            source = {**(index.meta.get("source") or {}), "root": version.source_root}
+            index.meta = {**index.meta, "source": source}
         return index
 
     def save(

@@ -143,6 +143,8 @@ class StoredVersion:
         base_sha256: SHA-256 of the base ``index.json``.
         base_keys: the manifest's ``base.keys`` entry (None: base row i is item i).
         rows: the stored rows to merge, or None when there is no manifest (the base as it is).
+        source_root: where the index's image folder is now, when it moved after encoding
+            (the manifest's ``source_root``; None: index.json's ``source.root``).
     """
 
     keys: np.ndarray
@@ -156,6 +158,7 @@ class StoredVersion:
     base_sha256: str
     base_keys: dict[str, Any] | None = None
     rows: StoredRows | None = None
+    source_root: str | None = None
 
 
 def manifest_dict(
@@ -168,9 +171,11 @@ def manifest_dict(
     deleted: Iterable[int],
     next_key: int,
     num_items: int,
+    source_root: str | None = None,
 ) -> dict[str, Any]:
     """The content of ``segments/manifest.json`` for one version (stamped with the time now)."""
-    return {
+    moved = {} if source_root is None else {"source_root": source_root}
+    return moved | {
         "format": SEGMENTS_FORMAT,
         "version": SEGMENTS_VERSION,
         "generation": generation,
@@ -354,6 +359,13 @@ def _read_segment(
     return keys, codes, ids, labels, content, refine
 
 
+def _source_root(manifest: dict[str, Any], where: Path) -> str | None:
+    root = manifest.get("source_root")
+    if root is not None and not (isinstance(root, str) and root):
+        raise IndexFormatError(f"{where}: 'source_root' must be a folder path, got {root!r}")
+    return root
+
+
 def read_version(path: Path, base: IndexArrays, verify: bool = True) -> StoredVersion:
     """The version of the index directory ``path`` that its manifest names, on top of its
     already loaded ``base``: every segment read and checked, the deleted rows marked.
@@ -445,4 +457,5 @@ def read_version(path: Path, base: IndexArrays, verify: bool = True) -> StoredVe
         base_sha256=base_sha,
         base_keys=recorded.get("keys"),
         rows=rows,
+        source_root=_source_root(manifest, where),
     )

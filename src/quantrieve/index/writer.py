@@ -252,6 +252,26 @@ class IndexWriter:
         fsync_dir(folder)
         return new
 
+    def relocate(self, live: LiveIndex, root: str | Path) -> LiveIndex:
+        """Point the index at its image folder's new place (item ids are paths under the
+        folder, so they stay valid); returns the new version. Only the manifest changes."""
+        self._check_current(live)
+        root = str(Path(root).resolve())
+        index = live.index.with_rows(
+            np.asarray(live.index.codes),
+            live.index.ids,
+            live.index.labels,
+            live.index.content,
+            live.index.refine,
+        )
+        index.items = live.index.items
+        index.meta = {**index.meta, "source": {**(index.meta.get("source") or {}), "root": root}}
+        new = dataclasses.replace(
+            live, path=self.path, index=index, generation=live.generation + 1, source_root=root
+        )
+        self._commit(new)
+        return new
+
     def delete(self, live: LiveIndex, keys: Iterable[int]) -> LiveIndex:
         """Tombstone items (live ones; others raise KeyError); returns the new version."""
         self._check_current(live)
