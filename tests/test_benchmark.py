@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RUN
+from conftest import TINY, TINY_RUN
 from typer.testing import CliRunner
 
 from quantrieve.cli import app, main
@@ -20,14 +20,14 @@ from quantrieve.experiments.grid import BenchmarkError, benchmark_commands, grid
 from quantrieve.experiments.report import write_report
 
 # A tiny deep run; bits set model.num_books (8 bits = 2 books of 16 codewords).
-TINY = [*TINY_RUN, "model.num_codewords=16"]
+BENCH = [*TINY_RUN, f"model.num_codewords={TINY.codewords}"]
 GRID = {"methods": ["hqc", "pq", "exact"], "bits_list": [8], "preset": "fashion-mnist-cpu"}
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "fm"
-    run_benchmark("fashion-mnist", **GRID, out_dir=out, root=tiny_fashion, overrides=TINY)
+    run_benchmark("fashion-mnist", **GRID, out_dir=out, root=tiny_fashion, overrides=BENCH)
     return out
 
 
@@ -42,8 +42,8 @@ def test_grid_writes_one_cell_per_method_and_bits(finished: Path) -> None:
     for cell in (hqc, pq, _cell(finished, "exact-full")):
         result = cell["result"]
         assert 0 <= result["map_at_k"] <= 1
-        assert (result["num_queries"], result["num_database"]) == (60, 320)
-        assert result["k"] == 320  # mAP@1000 clamped to the tiny database
+        assert (result["num_queries"], result["num_database"]) == (TINY.test, TINY.train)
+        assert result["k"] == TINY.train  # mAP@1000 clamped to the tiny database
         assert len(result["pr_precision"]) == len(result["pr_recall"]) > 1
     assert hqc["config"]["model"]["num_books"] == 2 and hqc["config"]["loss"]["preset"] == "hqc"
     assert hqc["train"]["epochs"] == 2 and hqc["train"]["seconds"] > 0
@@ -82,7 +82,7 @@ def test_rerun_keeps_finished_cells(
 
     monkeypatch.setattr(cells.Retriever, "fit", refuse)
     monkeypatch.setattr(cells, "fit_baseline", refuse)
-    run_benchmark("fashion-mnist", **GRID, out_dir=finished, root=tiny_fashion, overrides=TINY)
+    run_benchmark("fashion-mnist", **GRID, out_dir=finished, root=tiny_fashion, overrides=BENCH)
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (finished / "cells").glob("*.json")}
 
 
@@ -106,7 +106,7 @@ def test_unfinished_deep_cell_resumes_its_run(
         "fashion-mnist-cpu",
         finished,
         root=tiny_fashion,
-        overrides=TINY,
+        overrides=BENCH,
     )
     assert seen == [True]
     after = _cell(finished, "hqc-8")
@@ -123,7 +123,7 @@ def test_other_setup_in_same_folder_is_refused(finished: Path, tiny_fashion: Pat
             "fashion-mnist-cpu",
             finished,
             root=tiny_fashion,
-            overrides=[*TINY, "train.epochs=3"],
+            overrides=[*BENCH, "train.epochs=3"],
         )
 
 
@@ -138,7 +138,7 @@ def test_finished_cell_of_another_config_is_refused(
     cell["config"]["data"]["root"] = "/elsewhere"  # where the data lies does not matter
     path.write_text(json.dumps(cell))
     grid = {**GRID, "methods": ["hqc"]}
-    run_benchmark("fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY)
+    run_benchmark("fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=BENCH)
     cell["config"]["augment"]["brightness"] = 0.123
     path.write_text(json.dumps(cell))
     with pytest.raises(
@@ -146,7 +146,7 @@ def test_finished_cell_of_another_config_is_refused(
         match=r"hqc-8.json was finished with a different config "
         r"\(keys differ: augment.brightness\)",
     ):
-        run_benchmark("fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=TINY)
+        run_benchmark("fashion-mnist", **grid, out_dir=out, root=tiny_fashion, overrides=BENCH)
 
 
 def test_unknown_method_and_bad_bits_are_named(tmp_path: Path) -> None:
@@ -155,6 +155,18 @@ def test_unknown_method_and_bad_bits_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--bits 10 is not a multiple of log2"):
         run_benchmark("fashion-mnist", ["pq"], [10], None, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+def test_methods_are_one_registry_trained_first_then_the_pixel_baselines() -> None:
+    from quantrieve.baselines import BASELINES
+    from quantrieve.config import METHODS, TRAINED_METHODS, method_settings
+
+    assert list(METHODS) == [*TRAINED_METHODS, *BASELINES]
+    assert list(BASELINES) == ["pq", "opq", "itq", "exact"]
+    assert [m.name for m in METHODS.values() if not m.coded] == ["exact"]
+    assert all(METHODS[m].settings for m in TRAINED_METHODS)
+    with pytest.raises(ValueError, match="unknown method 'pq'; available: hqc, spq, hqc-ref"):
+        method_settings("pq")  # a pixel baseline is not trained
 
 
 def test_training_stats_count_a_repeated_epoch_once(tmp_path: Path) -> None:
@@ -294,7 +306,7 @@ def test_report_leaves_out_pr_curves_saved_at_distance_thresholds(
     assert [(labels, title.replace("\n", " ")) for labels, title in drawn] == [
         (
             ["pq (sqeuclidean)", "exact (pixels)"],
-            "fashion-mnist (60 queries) 8 bits; distance: sqeuclidean (pq); l2 (exact)",
+            f"fashion-mnist ({TINY.test} queries) 8 bits; distance: sqeuclidean (pq); l2 (exact)",
         )
     ]
     md = (out / "report.md").read_text()
@@ -335,7 +347,12 @@ def test_seeds_run_as_part_of_the_grid_and_are_aggregated(tiny_fashion: Path, tm
         out,
         root=tiny_fashion,
         # One short epoch a seed: what is tested is how seeds are run and aggregated.
-        overrides=[*TINY, "train.epochs=1", "train.warmup_epochs=0", "train.max_steps_per_epoch=2"],
+        overrides=[
+            *BENCH,
+            "train.epochs=1",
+            "train.warmup_epochs=0",
+            "train.max_steps_per_epoch=2",
+        ],
         seeds=[0, 1],
     )
     names = sorted(p.stem for p in (out / "cells").glob("*.json"))
