@@ -60,11 +60,16 @@ class LiveIndex:
     base_sha256: str
     base_keys: dict[str, Any] | None = None
     source_root: str | None = None
-    _rows: dict[int, int] = field(init=False, default_factory=dict, repr=False)
+    _order: np.ndarray | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
-        self._rows = {int(k): row for row, k in enumerate(self.keys.tolist())}
-        self.index.items = np.asarray(self.keys, dtype=np.int64)  # rows say their item numbers
+        self.keys = np.asarray(self.keys, dtype=np.int64)
+        # Item numbers only grow (added items get the next ones; deletes and compaction keep
+        # the order), so a row is found by binary search: no per-item structure to rebuild on
+        # every change. A version whose numbers are not ascending gets a sorting order.
+        ascending = len(self.keys) < 2 or bool((self.keys[1:] > self.keys[:-1]).all())
+        self._order = None if ascending else np.argsort(self.keys, kind="stable")
+        self.index.items = self.keys  # rows say their item numbers
 
     @classmethod
     def from_version(cls, path: Path, index: PQIndex, version: StoredVersion) -> LiveIndex:
@@ -95,7 +100,11 @@ class LiveIndex:
 
     def row(self, key: int) -> int | None:
         """The live row of item ``key``, or None (never added, or deleted)."""
-        return self._rows.get(int(key))
+        sorted_keys = self.keys if self._order is None else self.keys[self._order]
+        at = int(np.searchsorted(sorted_keys, int(key)))
+        if at == len(sorted_keys) or sorted_keys[at] != int(key):
+            return None
+        return at if self._order is None else int(self._order[at])
 
     def segment_file(self, part: int) -> Path:
         """The file of segment ``part``."""
