@@ -287,7 +287,7 @@ def test_encode_with_refinement_through_the_command_line(tiny_index: Path, tmp_p
     assert off["map_at_k"] == base["map_at_k"] and off["precision_at"] == base["precision_at"]
     hits = json.loads(
         CliRunner()
-        .invoke(app, ["search", str(out), "--items", "0,1", "--part", "train", "--json"])
+        .invoke(app, ["search", str(out), "--rows", "0,1", "--part", "train", "--json"])
         .stdout
     )
     assert [h["results"][0]["item"] for h in hits] == [0, 1]  # indexed queries come first

@@ -13,7 +13,7 @@ from quantrieve.cli.options import (
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
-    ItemsOpt,
+    RowsOpt,
     out_option,
     overwrite_option,
 )
@@ -36,7 +36,7 @@ def embed(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     part: PartOpt = "test",
-    items: ItemsOpt = None,
+    rows: RowsOpt = None,
     device: DeviceOpt = "auto",
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -49,7 +49,7 @@ def embed(
     ids_file = out.with_suffix(".ids.txt")
     check_new_file(ids_file, overwrite, "ids")
     retriever = Retriever.load(model, device=device)
-    queries = read_queries(retriever, list(query_images or []), dataset, data_dir, part, items)
+    queries = read_queries(retriever, list(query_images or []), dataset, data_dir, part, rows)
     embeddings = retriever.embed(queries, progress=progress_bar("embedding"))
     with atomic_path(out) as tmp, open(tmp, "wb") as handle:
         np.save(handle, embeddings)

@@ -33,7 +33,16 @@ RefineDepthOpt = Annotated[
         "refine depth; 0: ADC alone). Only for an index encoded with --refine-depth.",
     ),
 ]
-ItemsOpt = Annotated[str | None, typer.Option(help="Comma-separated item numbers.")]
+# Positions in a dataset part: rows, not items (an item is a stable number in an index).
+# --items, the old name, still works.
+RowsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rows",
+        "--items",
+        help="Comma-separated rows (positions) of the dataset part to take the queries from.",
+    ),
+]
 DistanceOpt = Annotated[str | None, typer.Option(help=f"{DISTANCES}; default: the index's.")]
 IndexDirArg = Annotated[Path, typer.Argument(help="Index directory.")]
 

@@ -20,10 +20,10 @@ def read_queries(
     dataset: str | None,
     data_dir: str | None,
     part: str,
-    items: str | None,
+    rows: str | None,
 ) -> ImageSet:
     """The query images: the files ``images`` (decoded as the model takes them), else
-    ``part`` of the dataset, or its ``items`` (comma-separated item numbers) only."""
+    ``part`` of the dataset, or its ``rows`` (comma-separated positions in the part) only."""
     from quantrieve.data.images import load_image_file
 
     if images:
@@ -32,21 +32,21 @@ def read_queries(
             raise QuantrieveError("the index holds no model.pt, so images cannot be embedded")
         arrays = [load_image_file(p, model.image_size, model.channels) for p in images]
         return ImageSet(np.stack(arrays), None, [str(p) for p in images])
-    if dataset is None and data_dir is None and items is None:
+    if dataset is None and data_dir is None and rows is None:
         raise ConfigError(
-            "give query images (quantrieve search INDEX a.png b.png), or --items with the "
+            "give query images (quantrieve search INDEX a.png b.png), or --rows with the "
             "dataset part to take them from"
         )
     parts = run_parts(
         retriever, dataset=dataset, data_dir=data_dir, progress=progress_bar("decoding images")
     )
     source = parts.get(part)
-    if items is None:
+    if rows is None:
         return source
     try:
-        idx = np.array([int(i) for i in items.split(",") if i.strip()])
+        idx = np.array([int(i) for i in rows.split(",") if i.strip()])
     except ValueError:
-        raise ConfigError(f"--items must be comma-separated integers, got '{items}'") from None
+        raise ConfigError(f"--rows must be comma-separated integers, got '{rows}'") from None
     if len(idx) == 0 or idx.min() < 0 or idx.max() >= len(source):
-        raise ConfigError(f"--items must lie in [0, {len(source)}) for {parts.dataset}/{part}")
+        raise ConfigError(f"--rows must lie in [0, {len(source)}) for {parts.dataset}/{part}")
     return source.subset(idx)

@@ -18,9 +18,9 @@ from quantrieve.cli.options import (
     DeviceOpt,
     DistanceOpt,
     IndexDirArg,
-    ItemsOpt,
     JsonOpt,
     RefineDepthOpt,
+    RowsOpt,
     check_distance,
     overwrite_option,
 )
@@ -67,7 +67,7 @@ def search(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     part: PartOpt = "test",
-    items: ItemsOpt = None,
+    rows: RowsOpt = None,
     k: KOpt = 10,
     distance: DistanceOpt = None,
     device: DeviceOpt = "auto",
@@ -91,7 +91,7 @@ def search(
         check_new_file(grid, overwrite, "result grid")
     retriever = Retriever.load(index_dir, device=device, need_index=True)
     queries = read_queries(
-        retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, items
+        retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, rows
     )
     bar = progress_bar("embedding queries") if len(queries) > 5000 else None
     results = retriever.search(queries, k, distance, progress=bar, refine_depth=refine_depth)
