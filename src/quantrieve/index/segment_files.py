@@ -433,7 +433,9 @@ def read_version(path: Path, base: IndexArrays, verify: bool = True) -> StoredVe
         if refine is not None and ref is not None:
             refine.append(ref)
     keys = np.concatenate(all_keys)
-    if len(np.unique(keys)) != len(keys) or (len(keys) and keys.max() >= manifest["next_key"]):
+    ordered = keys if len(keys) < 2 or (keys[1:] > keys[:-1]).all() else np.sort(keys)
+    repeats = len(ordered) > 1 and bool((ordered[1:] == ordered[:-1]).any())  # no hash table
+    if repeats or (len(keys) and keys.max() >= manifest["next_key"]):
         raise IndexFormatError(f"{where}: item numbers repeat or reach next_key")
     deleted = frozenset(int(k) for k in manifest["deleted"])
     keep = ~np.isin(keys, np.fromiter(deleted, dtype=np.int64, count=len(deleted)))
