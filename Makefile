@@ -54,7 +54,8 @@ test: venv browser
 	$(PY) -m pytest
 
 # The tests without the slow ones (multi-process incl. the gathered-gradient check, browser,
-# kill-and-recover, the tiny model that must learn): every module, under a minute.
+# kill-and-recover, schema fuzzing, the demo, the 100-step learning run; a 30-step one stays):
+# every module, about a minute of CPU (of it ~15 s imports and collection).
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +21,57 @@ def _image_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["QUANTRIEVE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
 
 
+@dataclass(frozen=True)
+class TinyFixture:
+    """The sizes of the tiny fixtures, in one place: tests derive their expectations from these.
+
+    The dataset (``tiny_fashion``): ``train`` / ``test`` images of ``size`` x ``size`` pixels
+    in ``classes`` classes. The deep run (``TINY_RUN``, ``tiny_run``, ``tiny_index``): a
+    ``width``-channel CNN, ``epochs`` epochs of ``steps`` batches of ``batch`` images,
+    ``val_queries`` training images held out as validation queries; the index has ``books``
+    books of ``codewords`` codewords (``bits`` bits a code).
+    """
+
+    train: int = 320
+    test: int = 60
+    size: int = 12
+    classes: int = 10
+    val_queries: int = 40
+    batch: int = 32
+    epochs: int = 2
+    steps: int = 4
+    width: int = 4
+    books: int = 4
+    codewords: int = 16  # the config's default
+
+    @property
+    def bits(self) -> int:
+        return self.books * (self.codewords.bit_length() - 1)
+
+    @property
+    def run(self) -> list[str]:
+        """Config overrides of the tiny deep run (without ``model.num_books``)."""
+        return [
+            f"model.width={self.width}",
+            "model.proj_hidden=16",
+            "model.codeword_dim=4",
+            f"train.batch_size={self.batch}",
+            f"train.epochs={self.epochs}",
+            "train.warmup_epochs=1",
+            f"train.max_steps_per_epoch={self.steps}",
+            f"data.val_queries={self.val_queries}",
+            "augment.crop_scale_min=0.5",
+        ]
+
+
+TINY = TinyFixture()
 # A deep run small enough for a test: a 4-channel CNN, a few steps of 32 images per epoch.
-TINY_RUN = [
-    "model.width=4",
-    "model.proj_hidden=16",
-    "model.codeword_dim=4",
-    "train.batch_size=32",
-    "train.epochs=2",
-    "train.warmup_epochs=1",
-    "train.max_steps_per_epoch=4",
-    "data.val_queries=40",
-    "augment.crop_scale_min=0.5",
-]
+TINY_RUN = TINY.run
+
+
+def as_sets(overrides: list[str]) -> list[str]:
+    """Config overrides as command-line options: ``--set key=value`` each."""
+    return [x for item in overrides for x in ("--set", item)]
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
@@ -52,7 +92,7 @@ def make_idx_dataset(
     root: Path,
     n_train: int,
     n_test: int,
-    size: int = 12,
+    size: int = TINY.size,
     seed: int = 0,
     bar_length: int | None = None,
 ) -> Path:
@@ -65,12 +105,12 @@ def make_idx_dataset(
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
+        labels = rng.integers(0, TINY.classes, n).astype(np.uint8)
         images = rng.integers(0, 60, (n, size, size)).astype(np.uint8)
         length = size if bar_length is None else bar_length
         starts = np.zeros(n, int) if bar_length is None else rng.integers(0, size - length + 1, n)
         for i, c in enumerate(labels):
-            row = int(c) * (size - 2) // 9
+            row = int(c) * (size - 2) // (TINY.classes - 1)
             images[i, row : row + 2, starts[i] : starts[i] + length] = 230
         write_idx(root / f"{prefix}-images-idx3-ubyte", images)
         write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
@@ -79,8 +119,9 @@ def make_idx_dataset(
 
 @pytest.fixture(scope="session")
 def tiny_fashion(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Fashion-MNIST-format folder: 320 train / 60 test images of 12x12."""
-    return make_idx_dataset(tmp_path_factory.mktemp("fashion"), 320, 60)
+    """A Fashion-MNIST-format folder: ``TINY.train`` / ``TINY.test`` images of ``TINY.size``
+    pixels a side."""
+    return make_idx_dataset(tmp_path_factory.mktemp("fashion"), TINY.train, TINY.test)
 
 
 def encode_index(model_file, database, out, device="cpu"):
@@ -107,7 +148,7 @@ def build_tiny_index(data_dir: Path, out: Path, *extra: str) -> Path:
 
     from quantrieve.cli import app
 
-    sets = [x for item in [*TINY_RUN, "model.num_books=4"] for x in ("--set", item)]
+    sets = as_sets([*TINY_RUN, f"model.num_books={TINY.books}"])
     for args in (
         ["train", "--out", str(out / "run"), "--data-dir", str(data_dir), *extra, *sets],
         ["encode", str(out / "run"), "--out", str(out / "index")],
@@ -119,6 +160,13 @@ def build_tiny_index(data_dir: Path, out: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_index(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An index of the 320 tiny Fashion-MNIST-format training images (16 bits, model.pt in it).
-    Copy it before changing it."""
+    """An index of the ``TINY.train`` tiny Fashion-MNIST-format training images (``TINY.bits``
+    bits, model.pt in it), encoded from ``tiny_run``. Copy it before changing it."""
     return build_tiny_index(tiny_fashion, tmp_path_factory.mktemp("served"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_index: Path) -> Path:
+    """The training run behind ``tiny_index`` (``TINY_RUN``, ``TINY.books`` books), shared by
+    every test that only reads a trained run. Copy it before changing it."""
+    return tiny_index.parent / "run"

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN, encode_index
+from conftest import TINY, TINY_RUN, encode_index
 
 from quantrieve.config import ModelConfig, load_config
 from quantrieve.data import ImageSet, read_dataset
@@ -79,20 +79,21 @@ def _config(root: Path, *extra: str):
 def test_few_steps_per_epoch_and_a_large_validation_share_are_warned(
     tiny_fashion: Path, tmp_path: Path
 ) -> None:
-    train = read_dataset("fashion-mnist", tiny_fashion)["train"]  # 320 images
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
     with pytest.warns(QuantrieveWarning) as record:
         Trainer(_config(tiny_fashion, "train.batch_size=128"), train, tmp_path / "a")
     (message,) = [str(w.message) for w in record]
-    assert message.startswith("320 training images make only 2 steps per epoch at ")
-    assert "train.batch_size=128 (4 in all)" in message
+    steps = TINY.train // 128
+    assert message.startswith(f"{TINY.train} training images make only {steps} steps per epoch at ")
+    assert f"train.batch_size=128 ({steps * TINY.epochs} in all)" in message
     assert "lower train.batch_size (e.g. 32) or raise train.epochs" in message
     with pytest.warns(QuantrieveWarning) as record:
         Trainer(_config(tiny_fashion, "data.val_queries=200"), train, tmp_path / "b")
     (message,) = [str(w.message) for w in record]
     assert message == (
-        "data.val_queries=200 takes 62% of the 320 training images, leaving a validation "
-        "database of 120: model selection on it is noisy and mAP@K is capped by its size; "
-        "lower data.val_queries (e.g. 32)"
+        f"data.val_queries=200 takes 62% of the {TINY.train} training images, leaving a "
+        f"validation database of {TINY.train - 200}: model selection on it is noisy and mAP@K is "
+        "capped by its size; lower data.val_queries (e.g. 32)"
     )
     with warnings.catch_warnings():  # the tiny test run itself: 10 steps, 12 % validation
         warnings.simplefilter("error")
@@ -115,8 +116,8 @@ def test_training_logs_code_usage_and_warns_when_codes_collapse(
     (epoch,) = [r for r in log if r["kind"] == "epoch"]
     (validation,) = [r for r in log if r["kind"] == "validation"]
     assert epoch["code_usage"]["degenerate"] and epoch["code_usage"]["distinct_codes"] == 1
-    assert epoch["code_usage"]["num_items"] == 4 * 32  # the first view of each batch
-    assert validation["code_usage"]["num_items"] == 320 - 40
+    assert epoch["code_usage"]["num_items"] == TINY.steps * TINY.batch  # each batch's 1st view
+    assert validation["code_usage"]["num_items"] == TINY.train - TINY.val_queries
     assert validation["code_usage"]["distinct_codes"] == 1
     # Without labels there is no validation: the training batches' codes are judged.
     unlabelled = ImageSet(blank.images, None, blank.ids)

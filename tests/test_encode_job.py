@@ -4,11 +4,12 @@ in shards, refused for other images or another model, and through the command li
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_RUN
+from conftest import TINY
 from typer.testing import CliRunner
 
 import quantrieve as qr
@@ -16,17 +17,11 @@ from quantrieve.api.encode_job import EncodeJob, EncodeJobError
 from quantrieve.cli import app
 from quantrieve.index.format import image_fingerprints
 
-TINY = [x for item in [*TINY_RUN, "model.num_books=4"] for x in ("--set", item)]
-
 
 @pytest.fixture(scope="module")
-def run(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("job") / "run"
-    result = CliRunner().invoke(
-        app, ["train", "--data-dir", str(tiny_fashion), "--out", str(out), *TINY]
-    )
-    assert result.exit_code == 0, result.output
-    return out
+def run(tiny_run: Path) -> Path:
+    """The shared tiny training run (read only: jobs and indexes go to tmp_path)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +33,8 @@ def test_chunks_give_the_codes_of_one_pass(run: Path, database: qr.ImageSet, tmp
     retriever = qr.Retriever.load(run, device="cpu")
     expected = retriever.encode(database, chunk=len(database))
     job = EncodeJob(retriever, database, tmp_path / "job", chunk=50)
-    assert job.num_chunks == 7 and job.run() == 7 and job.finished()
+    chunks = math.ceil(TINY.train / 50)
+    assert job.num_chunks == chunks and job.run() == chunks and job.finished()
     codes, content = job.codes()
     np.testing.assert_array_equal(codes, expected)
     np.testing.assert_array_equal(content, image_fingerprints(database.images))

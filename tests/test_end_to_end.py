@@ -10,7 +10,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY, TINY_RUN, as_sets
 from typer.testing import CliRunner
 
 from quantrieve import Retriever
@@ -20,7 +20,7 @@ from quantrieve.index import PQIndex
 from quantrieve.index.faiss_export import to_faiss
 from quantrieve.train.trainer import EpochSummary
 
-TINY = [*TINY_RUN, "model.num_books=4", "eval.topk=50", "eval.precision_at=[5]"]
+DEMO = [*TINY_RUN, f"model.num_books={TINY.books}", "eval.topk=50", "eval.precision_at=[5]"]
 
 
 def _invoke(*args: str) -> str:
@@ -30,23 +30,18 @@ def _invoke(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("e2e")
-    sets = [x for item in TINY for x in ("--set", item)]
-    _invoke("train", "--out", str(out / "run"), "--data-dir", str(tiny_fashion), *sets)
-    _invoke(
-        "encode", str(out / "run"), "--out", str(out / "index"), "--data-dir", str(tiny_fashion)
-    )
-    return {"run": out / "run", "index": out / "index", "data": tiny_fashion}
+def trained(tiny_run: Path, tiny_index: Path, tiny_fashion: Path) -> dict[str, Path]:
+    """The shared tiny run and its index (trained and encoded through the CLI): read only."""
+    return {"run": tiny_run, "index": tiny_index, "data": tiny_fashion}
 
 
 def test_index_directory_holds_codes_and_metadata(trained: dict[str, Path]) -> None:
     index = PQIndex.load(trained["index"])
     meta = json.loads((trained["index"] / "index.json").read_text())
     assert meta["format"] == "quantrieve-pq-index" and meta["version"] == 2
-    assert meta["bits"] == 16 and meta["num_items"] == 320 and meta["has_model"]
-    assert index.codes.dtype == np.uint8 and index.codes.shape == (320, 4)
-    assert index.labels is not None and index.labels.shape == (320, 10)
+    assert meta["bits"] == TINY.bits and meta["num_items"] == TINY.train and meta["has_model"]
+    assert index.codes.dtype == np.uint8 and index.codes.shape == (TINY.train, TINY.books)
+    assert index.labels is not None and index.labels.shape == (TINY.train, TINY.classes)
     assert index.ids[0] == "train:0"
 
 
@@ -66,7 +61,7 @@ def test_evaluate_json_reports_every_number(trained: dict[str, Path], tmp_path: 
         "--json",
     )
     result = json.loads(out)
-    assert result["num_queries"] == 60 and result["num_database"] == 320
+    assert result["num_queries"] == TINY.test and result["num_database"] == TINY.train
     assert 0 <= result["map_at_k"] <= 1 and set(result["precision_at"]) == {"5", "20"}
     assert len(result["pr_precision"]) == len(result["pr_recall"]) > 1
     assert plot.read_bytes()[:4] == b"\x89PNG"
@@ -78,7 +73,7 @@ def test_evaluate_pr_queries_sets_the_curve_sample(trained: dict[str, Path]) -> 
     args = ["evaluate", str(trained["index"]), "--data-dir", str(trained["data"]), "--json"]
     every = json.loads(_invoke(*args, "--pr-queries", "0"))
     few = json.loads(_invoke(*args, "--pr-queries", "6"))
-    assert every["extra"]["pr_queries"] + every["extra"]["pr_queries_without_relevant"] == 60
+    assert every["extra"]["pr_queries"] + every["extra"]["pr_queries_without_relevant"] == TINY.test
     assert few["extra"]["pr_queries"] + few["extra"]["pr_queries_without_relevant"] == 6
     assert few["map_at_k"] == every["map_at_k"]
     assert few["pr_precision"] != every["pr_precision"]
@@ -134,7 +129,8 @@ def test_faiss_export_ranks_like_sqeuclidean_adc(trained: dict[str, Path], tmp_p
     exported = faiss.read_index(str(out))
     assert exported.ntotal == len(index)
     rng = np.random.default_rng(0)
-    queries = torch.from_numpy(rng.normal(size=(7, 16)).astype(np.float32))
+    books, _, sub_dim = index.codebooks.shape
+    queries = torch.from_numpy(rng.normal(size=(7, books * sub_dim)).astype(np.float32))
     ours_d, _ = index.search(queries, k=10, distance="sqeuclidean")
     theirs_d, _ = exported.search(queries.numpy(), 10)
     np.testing.assert_allclose(theirs_d, ours_d.numpy(), rtol=1e-4, atol=1e-4)
@@ -143,7 +139,7 @@ def test_faiss_export_ranks_like_sqeuclidean_adc(trained: dict[str, Path], tmp_p
 
 
 def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
-    images = np.zeros((3, 12, 12, 1), dtype=np.uint8)
+    images = np.zeros((3, TINY.size, TINY.size, 1), dtype=np.uint8)
     a = Retriever.load(trained["index"]).embed(images)
     b = Retriever.load(trained["index"]).embed(images)
     np.testing.assert_array_equal(a, b)
@@ -195,13 +191,16 @@ def test_user_errors_are_one_line_and_exit_2(
     assert "Traceback" not in err
 
 
+# Slow: its own training run plus an 88-panel matplotlib grid (4-7 s); the grid drawing is in the
+# fast subset through `search --plot` (test_own_images), the demo's refusals through test_outputs.
+@pytest.mark.slow
 def test_demo_writes_table_grid_and_curves(tiny_fashion: Path, tmp_path: Path) -> None:
-    sets = [x for item in TINY for x in ("--set", item)]
+    sets = as_sets(DEMO)
     out = tmp_path / "demo"
     printed = _invoke("demo", "--data-dir", str(tiny_fashion), "--out", str(out), *sets)
     assert "HQC" in printed and "faiss PQ on raw pixels" in printed
     summary = json.loads((out / "results.json").read_text())
-    assert [row["bits"] for row in summary["rows"]] == [16, 16]
+    assert [row["bits"] for row in summary["rows"]] == [TINY.bits, TINY.bits]
     assert all(0 <= row["map"] <= 1 for row in summary["rows"])
     for name in ("retrieval_grid.png", "pr_curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"

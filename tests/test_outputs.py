@@ -8,20 +8,22 @@ every byte of the user's is still there.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_RUN
+from conftest import TINY, TINY_RUN, as_sets
 
 from quantrieve.cli import main
 from quantrieve.errors import OutputError
 from quantrieve.index import PQIndex
 from quantrieve.runtime.outputs import OutputKind, replace_folder
 
-TINY = [*TINY_RUN, "model.num_books=4", "eval.topk=50", "eval.precision_at=[5]"]
-SETS = [x for item in TINY for x in ("--set", item)]
+SETS = as_sets(
+    [*TINY_RUN, f"model.num_books={TINY.books}", "eval.topk=50", "eval.precision_at=[5]"]
+)
 
 
 def _cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, *args: str) -> tuple:
@@ -43,21 +45,11 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_fashion: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder ``runs/`` holding one trained run ``runs/r1`` (with a user note next to it)."""
+def runs(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder ``runs/`` holding one trained run ``runs/r1`` (a copy of the shared tiny run,
+    trained by ``quantrieve train``) with a user note next to it."""
     root = tmp_path_factory.mktemp("outputs") / "runs"
-    mp = pytest.MonkeyPatch()
-    mp.setattr(
-        sys,
-        "argv",
-        ["quantrieve", "train", "--out", str(root / "r1"), "--data-dir", str(tiny_fashion), *SETS],
-    )
-    try:
-        main()
-    except SystemExit as exc:
-        assert not exc.code
-    finally:
-        mp.undo()
+    shutil.copytree(tiny_run, root / "r1")
     (root / "notes.txt").write_text("my notes\n")
     return root
 
@@ -128,7 +120,7 @@ def test_existing_index_is_replaced_only_with_overwrite(
     assert code == 2 and "already holds a quantrieve index; pass --overwrite" in err
     assert _snapshot(out) == first
     assert _cli(monkeypatch, capsys, *args, "--overwrite")[0] == 0
-    assert PQIndex.load(out).codes.shape == (320, 4)
+    assert PQIndex.load(out).codes.shape == (TINY.train, TINY.books)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
 
@@ -192,15 +184,13 @@ def test_train_into_a_user_folder_is_refused(
 
 
 def test_export_faiss_never_replaces_a_foreign_file(
-    runs: Path,
+    tiny_index: Path,
     tiny_fashion: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    index_dir = tmp_path / "index"
-    args = ["encode", str(runs / "r1"), "--out", str(index_dir), "--data-dir", str(tiny_fashion)]
-    assert _cli(monkeypatch, capsys, *args)[0] == 0
+    index_dir = Path(shutil.copytree(tiny_index, tmp_path / "index"))
     target = tmp_path / "db.faiss"
     target.write_text("user data")
     for extra in ([], ["--overwrite"]):
@@ -217,15 +207,13 @@ def test_export_faiss_never_replaces_a_foreign_file(
 
 
 def test_evaluate_plot_does_not_replace_a_file(
-    runs: Path,
+    tiny_index: Path,
     tiny_fashion: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    index_dir = tmp_path / "index"
-    args = ["encode", str(runs / "r1"), "--out", str(index_dir), "--data-dir", str(tiny_fashion)]
-    assert _cli(monkeypatch, capsys, *args)[0] == 0
+    index_dir = Path(shutil.copytree(tiny_index, tmp_path / "index"))
     plot = tmp_path / "figure.png"
     plot.write_bytes(b"my figure")
     code, err = _cli(
