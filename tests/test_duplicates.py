@@ -65,7 +65,9 @@ def test_groups_equal_the_brute_force_components(bound: float, monkeypatch) -> N
     expected = brute_force(codes, vectors, bound)
     found = {tuple(g.rows.tolist()) for g in find_duplicates(codes, vectors, min_similarity=bound)}
     assert found == expected and expected
-    monkeypatch.setattr(dup, "BLOCK", 3)  # buckets compared in many blocks: the same groups
+    # Every bucket compared block by block, in blocks of 3 rows: the same groups.
+    monkeypatch.setattr(dup, "BLOCK", 3)
+    monkeypatch.setattr(dup, "SMALL_BUCKET", 1)
     blocked = find_duplicates(codes, vectors.astype(np.float16), min_similarity=bound)
     assert {tuple(g.rows.tolist()) for g in blocked} == expected
 

@@ -30,6 +30,9 @@ from quantrieve.errors import QuantrieveError
 DEFAULT_MIN_SIMILARITY = 0.99
 #: Rows compared at a time inside one bucket (a BLOCK x BLOCK float32 matrix).
 BLOCK = 2048
+#: Buckets up to this size are compared together, as arrays of pairs, PAIR_CHUNK at a time.
+SMALL_BUCKET = 8
+PAIR_CHUNK = 1 << 16
 
 Progress = Callable[[int, int], None]
 
@@ -83,14 +86,48 @@ class _UnionFind:
         self.weakest[root] = min(self.weakest[root], self.weakest[child], similarity)
 
 
-def _buckets(keys: np.ndarray) -> list[np.ndarray]:
-    """Rows grouped by equal key rows (only groups of two or more)."""
+def _bucket_bounds(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, starts, sizes): rows sorted by key, and where each run of equal keys starts."""
     flat = np.ascontiguousarray(keys).view(np.dtype((np.void, keys.shape[1]))).ravel()
     order = np.argsort(flat, kind="stable")
     sorted_keys = flat[order]
     starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    sizes = np.diff(np.r_[starts, len(order)])
+    return order, starts, np.diff(np.r_[starts, len(order)])
+
+
+def _buckets(keys: np.ndarray) -> list[np.ndarray]:
+    """Rows grouped by equal key rows (only groups of two or more)."""
+    order, starts, sizes = _bucket_bounds(keys)
     return [order[s : s + n] for s, n in zip(starts, sizes, strict=True) if n > 1]
+
+
+def _compare_buckets(
+    unit: np.ndarray,
+    keys: np.ndarray,
+    min_similarity: float,
+    groups: _UnionFind,
+    skip: np.ndarray | None = None,
+) -> None:
+    """Compare the rows within every bucket of equal ``keys``: small buckets (most of them)
+    all at once, as arrays of pairs; large ones block by block (:func:`_join_similar`)."""
+    order, starts, sizes = _bucket_bounds(keys)
+    for size in range(2, SMALL_BUCKET + 1):
+        first = starts[sizes == size]
+        if not len(first):
+            continue
+        rows = np.sort(order[first[:, None] + np.arange(size)], axis=1)  # (buckets, size)
+        i, j = np.triu_indices(size, k=1)
+        a, b = rows[:, i].ravel(), rows[:, j].ravel()  # pairs, bucket by bucket
+        if skip is not None:
+            differ = skip[a] != skip[b]
+            a, b = a[differ], b[differ]
+        for chunk in range(0, len(a), PAIR_CHUNK):
+            ca, cb = a[chunk : chunk + PAIR_CHUNK], b[chunk : chunk + PAIR_CHUNK]
+            similarity = np.einsum("nd,nd->n", unit[ca], unit[cb])
+            for k in np.flatnonzero(similarity >= min_similarity).tolist():
+                groups.union(int(ca[k]), int(cb[k]), float(similarity[k]))
+    for s, n in zip(starts[sizes > SMALL_BUCKET], sizes[sizes > SMALL_BUCKET], strict=True):
+        _join_similar(unit, order[s : s + n], min_similarity, groups, skip)
 
 
 def _unit(embeddings: np.ndarray) -> np.ndarray:
@@ -176,12 +213,10 @@ def find_duplicates(
         masks: list[int | None] = [None, *range(codes.shape[1] if codes.shape[1] > 1 else 0)]
         for done, masked in enumerate(masks, start=1):
             if masked is None:
-                for rows in _buckets(codes):
-                    _join_similar(unit, rows, min_similarity, groups)
+                _compare_buckets(unit, codes, min_similarity, groups)
             else:
                 keys, book = np.delete(codes, masked, axis=1), codes[:, masked]
-                for rows in _buckets(keys):
-                    _join_similar(unit, rows, min_similarity, groups, skip=book)
+                _compare_buckets(unit, keys, min_similarity, groups, skip=book)
             if progress is not None:
                 progress(done, len(masks))
     roots = np.array([groups.find(row) for row in range(n)], dtype=np.int64)
