@@ -33,13 +33,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import strategies as st
 from PIL import Image
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import schemathesis
-    from schemathesis.engine import Status, events
 
 from quantrieve.serve import ServeOptions, create_app
 from quantrieve.serve.schemas import IMAGE_TYPES
@@ -55,36 +49,43 @@ FORMATS["image/webp"] = "WEBP"
 assert set(FORMATS) == set(IMAGE_TYPES)
 
 
-def _image(kind: str):
-    """Small real image files of one type: random size, mode and pixels."""
+def _register_image_files() -> None:
+    """Tell schemathesis how to draw each image type: 1 to max_batch small real files.
 
-    @st.composite
-    def draw(draw_from: st.DrawFn) -> bytes:
-        width = draw_from(st.integers(1, 24))
-        height = draw_from(st.integers(1, 24))
-        mode = draw_from(st.sampled_from(["L", "RGB"]))
-        seed = draw_from(st.integers(0, 2**16))
-        shape = (height, width) if mode == "L" else (height, width, 3)
-        pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode).save(buffer, format=FORMATS[kind])
-        return buffer.getvalue()
+    schemathesis puts one draw of a part's media-type strategy in place of the whole ``images``
+    array, and sends a lone value of an array property as a plain field without a file name
+    (which servers, starlette included, read as text). So the strategy draws the array: 1 to
+    max_batch image files of the type, each sent as a file part of that content type.
+    (Imported here, not at module level: the fast test subset never pays for schemathesis.)
+    """
+    import schemathesis
+    from hypothesis import strategies as st
 
-    return draw()
+    def image(kind: str) -> Any:
+        @st.composite
+        def draw(draw_from: st.DrawFn) -> bytes:
+            width = draw_from(st.integers(1, 24))
+            height = draw_from(st.integers(1, 24))
+            mode = draw_from(st.sampled_from(["L", "RGB"]))
+            seed = draw_from(st.integers(0, 2**16))
+            shape = (height, width) if mode == "L" else (height, width, 3)
+            pixels = np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels, mode).save(buffer, format=FORMATS[kind])
+            return buffer.getvalue()
 
+        return draw()
 
-# schemathesis puts one draw of a part's media-type strategy in place of the whole ``images``
-# array, and sends a lone value of an array property as a plain field without a file name (which
-# servers, starlette included, read as text). So the strategy draws the array: 1 to max_batch
-# image files of the type, each sent as a file part of that content type.
-for _kind in IMAGE_TYPES:
-    schemathesis.openapi.media_type(
-        _kind, st.lists(_image(_kind), min_size=1, max_size=OPTIONS.max_batch)
-    )
+    for kind in IMAGE_TYPES:
+        schemathesis.openapi.media_type(
+            kind, st.lists(image(kind), min_size=1, max_size=OPTIONS.max_batch)
+        )
 
 
 def _failures(recorder: Any) -> list[str]:
     """The failed checks of one scenario, one line each (operation, check, status, message)."""
+    from schemathesis.engine import Status
+
     lines = []
     for case_id, checks in recorder.checks.items():
         for check in checks:
@@ -105,6 +106,12 @@ def _failures(recorder: Any) -> list[str]:
 
 @pytest.mark.slow
 def test_the_service_keeps_its_openapi_contract(tiny_index: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import schemathesis
+        from schemathesis.engine import events
+
+    _register_image_files()
     index_dir = Path(shutil.copytree(tiny_index, tmp_path / "index"))
     config = schemathesis.Config.from_dict(
         {
