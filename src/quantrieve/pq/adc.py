@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from quantrieve.pq.fastscan import FastScan, fastscan_supported
 from quantrieve.pq.ranking import query_chunks, topk_smallest
 
 DISTANCES = ("l2", "sqeuclidean")
@@ -120,6 +121,23 @@ class GatherADC:
             dist[:, cols] = block
         return dist
 
+    def rows(self, tables: Tensor, rows: Tensor) -> Tensor:
+        """Distances (Q, C) of each query to its own ``rows`` (Q, C): bit-identical to the same
+        columns of ``self(tables)`` (the same pair tables, added in the same order)."""
+        if tables.shape[1] != self.num_books:
+            raise ValueError(f"tables have {tables.shape[1]} books, codes {self.num_books}")
+        parts = self._tables(tables.float())
+        keys = self.keys.index_select(1, rows.reshape(-1)).long().reshape(-1, *rows.shape)
+        out = parts[0].gather(1, keys[0])
+        for part, column in zip(parts[1:], keys[1:], strict=True):
+            out += part.gather(1, column)
+        return out
+
+
+#: The largest one-hot matrix :class:`ADCScorer` builds by default (256 MB: about 500,000 items
+#: at M = 8, K = 16); beyond it, it gathers.
+MAX_ONEHOT_BYTES = 2**28
+
 
 class ADCScorer:
     """Fast ADC against a fixed set of codes, for scoring many query chunks.
@@ -130,7 +148,11 @@ class ADCScorer:
     BLAS instead of M gathers. Otherwise (large N) it gathers with :class:`GatherADC`.
     """
 
-    def __init__(self, codes: Tensor, num_codewords: int, max_onehot_bytes: int = 2**28) -> None:
+    def __init__(
+        self, codes: Tensor, num_codewords: int, max_onehot_bytes: int | None = None
+    ) -> None:
+        if max_onehot_bytes is None:
+            max_onehot_bytes = MAX_ONEHOT_BYTES
         self.codes = codes
         n, m = codes.shape
         self.onehot: Tensor | None = None
@@ -183,6 +205,11 @@ SMALL_BATCH = 8
 # than one at a time.
 SEARCH_BUDGET = 2**26
 
+# Items from which a chunk of queries that the exact path would score by gathering takes the
+# certified 4-bit scan instead (:mod:`quantrieve.pq.fastscan`, K = 16 only): the same top-k,
+# faster from about this size on (benchmarks/fastscan.py).
+FASTSCAN_MIN_ITEMS = 200_000
+
 
 class CodeSearcher:
     """Exact top-k ADC search over a fixed set of codes, with its per-codes state built once.
@@ -196,23 +223,46 @@ class CodeSearcher:
     queries always takes the same path, so a search repeated with the same queries returns the
     same result.
 
+    With ``fastscan`` (the default), 4-bit codes (K = 16) of at least
+    :data:`FASTSCAN_MIN_ITEMS` items are searched, wherever the exact path would gather, by the
+    certified 4-bit scan of :class:`~quantrieve.pq.fastscan.FastScan`: candidates from faiss's
+    FastScan, re-scored by the gather's own arithmetic, and a bound on the 8-bit rounding
+    proving no other item can enter the top-k. The result is the exact path's, bit for bit.
+
     Args:
         codebooks: (M, K, d).
         codes: uint8 (N, M).
+        fastscan: allow the certified 4-bit scan where it applies.
     """
 
-    def __init__(self, codebooks: Tensor, codes: Tensor) -> None:
+    def __init__(self, codebooks: Tensor, codes: Tensor, fastscan: bool = True) -> None:
         self.codebooks = codebooks
         self.codes = codes
         self._gather: GatherADC | None = None
         self._scorer: ADCScorer | None = None
+        num_items, num_books = codes.shape
+        self.fastscan = (
+            fastscan
+            and num_items >= FASTSCAN_MIN_ITEMS
+            and fastscan_supported(num_books, codebooks.shape[1], num_items)
+        )
+        self._fast: FastScan | None = None
+
+    def _gathers(self, num_queries: int) -> bool:
+        """Whether :meth:`distances` scores a chunk of ``num_queries`` by gathering."""
+        num_items, num_books = self.codes.shape
+        onehot = num_items * num_books * self.codebooks.shape[1] * 4
+        return num_queries <= SMALL_BATCH or onehot > MAX_ONEHOT_BYTES
+
+    def _gatherer(self) -> GatherADC:
+        if self._gather is None:
+            self._gather = GatherADC(self.codes, self.codebooks.shape[1])
+        return self._gather
 
     def distances(self, tables: Tensor) -> Tensor:
         """Distances (Q, N) from look-up tables (Q, M, K), by the path the chunk size picks."""
         if len(tables) <= SMALL_BATCH:
-            if self._gather is None:
-                self._gather = GatherADC(self.codes, self.codebooks.shape[1])
-            return self._gather(tables)
+            return self._gatherer()(tables)
         if self._scorer is None:
             self._scorer = ADCScorer(self.codes, self.codebooks.shape[1])
             if self._scorer.gather is not None:
@@ -225,14 +275,22 @@ class CodeSearcher:
         """Build the per-codes state now (e.g. before a new index version takes searches)."""
         self.distances(torch.zeros(1, *self.codebooks.shape[:2]))
         self.distances(torch.zeros(SMALL_BATCH + 1, *self.codebooks.shape[:2]))
+        if self.fastscan:
+            self._fastscan()
         return self
+
+    def _fastscan(self) -> FastScan:
+        if self._fast is None:
+            self._fast = FastScan(self.codes)
+        return self._fast
 
     def nbytes(self) -> int:
         """Memory of the per-codes state built so far, besides the codes themselves."""
         gather = self._gather.nbytes() if self._gather is not None else 0
         scorer = self._scorer.nbytes() if self._scorer is not None else 0
         shared = self._scorer is not None and self._scorer.gather is self._gather
-        return scorer + (0 if shared else gather)
+        fast = self._fast.nbytes() if self._fast is not None else 0
+        return scorer + (0 if shared else gather) + fast
 
     def search(self, queries: Tensor, k: int, distance: str = "l2") -> tuple[Tensor, Tensor]:
         """Top-k coded items for each query: (distances, indices), both (Q, min(k, N))."""
@@ -241,8 +299,13 @@ class CodeSearcher:
             return empty, empty.long()
         out_d, out_i = [], []
         for chunk in query_chunks(len(queries), len(self.codes), SEARCH_BUDGET):
-            dist = self.distances(lookup_tables(queries[chunk], self.codebooks, distance))
-            d, i = topk_smallest(dist, k)
+            tables = lookup_tables(queries[chunk], self.codebooks, distance)
+            if self.fastscan and self._gathers(len(tables)):
+                gather = self._gatherer()
+                found = self._fastscan().search(tables, k, gather.rows, gather)
+                d, i = found.distances, found.indices
+            else:
+                d, i = topk_smallest(self.distances(tables), k)
             out_d.append(d)
             out_i.append(i)
         if not out_d:

@@ -1,0 +1,191 @@
+"""The certified 4-bit scan (quantrieve.pq.fastscan) returns the exact top-k, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from quantrieve.index.pq_index import PQIndex
+from quantrieve.pq import CodeSearcher, GatherADC, lookup_tables, topk_smallest
+from quantrieve.pq import adc as adc_module
+from quantrieve.pq.fastscan import (
+    FastScan,
+    _new_index,
+    _one_hot,
+    _table_bytes,
+    build_fastscan_index,
+    fastscan_supported,
+)
+
+M, K, D = 8, 16, 4
+
+
+def _exact(tables: torch.Tensor, codes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return topk_smallest(GatherADC(codes, K)(tables), k)
+
+
+def _fast(tables: torch.Tensor, codes: torch.Tensor, k: int, scan: FastScan | None = None):
+    gather = GatherADC(codes, K)
+    return (scan or FastScan(codes)).search(tables, k, gather.rows, gather)
+
+
+def _queries(codebooks: torch.Tensor, num: int, gen: torch.Generator) -> torch.Tensor:
+    """Queries near random codewords, so each has close neighbours."""
+    books = codebooks.shape[0]
+    picks = torch.randint(0, K, (num, books), generator=gen)
+    near = codebooks[torch.arange(books), picks].reshape(num, -1)
+    return near + 0.3 * torch.randn(num, near.shape[1], generator=gen)
+
+
+@pytest.mark.parametrize("books", [8, 7, 2])
+def test_packing_matches_faiss_add(books: int) -> None:
+    codes = np.random.default_rng(books).integers(0, K, (1000, books)).astype(np.uint8)
+    ours = build_fastscan_index(codes)
+    theirs = _new_index(books)
+    theirs.add(_one_hot(codes))
+    assert np.array_equal(_table_bytes(ours), _table_bytes(theirs))
+    assert (ours.ntotal, ours.ntotal2) == (theirs.ntotal, theirs.ntotal2)
+
+
+def test_supported_shapes() -> None:
+    assert fastscan_supported(8, 16, 10)
+    assert not fastscan_supported(8, 8, 10)
+    assert not fastscan_supported(8, 256, 10)
+    assert not fastscan_supported(8, 16, 0)
+    assert not fastscan_supported(300, 16, 10)
+
+
+@pytest.mark.parametrize("distance", ["sqeuclidean", "l2"])
+def test_random_codes_match_exact(distance: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    codes = torch.randint(0, K, (3000, M), generator=gen, dtype=torch.uint8)
+    codebooks = torch.randn(M, K, D, generator=gen)
+    tables = lookup_tables(_queries(codebooks, 12, gen), codebooks, distance)
+    scan = FastScan(codes)
+    for k in (1, 2, 10, 100, 1000, 5000):
+        found = _fast(tables, codes, k, scan)
+        d, i = _exact(tables, codes, k)
+        assert torch.equal(found.indices, i), k
+        assert torch.equal(found.distances, d), k
+        assert found.distances.shape == (12, min(k, 3000))
+    small = _fast(tables, codes, 10, scan)
+    assert (small.rounds >= 1).all() and not small.exhaustive.any()
+
+
+@pytest.mark.parametrize("distance", ["sqeuclidean", "l2"])
+def test_ties_match_exact(distance: str) -> None:
+    """Many equal codes (every row is one of 5) and tables with equal entries: the top-k's
+    ties straddle every cut, and ties go to the lower row."""
+    gen = torch.Generator().manual_seed(2)
+    distinct = torch.randint(0, K, (5, M), generator=gen, dtype=torch.uint8)
+    codes = distinct[torch.randint(0, 5, (4000,), generator=gen)]
+    codebooks = torch.randn(M, K, D, generator=gen)
+    codebooks[:, 8:] = codebooks[:, :8]  # equal table entries within each book
+    tables = lookup_tables(_queries(codebooks, 6, gen), codebooks, distance)
+    integer = torch.randint(0, 3, (6, M, K), generator=gen).float()  # equal sums everywhere
+    scan = FastScan(codes)
+    for tab in (tables, integer, torch.zeros(2, M, K)):
+        for k in (1, 3, 64, 700, 1000):
+            found = _fast(tab, codes, k, scan)
+            d, i = _exact(tab, codes, k)
+            assert torch.equal(found.indices, i), k
+            assert torch.equal(found.distances, d), k
+
+
+def test_close_distances_match_exact() -> None:
+    """Tables whose per-book span is far below the offset, and one book dominating the scale:
+    the rounding error is large against the gaps, so certificates fail and k' grows."""
+    gen = torch.Generator().manual_seed(3)
+    codes = torch.randint(0, K, (5000, M), generator=gen, dtype=torch.uint8)
+    base = torch.rand(4, M, K, generator=gen)
+    base[:, 0] *= 1000.0  # one book sets the 8-bit step: the others round to a few levels
+    offset = 1e4 + torch.rand(4, M, K, generator=gen) * 1e-2
+    scan = FastScan(codes)
+    for tab in (base, offset):
+        for k in (1, 10, 100):
+            found = _fast(tab, codes, k, scan)
+            d, i = _exact(tab, codes, k)
+            assert torch.equal(found.indices, i)
+            assert torch.equal(found.distances, d)
+
+
+def test_rounding_bound_holds_for_every_item() -> None:
+    """The lower bound the certificate uses, offset - accu / a, is below every item's float32
+    distance, and within the 8-bit step of it (adversarial tables included)."""
+    gen = torch.Generator().manual_seed(4)
+    codes = torch.randint(0, K, (20000, M), generator=gen, dtype=torch.uint8)
+    scan = FastScan(codes)
+    gather = GatherADC(codes, K)
+    wide = torch.rand(3, M, K, generator=gen)
+    wide[:, 3] *= 1e3
+    tables = [
+        torch.rand(3, M, K, generator=gen),
+        wide,
+        1e4 + torch.rand(3, M, K, generator=gen),
+        torch.randint(0, 2, (3, M, K), generator=gen).float() * 255.0,
+        torch.rand(3, M, K, generator=gen) ** 8,
+    ]
+    flat = (codes.long() + torch.arange(M) * K).reshape(1, -1)
+    for tab in tables:
+        qtab, inv, offset, _ = scan.bounds(tab)
+        accu = qtab.gather(1, flat.expand(len(tab), -1)).reshape(len(tab), -1, M).sum(2)
+        bound = offset[:, None] - accu.double() * inv[:, None]
+        dist = gather(tab).double()
+        assert (dist > bound).all()
+        # Tight: at most about one 8-bit step per book above the bound.
+        assert ((dist - bound) <= (M + 1) * inv[:, None] + 1e-3 * dist.abs()).all()
+
+
+def test_searcher_takes_the_fast_path_with_identical_results(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    gen = torch.Generator().manual_seed(5)
+    codes = torch.randint(0, K, (6000, M), generator=gen, dtype=torch.uint8)
+    codebooks = torch.randn(M, K, D, generator=gen)
+    queries = _queries(codebooks, 20, gen)
+    monkeypatch.setattr(adc_module, "FASTSCAN_MIN_ITEMS", 0)
+    fast = CodeSearcher(codebooks, codes)
+    slow = CodeSearcher(codebooks, codes, fastscan=False)
+    assert fast.fastscan and not slow.fastscan
+    for distance in ("sqeuclidean", "l2"):
+        for num in (1, 5, 20):  # 20: the one-hot product, not the fast path
+            for k in (1, 10, 1000):
+                got = fast.search(queries[:num], k, distance)
+                want = slow.search(queries[:num], k, distance)
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert fast._fast is not None and fast.nbytes() > slow.nbytes()
+    # Where the one-hot matrix does not fit, every chunk gathers: batches take the fast path.
+    monkeypatch.setattr(adc_module, "MAX_ONEHOT_BYTES", 1)
+    fast = CodeSearcher(codebooks, codes)
+    slow = CodeSearcher(codebooks, codes, fastscan=False)
+    got, want = fast.search(queries, 50), slow.search(queries, 50)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_small_or_wide_codes_keep_the_exact_path() -> None:
+    codebooks = torch.randn(M, K, D)
+    assert not CodeSearcher(codebooks, torch.zeros(100, M, dtype=torch.uint8)).fastscan
+    wide = torch.randn(M, 256, D)
+    codes = torch.zeros(adc_module.FASTSCAN_MIN_ITEMS, M, dtype=torch.uint8)
+    assert not CodeSearcher(wide, codes).fastscan
+
+
+def test_index_row_subsets_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An index's live rows (deleted items gone) are what the fast path scans."""
+    rng = np.random.default_rng(6)
+    codes = rng.integers(0, K, (5000, M)).astype(np.uint8)
+    codes[::7] = codes[0]  # repeated codes: ties across the subset
+    codebooks = rng.standard_normal((M, K, D)).astype(np.float32)
+    index = PQIndex(codebooks=codebooks, codes=codes, ids=[str(i) for i in range(5000)])
+    keep = rng.random(5000) > 0.3
+    subset = index.with_rows(index.codes, index.ids, None, None, None, keep=keep)
+    queries = torch.from_numpy(rng.standard_normal((4, M * D)).astype(np.float32))
+    want = {d: subset.search(queries, 100, distance=d) for d in ("l2", "sqeuclidean")}
+    monkeypatch.setattr(adc_module, "FASTSCAN_MIN_ITEMS", 0)
+    fresh = index.with_rows(index.codes, index.ids, None, None, None, keep=keep)
+    for distance, (d, i) in want.items():
+        for num in (1, 4):
+            got_d, got_i = fresh.search(queries[:num], 100, distance=distance)
+            assert fresh.searcher().fastscan
+            assert torch.equal(got_i, i[:num]) and torch.equal(got_d, d[:num])
