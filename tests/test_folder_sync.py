@@ -3,6 +3,7 @@ to rather than copied, the same item numbers in the API, the command line and th
 
 from __future__ import annotations
 
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -199,3 +200,47 @@ def test_an_index_follows_its_folder_to_a_new_place(folder_index: Path, tmp_path
         assert client.get(f"/items/{low_item}/image").status_code == 200
     with pytest.raises(QuantrieveError, match="no such folder"):
         sync_folder(index_dir, folder=tmp_path / "nowhere")
+
+
+@pytest.mark.slow
+def test_a_sync_killed_before_its_commit_loses_nothing(folder_index: Path, tmp_path: Path) -> None:
+    """SIGKILL between a sync's new segment file and its manifest: the index opens as it was,
+    the orphan file is cleared, and the next sync adds the files."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    index_dir = Path(shutil.copytree(folder_index, tmp_path / "index"))
+    sync_folder(index_dir, workers=1)  # in step with the folder (earlier tests changed it)
+    root = Path(open_live(index_dir).index.meta["source"]["root"])
+    manifest = index_dir / "segments" / "manifest.json"
+    before, keys = manifest.read_bytes(), open_live(index_dir).keys.tolist()
+    new = [root / "high" / f"killed-{i}.png" for i in range(3)]
+    try:
+        for i, path in enumerate(new):
+            photo(path, 1, 5100 + i)
+        code = "import sys; from quantrieve.cli import main; sys.argv[0] = 'quantrieve'; main()"
+        env = {**os.environ, "QUANTRIEVE_TEST_COMMIT_DELAY": "60"}
+        process = subprocess.Popen(
+            [sys.executable, "-c", code, "sync", str(index_dir), "--device", "cpu"], env=env
+        )
+        named = {s["file"] for s in json.loads(before)["segments"]}
+        deadline = time.monotonic() + 120
+        orphan = []
+        while not orphan and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+            orphan = [p for p in (index_dir / "segments").glob("seg-*.npz") if p.name not in named]
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert orphan, "the sync never wrote its segment"
+        assert manifest.read_bytes() == before
+        assert open_live(index_dir).keys.tolist() == keys  # nothing half-done is visible
+        report = sync_folder(index_dir, workers=1)
+        assert len(report.added) == 3
+        named = {s["file"] for s in json.loads(manifest.read_bytes())["segments"]}
+        assert {p.name for p in (index_dir / "segments").glob("seg-*.npz")} == named
+    finally:
+        for path in new:
+            path.unlink(missing_ok=True)

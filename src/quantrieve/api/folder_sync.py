@@ -36,7 +36,7 @@ from quantrieve.errors import QuantrieveError
 from quantrieve.index.format import image_fingerprints
 from quantrieve.index.live import LiveIndex, open_live
 from quantrieve.index.segment_files import ADDED_PREFIX, NewItems
-from quantrieve.index.writer import IndexWriter
+from quantrieve.index.writer import IndexWriter, commit_pause
 
 Progress = Callable[[int, int], None]
 #: Items appended per segment (and encoded per batch) by a sync.
@@ -175,7 +175,7 @@ def add_files(
             missing, or is already an item (sync replaces changed files).
     """
     retriever = Retriever.load(index_dir, device=device, need_index=True)
-    with IndexWriter(index_dir) as writer:
+    with IndexWriter(index_dir, before_commit=commit_pause()) as writer:
         live = open_live(index_dir)
         root = folder_root(live)
         missing = [str(p) for p in paths if not Path(p).is_file()]
@@ -221,7 +221,7 @@ def sync_folder(
             unchanged files keep their items). None: the folder the index records.
     """
     retriever = Retriever.load(index_dir, device=device, need_index=True)
-    with IndexWriter(index_dir) as writer:
+    with IndexWriter(index_dir, before_commit=commit_pause()) as writer:
         live = open_live(index_dir)
         if folder is not None:
             folder_root(live, must_exist=False)  # an image-folder index, wherever it was

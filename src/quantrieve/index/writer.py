@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import math
+import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
@@ -31,10 +33,25 @@ from quantrieve.index.segment_files import (
 from quantrieve.runtime.atomic import atomic_write_json, fsync_dir
 
 LOCK_FILE = ".lock"
+#: Tests' fault injection: seconds to pause between a change's files and its manifest.
+COMMIT_DELAY_ENV = "QUANTRIEVE_TEST_COMMIT_DELAY"
 #: Segments of one size tier merged into one when this many sit side by side (as Lucene's
 #: log merge policy): 10,000 single adds leave at most about MERGE_FACTOR files per tier, and
 #: log_{MERGE_FACTOR}(added items) tiers.
 MERGE_FACTOR = 10
+
+
+def commit_pause() -> Callable[[], None] | None:
+    """A ``before_commit`` that sleeps ``$QUANTRIEVE_TEST_COMMIT_DELAY`` seconds, or None: lets
+    a test kill a process between a change's durable files and its manifest."""
+    delay = float(os.environ.get(COMMIT_DELAY_ENV) or 0)
+    if delay <= 0:
+        return None
+
+    def pause() -> None:
+        time.sleep(delay)
+
+    return pause
 
 
 def merge_plan(sizes: Sequence[int], factor: int = MERGE_FACTOR) -> tuple[int, int] | None:

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
 from quantrieve.errors import QuantrieveError
+from quantrieve.index.writer import commit_pause
 from quantrieve.serve.middleware import (
     BodyLimit,
     BodyTooLargeError,
@@ -56,7 +57,6 @@ log = logging.getLogger("quantrieve.serve")
 # Environment variables read by the app factory used for several worker processes, and by the
 # tests' fault injection (seconds to wait between an add's segment and its manifest).
 OPTIONS_ENV = "QUANTRIEVE_SERVE_OPTIONS"
-COMMIT_DELAY_ENV = "QUANTRIEVE_TEST_COMMIT_DELAY"
 
 TITLE = "quantrieve search service"
 DESCRIPTION = (
@@ -83,7 +83,7 @@ def create_app(
         service: an already loaded service (``index_dir`` and ``options`` are then its own).
     """
     if service is None:
-        service = SearchService(index_dir, options, before_commit=_commit_pause())
+        service = SearchService(index_dir, options, before_commit=commit_pause())
     opts = service.options
     log.info("serving %s", service.describe())
     loaded = service
@@ -113,19 +113,6 @@ def create_app(
     app.add_middleware(BodyLimit, limit=opts.max_upload_bytes)
     app.add_middleware(RequestMetrics, service=service)
     return app
-
-
-def _commit_pause() -> Callable[[], None] | None:
-    """The tests' fault injection: a pause between an add's segment and its manifest."""
-    delay = float(os.environ.get(COMMIT_DELAY_ENV) or 0)
-    if delay <= 0:
-        return None
-    import time
-
-    def pause() -> None:
-        time.sleep(delay)
-
-    return pause
 
 
 def _limits(service: SearchService) -> Limits:
