@@ -189,7 +189,9 @@ class PQIndex:
 
         The search state (per-book code columns, the one-hot matrix) is built on the first search
         and kept with these codes (:meth:`searcher`), so repeated searches cost a look-up table, a
-        gather or product and a top-k.
+        gather or product and a top-k. With 16 codewords per book and at least
+        :data:`~quantrieve.pq.adc.FASTSCAN_MIN_ITEMS` items, the gathers give way to the
+        certified 4-bit scan (:mod:`quantrieve.pq.fastscan`): the same results, bit for bit.
 
         An index that refines (:attr:`refine`) re-scores the first ``refine_depth`` results
         (default: the index's) with the items' float16 embeddings and orders them by that

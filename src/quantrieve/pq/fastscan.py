@@ -191,11 +191,11 @@ class FastScan:
         self.growth = growth
         self.max_fraction = max_fraction
         self.index = build_fastscan_index(codes.numpy())
-        self._flat = (codes.long() + torch.arange(num_books) * FASTSCAN_CODEWORDS).contiguous()
+        self._book_offsets = torch.arange(num_books) * FASTSCAN_CODEWORDS
 
     def nbytes(self) -> int:
-        """Memory of the packed codes and the flattened code columns used for the bound."""
-        return int(self.index.codes.size()) + self._flat.numel() * self._flat.element_size()
+        """Memory of faiss's packed codes (N * M / 2 bytes; the codes themselves are shared)."""
+        return int(self.index.codes.size())
 
     def _quantized(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """faiss's uint8 tables (Q, M, 16) and scales a (Q,) for these queries."""
@@ -285,7 +285,8 @@ class FastScan:
         rows = rows.clamp_max(self.num_items - 1)
         # faiss's score of every candidate, from its own quantized tables; an item left out
         # scores at most the lowest candidate (at most 0 when some candidates are missing).
-        keys = self._flat.index_select(0, rows.reshape(-1)).reshape(len(rows), -1)
+        picked = self.codes.index_select(0, rows.reshape(-1)).long() + self._book_offsets
+        keys = picked.reshape(len(rows), -1)
         accu = state.qtab[local].gather(1, keys).reshape(len(rows), width, -1).sum(2)
         accu = accu.masked_fill(~valid, 0)
         floor = state.offset[local] - accu.amin(1).double() * state.inv[local]
