@@ -41,3 +41,32 @@ def test_every_validation_records_it(tiny_index) -> None:
         assert 0.0 <= record["self_recall_at_1"] <= record["self_recall_at_10"] <= 1.0
         assert record["self_mean_rank"] >= 1.0 and record["self_queries"] > 0
         assert epochs[record["epoch"]]["val_self"] == record["self_recall_at_10"]
+
+
+def test_an_unlabelled_run_can_keep_its_best_label_free_epoch(tiny_fashion, tmp_path) -> None:
+    """``train.unlabelled_select=self``: the kept epoch is the first best self recall@10."""
+    import json
+
+    from conftest import TINY_RUN
+
+    import quantrieve as qr
+
+    images = qr.read_dataset("fashion-mnist", tiny_fashion)["train"]
+    unlabelled = qr.ImageSet(images.images, None, list(images.ids))
+    overrides = [*TINY_RUN, "train.epochs=3", "train.unlabelled_select=self"]
+    retriever = qr.Retriever.from_preset(
+        "fashion-mnist-cpu", overrides=overrides, device="cpu"
+    ).fit(unlabelled, run_dir=tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    scores = {r["epoch"]: r["self_recall_at_10"] for r in records if r["kind"] == "validation"}
+    assert sorted(scores) == [1, 2, 3] and "map_at_k" not in records[-2]
+    best = max(scores, key=lambda epoch: (scores[epoch], -epoch))
+    assert retriever.model.training_info["epoch"] == best
+    # The default keeps the last epoch, as before; measuring changes nothing in the training.
+    last = qr.Retriever.from_preset(
+        "fashion-mnist-cpu", overrides=[*TINY_RUN, "train.epochs=3"], device="cpu"
+    ).fit(unlabelled, run_dir=tmp_path / "last")
+    assert last.model.training_info["epoch"] == 3
+    plain = [json.loads(line) for line in (tmp_path / "last" / "log.jsonl").open()]
+    losses = [r["loss"] for r in records if r["kind"] == "epoch"]
+    assert losses == [r["loss"] for r in plain if r["kind"] == "epoch"]

@@ -439,6 +439,9 @@ class TrainConfig:
     share, as most self-supervised code does. ``separate_views`` passes the two views of a
     batch through the network one after the other, so batch norm normalises each view's batch
     on its own (as the HQC authors' code); off, both views go through one pass of 2B images.
+    ``unlabelled_select``: which epoch an unlabelled run keeps: ``last``, or ``self``, the best
+    label-free validation (augmented copies of training images finding their originals;
+    docs/method.md, "Choosing an epoch without labels"). Labelled runs choose by validation mAP.
     """
 
     epochs: int = 20
@@ -455,9 +458,15 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     sync_batchnorm: bool = False
     separate_views: bool = False
+    unlabelled_select: str = "last"
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(
+            self.unlabelled_select in UNLABELLED_SELECT,
+            "train.unlabelled_select",
+            f"one of {UNLABELLED_SELECT}, got {self.unlabelled_select!r}",
+        )
         _check(self.batch_size >= 2, "train.batch_size", "must be >= 2 (in-batch negatives)")
         _check(self.lr > 0, "train.lr", "must be > 0")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
@@ -475,6 +484,10 @@ class TrainConfig:
             "train.device",
             "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'",
         )
+
+
+#: How an unlabelled run chooses its epoch (``train.unlabelled_select``).
+UNLABELLED_SELECT = ("last", "self")
 
 
 @dataclass

@@ -89,6 +89,7 @@ EpochCallback = Callable[["EpochSummary"], None]
 TOP_RESULTS = 10
 # The label-free signal: database images sampled per validation, and its seed's offset.
 SELF_QUERIES = 500
+SELF_DATABASE = 5000  # unlabelled runs: the training images the copies search among
 SELF_SEED_OFFSET = 7919
 
 
@@ -260,6 +261,7 @@ class Trainer:
         self._last_val_self: float | None = None
         self.epoch = 0
         self.best_val_map = -math.inf
+        self.best_val_self = -math.inf  # unlabelled runs choosing by the label-free signal
         self.best_epoch = 0
 
     def _record_start(self, side: int, channels: int) -> None:
@@ -343,6 +345,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_val_map": self.best_val_map,
+            "best_val_self": self.best_val_self,
             "best_epoch": self.best_epoch,
             "config": self.config.to_dict(),
         }
@@ -366,6 +369,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.best_val_map = state["best_val_map"]
+        self.best_val_self = state.get("best_val_self", -math.inf)  # older checkpoints
         self.best_epoch = state["best_epoch"]
         self.run.drop_unfinished_epoch_records(self.epoch)
 
@@ -503,6 +507,18 @@ class Trainer:
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
                 self.run.keep(self.model, {"epoch": epoch, "val_map": val_map})
+        elif (
+            self.place.is_main
+            and self.split is None
+            and t.eval_every
+            and t.unlabelled_select == "self"
+            and (epoch % t.eval_every == 0 or epoch == t.epochs)
+        ):
+            # Unlabelled: the label-free signal chooses (train.unlabelled_select = self).
+            val_self = self.validate_without_labels()
+            if val_self > self.best_val_self:
+                self.best_val_self, self.best_epoch = val_self, epoch
+                self.run.keep(self.model, {"epoch": epoch, "val_self": val_self})
         elif self.place.is_main and (self.split is None or not t.eval_every):
             # No validation (unlabelled data or eval_every = 0): keep the latest weights.
             self.best_epoch = epoch
@@ -566,6 +582,29 @@ class Trainer:
             }
         )
         return result.map_at_k
+
+    @torch.no_grad()
+    def validate_without_labels(self) -> float:
+        """The label-free signal of an unlabelled run: a fixed sample of up to
+        :data:`SELF_DATABASE` training images is encoded, and augmented copies of up to
+        :data:`SELF_QUERIES` of them search for their originals; returns self recall@10."""
+        n = len(self.train_set)
+        seed = self.config.train.seed + SELF_SEED_OFFSET
+        db_idx = np.sort(
+            np.random.default_rng(seed).choice(n, min(SELF_DATABASE, n), replace=False)
+        )
+        amp = self.config.train.amp
+        db = embed_images(self.model, self.train_set.images, self.device, amp=amp, indices=db_idx)
+        codebooks = self.model.quantizer.codebooks.detach().float().cpu()
+        codes = self.model.quantizer.encode(db.to(self.device)).cpu()
+        found = self.self_retrieval(db_idx, codes, codebooks)
+        usage = code_usage(codes, self.config.model.num_codewords)
+        self._last_usage["validation sample"] = (self.epoch, usage)
+        self.run.log(
+            {"kind": "validation", "epoch": self.epoch, **found.to_dict(),
+             "code_usage": usage.to_dict()}
+        )  # fmt: skip
+        return found.recall_at_10
 
     @torch.no_grad()
     def self_retrieval(
