@@ -73,8 +73,8 @@ def test_health_stats_metrics_page_and_openapi(client: TestClient) -> None:
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
-    assert "quantrieve_items 320" in text and "quantrieve_queries_total 1" in text
-    assert 'quantrieve_search_latency_seconds{quantile="0.5"}' in text
+    assert "quantrieve_index_items 320.0" in text and "quantrieve_queries_total 1.0" in text
+    assert "quantrieve_search_duration_seconds_count 1.0" in text
     assert 'route="/search",status="200"' in text
     for line in text.splitlines():  # every sample line is "name{labels} number"
         if line and not line.startswith("#"):

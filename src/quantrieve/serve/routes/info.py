@@ -5,10 +5,10 @@ from __future__ import annotations
 from importlib import resources
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 
 from quantrieve.serve.dependencies import Service, no_query_parameters
-from quantrieve.serve.metrics import resident_memory_bytes
+from quantrieve.serve.metrics import CONTENT_TYPE
 from quantrieve.serve.routes.common import refusals
 from quantrieve.serve.schemas import HealthResponse, StatsResponse
 
@@ -20,7 +20,7 @@ PAGE_HEADERS = {
     "style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'",
     "X-Content-Type-Options": "nosniff",
 }
-PROMETHEUS_TEXT = "text/plain; version=0.0.4"
+PROMETHEUS_TEXT = "text/plain; version=0.0.4"  # CONTENT_TYPE, less its charset
 
 
 @page_router.get("/", response_class=HTMLResponse)
@@ -61,14 +61,14 @@ def stats(service: Service) -> StatsResponse:
     },
     summary="Prometheus metrics",
 )
-def metrics(service: Service) -> PlainTextResponse:
-    """Request counts by route and status, search latency, and gauges of the index."""
+def metrics(service: Service) -> Response:
+    """Requests by route and status, request and search latency histograms, the index's
+    gauges, the process (CPU, memory) and the build (``quantrieve.serve.metrics``)."""
     live = service.live
     gauges = {
-        "quantrieve_items": (len(live), "Items in the served index."),
-        "quantrieve_index_version": (live.generation, "Generation of the served index."),
-        "quantrieve_deleted_items": (len(live.deleted), "Deleted items not yet compacted."),
-        "quantrieve_segments": (len(live.segments), "Appended segments."),
-        "process_resident_memory_bytes": (resident_memory_bytes(), "Resident memory."),
+        "quantrieve_index_items": (len(live), "Items in the served index."),
+        "quantrieve_index_generation": (live.generation, "Generation (version) of the index."),
+        "quantrieve_index_segments": (len(live.segments), "Appended segments."),
+        "quantrieve_index_deleted_items": (len(live.deleted), "Deleted items not yet compacted."),
     }
-    return PlainTextResponse(service.metrics.prometheus(gauges), media_type=PROMETHEUS_TEXT)
+    return Response(service.metrics.exposition(gauges), media_type=CONTENT_TYPE)
