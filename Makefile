@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DATA_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 
-.PHONY: venv demo test test-fast lint data browser clean
+.PHONY: venv demo test test-fast wheel-test lint data browser clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ test: venv browser
 # every module, about a minute of CPU (of it ~15 s imports and collection).
 test-fast: venv
 	$(PY) -m pytest -m "not slow"
+
+# The wheel as users get it (.ci/wheel-smoke): build the sdist and wheel, install the wheel with
+# [serve] into a fresh environment outside the tree, then train, encode, search and serve /health
+# from a temporary folder (a few minutes, most of it installing torch).
+wheel-test: venv
+	PYTHON=$(PY) TORCH_SPEC="$(TORCH_SPEC)" TORCH_INDEX="$(TORCH_INDEX)" bash .ci/wheel-smoke
 
 lint: venv
 	$(PY) -m ruff check src tests benchmarks
