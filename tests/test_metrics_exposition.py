@@ -81,6 +81,9 @@ def test_metrics_after_searches(client: TestClient) -> None:
     assert value(parsed, requests, total, method="POST", route="/search", status="200") == 3
     assert value(parsed, requests, total, method="POST", route="/search", status="422") == 1
     assert value(parsed, requests, total, method="GET", route="/items/{item}", status="404") == 1
+    duration = "quantrieve_http_request_duration_seconds"  # every request is timed
+    assert value(parsed, duration, f"{duration}_count", method="POST", route="/search") == 4
+    assert value(parsed, duration, f"{duration}_count", method="GET", route="/items/{item}") == 1
     assert value(parsed, "quantrieve_queries", "quantrieve_queries_total") == 5
     assert value(parsed, "quantrieve_items_added", "quantrieve_items_added_total") == 0
 

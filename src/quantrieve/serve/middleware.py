@@ -7,6 +7,7 @@ refused before any route reads it, and every answer, refusals included, is count
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -83,7 +84,8 @@ async def _send_json(send: Send, status: int, detail: str) -> None:
 
 
 class RequestMetrics:
-    """Count every request by method, route template (never the raw path) and status."""
+    """Count every request by method, route template (never the raw path) and status, and time
+    it."""
 
     def __init__(self, app: ASGIApp, service: SearchService) -> None:
         self.app = app
@@ -102,8 +104,10 @@ class RequestMetrics:
                 status = int(message["status"])
             await send(message)
 
+        start = time.perf_counter()
         try:
             await self.app(scope, receive, capture)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.service.metrics.request(scope.get("method", "?"), route, status)
+            seconds = time.perf_counter() - start
+            self.service.metrics.request(scope.get("method", "?"), route, status, seconds=seconds)
