@@ -12,6 +12,7 @@ import typer
 from quantrieve.cli.options import DeviceOpt
 from quantrieve.cli.terminal import console
 from quantrieve.config import ConfigError
+from quantrieve.errors import QuantrieveError
 
 IndexDirArg = Annotated[Path, typer.Argument(help="Index directory to serve.")]
 HostOpt = Annotated[str, typer.Option(help="Address to listen on (loopback by default).")]
@@ -82,10 +83,16 @@ def serve(
     import logging
     import os
 
-    import uvicorn
+    try:
+        import uvicorn
 
-    from quantrieve.serve import ServeOptions, create_app
-    from quantrieve.serve.app import OPTIONS_ENV
+        from quantrieve.serve import ServeOptions, create_app
+        from quantrieve.serve.app import OPTIONS_ENV
+    except ImportError as exc:  # a core install: the service's packages are an extra
+        raise QuantrieveError(
+            f"quantrieve serve needs the service's packages ({exc.name} is missing): "
+            "pip install 'quantrieve[serve]'"
+        ) from None
 
     _check_options(workers, read_only, max_k, max_batch, threads, max_upload_mb)
     logging.basicConfig(
