@@ -525,7 +525,11 @@ def _remove_superseded(cache_dir: Path, lineage: str, stem: str) -> None:
     """Remove the collection's other entries: the new one holds what is still in use. The
     record goes first, so a half-removed entry never looks valid."""
     for json_path in cache_dir.glob(f"{lineage}-*.json"):
-        if json_path.stem == stem:
+        record = _read_record(json_path)
+        # Only entries this cache wrote (its record format and key), never another file.
+        if json_path.stem == stem or record is None or not isinstance(record.get("key"), str):
+            continue
+        if not isinstance(record.get("format"), int):
             continue
         json_path.unlink(missing_ok=True)
         json_path.with_suffix(".npy").unlink(missing_ok=True)
