@@ -12,7 +12,7 @@ from quantrieve.cli.terminal import console, progress_bar
 
 WorkersOpt = Annotated[
     int | None,
-    typer.Option("--workers", min=1, help="Threads decoding the images (default: every core)."),
+    typer.Option("--workers", min=1, help="Processes decoding the images (default: every core)."),
 ]
 
 
@@ -58,8 +58,9 @@ def sync(
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Bring an index in step with its image folder: new files added, removed files deleted,
-    changed files replaced (new item numbers). Uploads through the service are kept."""
+    """Bring an index in step with its image folder: new files added, the items of removed
+    files deleted, changed files replaced (new item numbers). Only the index changes, never
+    a file of the folder; uploads through the service are kept."""
     from quantrieve.api.folder_sync import sync_folder
 
     report = sync_folder(index_dir, workers, progress_bar("syncing"), device, folder)
