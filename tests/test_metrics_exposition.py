@@ -33,9 +33,7 @@ HOST = "127.0.0.1"
 def families(text: str) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
     """Every family of an exposition: name -> {(sample name, sorted labels): value}."""
     return {
-        family.name: {
-            (s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples
-        }
+        family.name: {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
         for family in text_string_to_metric_families(text)
     }
 

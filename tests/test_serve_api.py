@@ -498,3 +498,45 @@ def test_writes_are_authorised_by_a_dependency(client: TestClient, index_dir: Pa
         refused = c.delete("/items/8", headers={"X-API-Key": KEY})
         assert refused.status_code == 403
         assert refused.json() == {"detail": "this service is read-only (started with --read-only)"}
+
+
+def test_filtered_search_is_the_same_in_the_api_the_command_line_and_http(
+    client: TestClient, index_dir: Path
+) -> None:
+    index = qr.PQIndex.load(index_dir)
+    first, second = index.class_names[:2]
+    f = torch.randn(2, 16, generator=torch.Generator().manual_seed(4))
+    body = {"embeddings": f.tolist(), "k": 8, "labels": [first, second], "id_prefix": "train:1"}
+    answer = client.post("/search", json=body)
+    assert answer.status_code == 200, answer.text
+    got = [[h["item"] for h in q["hits"]] for q in answer.json()["queries"]]
+    rows = index.filter_rows([first, second], "train:1")
+    assert len(rows) and all(index.ids[r].startswith("train:1") for r in rows)
+    _, expected = index.search(f, 8, rows=rows)
+    assert got == expected.tolist()
+    for q in answer.json()["queries"]:
+        assert all(set(h["labels"]) & {first, second} for h in q["hits"])
+        assert all(h["id"].startswith("train:1") for h in q["hits"])
+    # The library's Retriever and the command line, by a query image.
+    image = index_dir.parent / "query.png"
+    image.write_bytes(png(bar_image(3)))
+    retriever = qr.Retriever.load(index_dir)
+    library = retriever.search(load_image_file(image, 12, 1), k=6, labels=[second])
+    assert [h.labels for h in library.hits[0]] and all(second in h.labels for h in library.hits[0])
+    printed = CliRunner().invoke(
+        cli, ["search", str(index_dir), str(image), "-k", "6", "--label", second, "--json"]
+    )
+    assert printed.exit_code == 0, printed.output
+    by_cli = [h["item"] for h in json.loads(printed.output)[0]["results"]]
+    assert by_cli == [h.item for h in library.hits[0]]
+    upload = client.post(
+        "/search", files=files(("q.png", image.read_bytes())), data={"k": "6", "labels": second}
+    )
+    assert [h["item"] for h in upload.json()["queries"][0]["hits"]] == by_cli
+    # Refusals and empty filters.
+    bad = client.post("/search", json={"embeddings": f.tolist(), "labels": ["no such class"]})
+    assert bad.status_code == 422 and first in bad.json()["detail"]
+    none = client.post("/search", json={"embeddings": f.tolist(), "id_prefix": "nothing/"})
+    assert none.status_code == 200 and none.json()["queries"][0]["hits"] == []
+    refused = CliRunner().invoke(cli, ["search", str(index_dir), str(image), "--label", "nope"])
+    assert "unknown label" in str(refused.exception)  # main() prints it as an error line

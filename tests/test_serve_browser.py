@@ -53,6 +53,7 @@ def test_the_page_searches_clicks_and_adds(tiny_index: Path, tmp_path: Path) -> 
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
 
     source = Path(os.environ.get(INDEX_ENV) or tiny_index)
@@ -98,6 +99,22 @@ def test_the_page_searches_clicks_and_adds(tiny_index: Path, tmp_path: Path) -> 
             hits[2].click()
             wait.until(lambda d: f"results for item {item}" in d.find_element(By.ID, "status").text)
             assert len(driver.find_elements(By.CSS_SELECTOR, "#results .hit")) == 8
+
+            # Filters: only one label and one id prefix.
+            shown = driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+            label = shown[0].find_element(By.CLASS_NAME, "labels").text.split(", ")[0]
+            driver.find_element(By.ID, "filter-labels").send_keys(label)
+            driver.find_element(By.ID, "filter-prefix").send_keys("train:1")
+            shown[0].click()
+            wait.until(staleness_of(shown[0]))
+            wait.until(lambda d: "results for item" in d.find_element(By.ID, "status").text)
+            filtered = driver.find_elements(By.CSS_SELECTOR, "#results .hit")
+            assert filtered
+            for card in filtered:
+                assert card.get_attribute("data-id").startswith("train:1")
+                assert label in card.find_element(By.CLASS_NAME, "labels").text.split(", ")
+            for field in ("filter-labels", "filter-prefix"):
+                driver.find_element(By.ID, field).clear()
 
             upload = tmp_path / "new.png"
             buffer = io.BytesIO()

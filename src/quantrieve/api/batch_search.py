@@ -8,7 +8,7 @@ instead of stopping the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,42 +58,60 @@ def search_files(
     refine_depth: int | None = None,
     chunk: int = CHUNK,
     workers: int | None = None,
+    labels: Sequence[str] | None = None,
+    id_prefix: str | None = None,
 ) -> Iterator[QueryResult]:
-    """Search every image of ``paths`` (see the module docstring), ``chunk`` at a time."""
+    """Search every image of ``paths`` (see the module docstring), ``chunk`` at a time;
+    ``labels`` and ``id_prefix`` filter the hits as in :meth:`Retriever.search`."""
     model = retriever.model
     if model is None:
         raise QuantrieveError("the index holds no model.pt, so images cannot be embedded")
     if chunk < 1:
         raise QuantrieveError(f"chunk must be >= 1, got {chunk}")
+    if retriever.index is not None:
+        retriever.index.filter_rows(labels, id_prefix)  # a bad filter fails before any query
+    options = _Options(k, distance, refine_depth, workers, labels, id_prefix)
     batch: list[Path] = []
     for path in paths:
         batch.append(path)
         if len(batch) == chunk:
-            yield from _search_chunk(retriever, batch, k, distance, refine_depth, workers)
+            yield from _search_chunk(retriever, batch, options)
             batch = []
     if batch:
-        yield from _search_chunk(retriever, batch, k, distance, refine_depth, workers)
+        yield from _search_chunk(retriever, batch, options)
+
+
+@dataclass(frozen=True)
+class _Options:
+    k: int
+    distance: str | None
+    refine_depth: int | None
+    workers: int | None
+    labels: Sequence[str] | None
+    id_prefix: str | None
 
 
 def _search_chunk(
-    retriever: Retriever,
-    paths: list[Path],
-    k: int,
-    distance: str | None,
-    refine_depth: int | None,
-    workers: int | None,
+    retriever: Retriever, paths: list[Path], options: _Options
 ) -> Iterator[QueryResult]:
     model = retriever.model
     assert model is not None
     existing = [p for p in paths if p.is_file()]
-    decoded = decode_all(existing, model.image_size, None, model.channels, workers)
+    decoded = decode_all(existing, model.image_size, None, model.channels, options.workers)
     errors = {str(b.path): f"unreadable image ({b.reason})" for b in decoded.bad}
     errors |= {str(p): "file not found" for p in paths if not p.is_file()}
     good = [str(existing[i]) for i in decoded.kept]
     hits: dict[str, list[Hit]] = {}
     if good:
         queries = ImageSet(decoded.images, None, good)
-        result = retriever.search(queries, k, distance, refine_depth=refine_depth)
+        result = retriever.search(
+            queries,
+            options.k,
+            options.distance,
+            refine_depth=options.refine_depth,
+            labels=options.labels,
+            id_prefix=options.id_prefix,
+        )
         hits = dict(zip(good, result.hits, strict=True))
     for path in paths:
         name = str(path)

@@ -416,9 +416,15 @@ class Retriever:
         distance: str | None = None,
         progress: Progress | None = None,
         refine_depth: int | None = None,
+        labels: Sequence[str] | None = None,
+        id_prefix: str | None = None,
     ) -> SearchResult:
         """Top-k index items per query image (or per embedding, given a float tensor), by
         ADC with a per-query look-up table.
+
+        Filters (exact; fewer than k hits when fewer items pass): ``labels``, items with any of
+        these class names; ``id_prefix``, items whose id starts with it (a sub-folder of the
+        indexed folder: ``"2024/"``). Both: items that pass both.
 
         An index that refines re-scores its first ``refine_depth`` results (default: the
         index's; 0 = ADC alone) with the items' stored embeddings. A query image that is itself
@@ -428,12 +434,13 @@ class Retriever:
         index = self._require_index()
         if k < 1:
             raise QuantrieveError(f"k must be >= 1, got {k}")
+        rows = index.filter_rows(labels, id_prefix)
         embedded = isinstance(queries, torch.Tensor)
         f = queries.float() if embedded else self._embed(queries, progress)
         prints = None
         if not embedded and index.content is not None:
             prints = image_fingerprints(_as_images(queries))
-        dists, idx = index.search(f, k, distance, refine_depth, fingerprints=prints)
+        dists, idx = index.search(f, k, distance, refine_depth, fingerprints=prints, rows=rows)
         hits = make_hits(index, dists.tolist(), idx.tolist())
         return SearchResult(dists.numpy(), idx.numpy(), hits)
 

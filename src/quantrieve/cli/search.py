@@ -42,6 +42,22 @@ GridOpt = Annotated[
     typer.Option(help="Also draw the queries and their results as a PNG grid here."),
 ]
 OverwriteOpt = overwrite_option("--grid or --out file")
+LabelOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--label",
+        help="Only items with this class label (repeatable: any of them). Exact, like an "
+        "unfiltered search.",
+    ),
+]
+IdPrefixOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--id-prefix",
+        help="Only items whose id starts with this (a sub-folder of the indexed folder, e.g. "
+        "'2024/').",
+    ),
+]
 BatchOpt = Annotated[
     Path | None,
     typer.Option(
@@ -77,6 +93,8 @@ def search(
     refine_depth: RefineDepthOpt = None,
     batch: BatchOpt = None,
     out: OutOpt = None,
+    label: LabelOpt = None,
+    id_prefix: IdPrefixOpt = None,
 ) -> None:
     """Top-k database items for query images, by ADC with a per-query look-up table."""
     from quantrieve.runtime.outputs import check_new_file
@@ -84,8 +102,9 @@ def search(
     if k < 1:
         raise ConfigError(f"-k must be >= 1, got {k}")
     check_distance(distance)
+    where = {"labels": label or None, "id_prefix": id_prefix}
     if batch is not None or out is not None:
-        _search_batch(index_dir, batch, out, k, distance, refine_depth, device, overwrite)
+        _search_batch(index_dir, batch, out, k, distance, refine_depth, device, overwrite, where)
         return
     if grid is not None:
         check_new_file(grid, overwrite, "result grid")
@@ -94,7 +113,9 @@ def search(
         retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, rows
     )
     bar = progress_bar("embedding queries") if len(queries) > 5000 else None
-    results = retriever.search(queries, k, distance, progress=bar, refine_depth=refine_depth)
+    results = retriever.search(
+        queries, k, distance, progress=bar, refine_depth=refine_depth, **where
+    )
     if grid is not None:
         _draw_grid(retriever, queries, results.indices, grid)
     if as_json:
@@ -140,6 +161,7 @@ def _search_batch(
     refine_depth: int | None,
     device: str,
     overwrite: bool,
+    where: dict,
 ) -> None:
     """``--batch SOURCE --out FILE``: every query of a folder or list file, one result line
     per query (JSONL) or per hit (CSV), written as it is found (constant memory)."""
@@ -163,7 +185,8 @@ def _search_batch(
         writer = csv.writer(handle, lineterminator="\n") if out.suffix == ".csv" else None
         if writer is not None:
             writer.writerow(["query", "rank", "item", "id", "distance", "labels", "error"])
-        results = search_files(retriever, query_files(batch), k, distance, refine_depth)
+        files = query_files(batch)
+        results = search_files(retriever, files, k, distance, refine_depth, **where)
         for result in results:
             searched += 1
             failed += result.error is not None

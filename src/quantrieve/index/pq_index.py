@@ -184,6 +184,7 @@ class PQIndex:
         distance: str | None = None,
         refine_depth: int | None = None,
         fingerprints: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k).
 
@@ -201,24 +202,77 @@ class PQIndex:
         ``fingerprints``: the queries' pixel fingerprints (:func:`image_fingerprints`), for an
         index that keeps them: the items with a query's very pixels come first, at distance 0,
         in item order; the rest follow in their order.
+
+        ``rows``: search only among these rows (a filter, from :meth:`filter_rows`); at most
+        ``len(rows)`` results, exact (:meth:`~quantrieve.pq.CodeSearcher.search`), refined and
+        with copies first like any search.
         """
         queries = torch.as_tensor(queries)
         distance = distance or self.distance
         depth = self.refine_depth if refine_depth is None else refine_depth
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
+        kept = None if rows is None else torch.from_numpy(np.asarray(rows, dtype=np.int64))
         if self.refine is None or depth == 0:
-            dists, items = self.searcher().search(queries, k, distance)
+            dists, items = self.searcher().search(queries, k, distance, kept)
         else:
-            dists, items = self.searcher().search(queries, max(k, depth), distance)
+            dists, items = self.searcher().search(queries, max(k, depth), distance, kept)
             with warnings.catch_warnings():  # a read-only memory map is only ever read here
                 warnings.simplefilter("ignore", UserWarning)
                 fine = torch.from_numpy(self.refine)
             dists, items = refine_ranking(queries, dists, items, fine, depth, distance)
             dists, items = dists[:, :k], items[:, :k]
         if fingerprints is not None and self.content is not None:
-            dists, items = self._copies_first(dists, items, np.asarray(fingerprints, np.uint64))
+            prints = np.asarray(fingerprints, np.uint64)
+            dists, items = self._copies_first(dists, items, prints, rows)
         return dists, items
+
+    def filter_rows(
+        self, labels: Sequence[str] | None = None, id_prefix: str | None = None
+    ) -> np.ndarray | None:
+        """The rows a filtered search may return, ascending (None: no filter given).
+
+        ``labels``: class names; a row passes with any of them. ``id_prefix``: a row passes when
+        its id starts with it (a sub-folder: ``"2024/"``). Both given: a row must pass both.
+
+        Raises:
+            QuantrieveError: a label filter on an unlabelled index, or a class name the index
+                does not have (the message lists the ones it has).
+        """
+        if labels is None and id_prefix is None:
+            return None
+        keep = np.ones(len(self.codes), dtype=bool)
+        if labels is not None:
+            if self.labels is None or not self.class_names:
+                raise QuantrieveError(
+                    "this index has no class labels to filter by; filter by id prefix instead"
+                )
+            unknown = sorted(set(labels) - set(self.class_names))
+            if unknown:
+                raise QuantrieveError(
+                    f"unknown label(s) {', '.join(map(repr, unknown))}; this index's labels: "
+                    f"{', '.join(self.class_names)}"
+                )
+            columns = [self.class_names.index(name) for name in dict.fromkeys(labels)]
+            keep &= np.asarray(self.labels)[:, columns].any(axis=1) if columns else False
+        if id_prefix is not None:
+            keep &= self._id_prefix_mask(id_prefix)
+        return np.flatnonzero(keep).astype(np.int64)
+
+    def _id_prefix_mask(self, prefix: str) -> np.ndarray:
+        """bool (N,): whose id starts with ``prefix``; the last few prefixes of these ids are
+        kept (a service asks for the same sub-folder many times)."""
+        cached = self.__dict__.get("_prefix_masks")
+        if cached is None or cached[0] is not self.ids:
+            cached = (self.ids, {})
+            self.__dict__["_prefix_masks"] = cached
+        masks: dict[str, np.ndarray] = cached[1]
+        if prefix not in masks:
+            if len(masks) >= 16:
+                masks.pop(next(iter(masks)))
+            found = (ident.startswith(prefix) for ident in self.ids)
+            masks[prefix] = np.fromiter(found, dtype=bool, count=len(self.ids))
+        return masks[prefix]
 
     def copies(self, fingerprint: int) -> np.ndarray:
         """The rows whose pixel fingerprint is ``fingerprint``, ascending (none without
@@ -237,15 +291,23 @@ class PQIndex:
         return np.sort(order[lo:hi]).astype(np.int64)
 
     def _copies_first(
-        self, dists: torch.Tensor, items: torch.Tensor, fingerprints: np.ndarray
+        self,
+        dists: torch.Tensor,
+        items: torch.Tensor,
+        fingerprints: np.ndarray,
+        rows: np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each query's exact copies in front at distance 0, the rest after; length kept."""
+        """Each query's exact copies (among ``rows`` when filtered) in front at distance 0, the
+        rest after; length kept."""
         if len(fingerprints) != len(items):
             raise QuantrieveError(f"{len(fingerprints)} fingerprints for {len(items)} queries")
         dists, items = dists.clone(), items.clone()
         k = items.shape[1]
         for q, fingerprint in enumerate(fingerprints.tolist()):
-            copies = self.copies(fingerprint)[:k]
+            copies = self.copies(fingerprint)
+            if rows is not None:
+                copies = copies[np.isin(copies, rows)]
+            copies = copies[:k]
             if not len(copies):
                 continue
             rest = [(d, i) for d, i in zip(dists[q].tolist(), items[q].tolist(), strict=True)]

@@ -210,6 +210,12 @@ SEARCH_BUDGET = 2**26
 # faster from about this size on (benchmarks/fastscan.py).
 FASTSCAN_MIN_ITEMS = 200_000
 
+# Filtered searches: a filter that keeps fewer than this fraction of the items is searched by
+# gathering over the kept rows alone (time proportional to them); a wider one, on codes that
+# take the certified 4-bit scan, by that scan with the other items dropped from its candidates
+# (benchmarks/fastscan.py, filters).
+FILTER_SCAN_MIN_FRACTION = 0.05
+
 
 class CodeSearcher:
     """Exact top-k ADC search over a fixed set of codes, with its per-codes state built once.
@@ -292,8 +298,17 @@ class CodeSearcher:
         fast = self._fast.nbytes() if self._fast is not None else 0
         return scorer + (0 if shared else gather) + fast
 
-    def search(self, queries: Tensor, k: int, distance: str = "l2") -> tuple[Tensor, Tensor]:
-        """Top-k coded items for each query: (distances, indices), both (Q, min(k, N))."""
+    def search(
+        self, queries: Tensor, k: int, distance: str = "l2", rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Top-k coded items for each query: (distances, indices), both (Q, min(k, N)).
+
+        ``rows``: int64, ascending, distinct: search only among these items (a filter), with
+        at most ``len(rows)`` results. A filtered search is exact: its results are the gather
+        path's distances with every other item left out, in the same (distance, row) order.
+        """
+        if rows is not None:
+            return self._search_rows(queries, k, distance, rows)
         if len(self.codes) == 0:
             empty = torch.zeros(len(queries), 0)
             return empty, empty.long()
@@ -310,6 +325,39 @@ class CodeSearcher:
             out_i.append(i)
         if not out_d:
             return torch.zeros(0, min(k, len(self.codes))), torch.zeros(0, 0, dtype=torch.long)
+        return torch.cat(out_d), torch.cat(out_i)
+
+    def _search_rows(
+        self, queries: Tensor, k: int, distance: str, rows: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """A filtered search (see :meth:`search`): the certified scan with the other items
+        masked out when the filter keeps a large share of fast-scannable codes, otherwise a
+        gather over the kept rows alone."""
+        num_items = len(self.codes)
+        rows = rows.long()
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= num_items):
+            raise IndexError(f"filter rows must lie in [0, {num_items})")
+        k = min(k, len(rows))
+        if k == 0 or len(queries) == 0:
+            return torch.zeros(len(queries), k), torch.zeros(len(queries), k, dtype=torch.long)
+        scan = self.fastscan and len(rows) >= FILTER_SCAN_MIN_FRACTION * num_items
+        if scan:
+            allowed = torch.zeros(num_items, dtype=torch.bool)
+            allowed[rows] = True
+        else:
+            subset = GatherADC(self.codes.index_select(0, rows), self.codebooks.shape[1])
+        out_d, out_i = [], []
+        for chunk in query_chunks(len(queries), len(rows), SEARCH_BUDGET):
+            tables = lookup_tables(queries[chunk], self.codebooks, distance)
+            if scan:
+                gather = self._gatherer()
+                found = self._fastscan().search(tables, k, gather.rows, gather, allowed)
+                d, i = found.distances, found.indices
+            else:
+                d, cols = topk_smallest(subset(tables), k)
+                i = rows[cols]
+            out_d.append(d)
+            out_i.append(i)
         return torch.cat(out_d), torch.cat(out_i)
 
 

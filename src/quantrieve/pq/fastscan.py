@@ -27,6 +27,12 @@ exact distance; strictly, so an item tied with the k-th, whatever its row, is ne
 the candidates hold the whole top-k with its ties and the answer is exact. Otherwise k' grows
 (x ``growth``) and the query is scanned again; past ``max_fraction`` of the items it is
 scored exhaustively by the caller's exact scan.
+
+A filter (``allowed``, a mask of the items a search may return) changes nothing in the bound:
+candidates outside it are dropped before the top-k is taken, so the k-th distance is that of
+the k-th allowed candidate, and the certificate still speaks of every item faiss left out. The
+first k' is scaled by the inverse of the allowed fraction, so that about ``FIRST_FACTOR * k``
+allowed items are expected among the candidates.
 """
 
 from __future__ import annotations
@@ -230,14 +236,29 @@ class FastScan:
         return q.reshape(len(q), -1), inv, offset, queries
 
     def search(
-        self, tables: Tensor, k: int, rescore: RowScorer, exact: FullScorer
+        self,
+        tables: Tensor,
+        k: int,
+        rescore: RowScorer,
+        exact: FullScorer,
+        allowed: Tensor | None = None,
     ) -> FastScanResult:
         """Top-k by (distance, row) for look-up tables (Q, M, 16), identical to ranking
         ``exact(tables)`` with :func:`~quantrieve.pq.topk_smallest`.
 
         ``rescore`` must compute, for given rows, the very float32 distances ``exact`` does.
+        ``allowed``: bool (N,), the only items a query may return (None: all); the result is
+        then ``exact(tables)`` with every other item's distance set to infinity, ranked, and
+        cut to the allowed count.
         """
         num_q, n = len(tables), self.num_items
+        share = 1.0
+        if allowed is not None:
+            if allowed.shape != (n,):
+                raise ValueError(f"allowed must be a mask of ({n},) items")
+            count = int(allowed.sum())
+            k = min(k, count)
+            share = count / n if n else 1.0
         k = min(k, n)
         state = _Search(
             tables=tables,
@@ -245,6 +266,7 @@ class FastScan:
             rescore=rescore,
             out_d=torch.zeros(num_q, k),
             out_i=torch.zeros(num_q, k, dtype=torch.int64),
+            allowed=allowed,
         )
         rounds = torch.zeros(num_q, dtype=torch.int64)
         exhaustive = torch.zeros(num_q, dtype=torch.bool)
@@ -256,7 +278,7 @@ class FastScan:
         if len(state.pending):
             state.qtab, state.inv, state.offset, state.queries = self.bounds(tables[state.pending])
             local = torch.arange(len(state.pending))
-            width = min(max(FIRST_FACTOR * k, MIN_CANDIDATES), n)
+            width = min(max(int(FIRST_FACTOR * k / share), MIN_CANDIDATES), n)
             limit = max(k, int(self.max_fraction * n))
             while len(local):
                 if width > limit and width < n:
@@ -267,7 +289,10 @@ class FastScan:
                 width = min(width * self.growth, n)
         slow = exhaustive.nonzero().squeeze(1)
         if len(slow):
-            d, i = topk_smallest(exact(tables[slow]), k)
+            full = exact(tables[slow])
+            if allowed is not None:
+                full = full.masked_fill(~allowed, float("inf"))
+            d, i = topk_smallest(full, k)
             state.out_d[slow], state.out_i[slow] = d, i
         return FastScanResult(state.out_d, state.out_i, rounds, exhaustive)
 
@@ -292,6 +317,8 @@ class FastScan:
         floor = state.offset[local] - accu.amin(1).double() * state.inv[local]
         queries = state.pending[local]
         k = state.k
+        if state.allowed is not None:
+            valid = valid & state.allowed[rows]
         dist = state.rescore(state.tables[queries], rows).masked_fill(~valid, float("inf"))
         d, cols = topk_smallest(dist, k)
         certified = (floor > d[:, k - 1].double()) | (width >= self.num_items)
@@ -315,3 +342,4 @@ class _Search:
     inv: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     offset: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     queries: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    allowed: Tensor | None = None

@@ -28,6 +28,8 @@ ITEM_LIMIT = 2**62
 # Largest magnitude of a raw embedding value: squared distances stay finite in float32 for any
 # dimension below 10**20 (a larger value is refused with 422, never answered with infinities).
 MAX_EMBEDDING_VALUE = 1e9
+# Longest id prefix a search may filter by.
+MAX_ID_PREFIX = 1024
 # The image files a query or an add may upload (decoded by Pillow; others are refused with 400).
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/webp", "image/gif")
 
@@ -76,6 +78,14 @@ class SearchJSON(BaseModel):
     embeddings: Annotated[list[list[StrictFloat]], Field(min_length=1)] = None  # type: ignore[assignment]
     k: Integer = 10
     distance: Distance | None = None
+    labels: Annotated[list[str], Field(min_length=1)] | None = None
+    id_prefix: Annotated[str, Field(max_length=MAX_ID_PREFIX)] | None = None
+
+
+def split_labels(text: str) -> list[str] | None:
+    """The class names of a comma-separated ``labels`` form field (None when blank)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    return names or None
 
 
 # ----------------------------------------------------------------------------------- answers
@@ -247,6 +257,11 @@ def search_body(limits: Limits) -> dict[str, Any]:
     """The request body of ``POST /search`` (multipart images, or JSON items/embeddings)."""
     k = {"type": "integer", "minimum": 1, "maximum": limits.max_k, "default": 10}
     distance = {"type": "string", "enum": list(DISTANCES)}
+    id_prefix = {
+        "type": "string",
+        "maxLength": MAX_ID_PREFIX,
+        "description": "Only items whose id starts with this (a sub-folder: '2024/').",
+    }
     value = {
         "type": "number",
         "minimum": -MAX_EMBEDDING_VALUE,
@@ -279,22 +294,51 @@ def search_body(limits: Limits) -> dict[str, Any]:
             },
             "k": k,
             "distance": {"anyOf": [distance, {"type": "null"}], "default": None},
+            **_label_filter(limits),
+            "id_prefix": {"anyOf": [id_prefix, {"type": "null"}], "default": None},
         },
         "oneOf": [{"required": ["items"]}, {"required": ["embeddings"]}],
+    }
+    form_labels = {
+        "type": "string",
+        "pattern": labels_pattern(limits.labels),
+        "description": "Only items with any of these comma-separated class names (blank: all).",
     }
     form = {
         "type": "object",
         "required": ["images"],
-        "properties": {"images": _images(limits), "k": k, "distance": distance},
+        "properties": {
+            "images": _images(limits),
+            "k": k,
+            "distance": distance,
+            "labels": form_labels,
+            "id_prefix": id_prefix,
+        },
     }
     return {
         "required": True,
         "description": "Query images as multipart/form-data, or items or embeddings as JSON "
-        "(exactly one of them). No query parameters: k and distance go in the body.",
+        "(exactly one of them). No query parameters: k, distance and the filters (labels, "
+        "id_prefix) go in the body. A filtered search is exact and may return fewer than k "
+        "hits.",
         "content": {
             "multipart/form-data": {"schema": form, "encoding": _encoding()},
             "application/json": {"schema": json_schema},
         },
+    }
+
+
+def _label_filter(limits: Limits) -> dict[str, Any]:
+    """The JSON ``labels`` filter of a search: absent for an unlabelled index."""
+    if limits.labels is None:
+        return {}
+    names = {"type": "array", "minItems": 1, "items": {"enum": list(limits.labels)}}
+    return {
+        "labels": {
+            "anyOf": [names, {"type": "null"}],
+            "default": None,
+            "description": "Only items with any of these class names.",
+        }
     }
 
 

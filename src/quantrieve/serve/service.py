@@ -239,8 +239,13 @@ class SearchService:
         embeddings: Sequence[Sequence[float]] = (),
         k: int = 10,
         distance: str | None = None,
+        labels: Sequence[str] | None = None,
+        id_prefix: str | None = None,
     ) -> dict[str, Any]:
-        """Top-k items for query images, items of the index, or raw embeddings (one kind).
+        """Top-k items for query images, items of the index, or raw embeddings (one kind);
+        only items with any of ``labels`` and an id starting with ``id_prefix`` when given
+        (:meth:`~quantrieve.index.pq_index.PQIndex.filter_rows`; 422 for a label the index
+        does not have).
 
         Returns:
             ``{"k", "distance", "index_version", "items", "milliseconds", "queries": [{"query",
@@ -253,6 +258,10 @@ class SearchService:
         kinds = [bool(uploads), bool(items), bool(embeddings)]
         if sum(kinds) != 1:
             raise RequestError(422, "give query images, or items, or embeddings (one of them)")
+        try:
+            rows = live.index.filter_rows(labels, id_prefix)
+        except QuantrieveError as exc:
+            raise RequestError(422, str(exc)) from None
         prints = None
         if uploads:
             self.check_batch(len(uploads), "query images")
@@ -270,8 +279,8 @@ class SearchService:
             names = [f"embedding {i}" for i in range(len(f))]
         if (uploads or items) and live.index.content is not None:
             prints = image_fingerprints(pixels)  # a query's own copies rank first
-        dists, rows = live.index.search(f, k, distance, fingerprints=prints)
-        hits = self._hits(live, dists.tolist(), rows.tolist())
+        dists, found = live.index.search(f, k, distance, fingerprints=prints, rows=rows)
+        hits = self._hits(live, dists.tolist(), found.tolist())
         seconds = time.perf_counter() - start
         self.metrics.search(len(names), seconds)
         return {
