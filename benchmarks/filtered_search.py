@@ -7,9 +7,11 @@ and for a batch of ``--batch`` queries, by:
 
 - ``masked``: every item scored by the exact gather, the others set to infinity, then the
   top-k (what a caller without filter support would do);
-- ``subset``: the gather over the kept rows alone;
+- ``subset``: the gather over the kept rows alone (its columns built once);
 - ``scan``: the certified 4-bit scan with the other items dropped from its candidates;
-- ``auto``: what :meth:`CodeSearcher.search` picks (``FILTER_SCAN_MIN_FRACTION``).
+- ``auto``: what :meth:`CodeSearcher.search` picks (``FILTER_SCAN_MIN_FRACTION``) with a
+  :class:`RowFilter` built once (a repeated filter: the service, :meth:`PQIndex.filter_rows`);
+- ``auto_new``: the same with the filter's state built for every search (a new filter).
 
 Every method's items and distances are checked identical to ``masked``. Run it alone on the
 machine (other processes make both timings noisy):
@@ -63,6 +65,8 @@ class Filtered:
         self.allowed = torch.zeros(len(self.codes), dtype=torch.bool)
         self.allowed[self.kept] = True
         self.gather = self.searcher._gatherer()
+        self.part = GatherADC(self.codes.index_select(0, self.kept), 16)
+        self.filter = self.searcher.row_filter(self.kept)
 
     def tables(self, x: torch.Tensor) -> torch.Tensor:
         return lookup_tables(x, self.books, "sqeuclidean")
@@ -75,16 +79,21 @@ class Filtered:
         return torch.cat([d for d, _ in out]), torch.cat([i for _, i in out])
 
     def subset(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        part = GatherADC(self.codes.index_select(0, self.kept), 16)
-        d, cols = topk_smallest(part(self.tables(x)), self.k)
+        d, cols = topk_smallest(self.part(self.tables(x)), self.k)
         return d, self.kept[cols]
 
     def scan(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fast = self.searcher._fastscan()
-        found = fast.search(self.tables(x), self.k, self.gather.rows, self.gather, self.allowed)
+        tables = self.tables(x)
+        found = fast.search(
+            tables, self.k, self.gather.rows, self.gather, self.allowed, len(self.kept)
+        )
         return found.distances, found.indices
 
     def auto(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.searcher.search(x, self.k, "sqeuclidean", self.filter)
+
+    def auto_new(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.searcher.search(x, self.k, "sqeuclidean", self.kept)
 
 
@@ -113,7 +122,7 @@ def main() -> None:
             ways = Filtered(books, codes_t, kept, args.k, searcher)
             reference = ways.masked(q)
             row: dict[str, Any] = {"items": n, "share": share, "kept": len(kept), "k": args.k}
-            for name in ("masked", "subset", "scan", "auto"):
+            for name in ("masked", "subset", "scan", "auto", "auto_new"):
                 fn = getattr(ways, name)
                 d, i = fn(q)
                 if not (torch.equal(i, reference[1]) and torch.equal(d, reference[0])):

@@ -159,3 +159,17 @@ def test_copies_first_respects_the_filter() -> None:
     # Copies of fingerprint 0 are rows 0, 50, 100, ...; of those, 0, 100, 200, 300 pass.
     assert found[0, :4].tolist() == [0, 100, 200, 300]
     assert np.isin(found.numpy(), rows).all()
+
+
+def test_a_repeated_filter_is_one_array_with_its_search_state_built_once() -> None:
+    index = _index()
+    rows = index.filter_rows(labels=["dog"])
+    assert index.filter_rows(labels=["dog"]) is rows and not rows.flags.writeable
+    queries = torch.zeros(2, M * D)
+    index.search(queries, 5, rows=rows)
+    index.search(queries, 5, rows=index.filter_rows(labels=["dog"]))
+    assert len(index.searcher().__dict__["_row_filters"]) == 1
+    # A change of the rows makes new filters: the added item passes.
+    index.add(index.codes[:1], ["2024/new.png"], index.labels[rows[:1]])
+    grown = index.filter_rows(labels=["dog"])
+    assert grown is not rows and grown[-1] == len(index) - 1

@@ -26,6 +26,7 @@ from quantrieve.pq import (
     DEFAULT_REFINE_DEPTH,
     DISTANCES,
     CodeSearcher,
+    RowFilter,
     code_bits,
     refine_ranking,
 )
@@ -212,7 +213,7 @@ class PQIndex:
         depth = self.refine_depth if refine_depth is None else refine_depth
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
-        kept = None if rows is None else torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        kept = None if rows is None else self._row_filter(rows)
         if self.refine is None or depth == 0:
             dists, items = self.searcher().search(queries, k, distance, kept)
         else:
@@ -227,10 +228,28 @@ class PQIndex:
             dists, items = self._copies_first(dists, items, prints, rows)
         return dists, items
 
+    def _row_filter(self, rows: np.ndarray) -> RowFilter:
+        """The searcher's filter of ``rows``; kept for read-only arrays (what
+        :meth:`filter_rows` returns), so a repeated filter builds its search state once."""
+        searcher = self.searcher()
+        if isinstance(rows, np.ndarray) and not rows.flags.writeable:
+            cache = searcher.__dict__.setdefault("_row_filters", {})
+            hit = cache.get(id(rows))
+            if hit is not None and hit[0] is rows:
+                return hit[1]
+            made = searcher.row_filter(torch.from_numpy(rows.astype(np.int64, copy=False)))
+            if len(cache) >= 16:
+                cache.pop(next(iter(cache)))
+            cache[id(rows)] = (rows, made)  # holding rows keeps its id from being reused
+            return made
+        return searcher.row_filter(torch.from_numpy(np.array(rows, dtype=np.int64)))
+
     def filter_rows(
         self, labels: Sequence[str] | None = None, id_prefix: str | None = None
     ) -> np.ndarray | None:
-        """The rows a filtered search may return, ascending (None: no filter given).
+        """The rows a filtered search may return, ascending, read-only (None: no filter
+        given). The same filter of the same rows is the same array (kept per index version,
+        with its search state), so a service that repeats a filter pays for it once.
 
         ``labels``: class names; a row passes with any of them. ``id_prefix``: a row passes when
         its id starts with it (a sub-folder: ``"2024/"``). Both given: a row must pass both.
@@ -241,6 +260,21 @@ class PQIndex:
         """
         if labels is None and id_prefix is None:
             return None
+        key = (None if labels is None else tuple(labels), id_prefix)
+        cached = self.__dict__.get("_filters")
+        if cached is None or cached[0] is not self.ids or cached[1] is not self.codes:
+            cached = (self.ids, self.codes, {})
+            self.__dict__["_filters"] = cached
+        filters: dict = cached[2]
+        if key not in filters:
+            if len(filters) >= 16:
+                filters.pop(next(iter(filters)))
+            found = self._filtered(labels, id_prefix)
+            found.flags.writeable = False
+            filters[key] = found
+        return filters[key]
+
+    def _filtered(self, labels: Sequence[str] | None, id_prefix: str | None) -> np.ndarray:
         keep = np.ones(len(self.codes), dtype=bool)
         if labels is not None:
             if self.labels is None or not self.class_names:
@@ -260,19 +294,9 @@ class PQIndex:
         return np.flatnonzero(keep).astype(np.int64)
 
     def _id_prefix_mask(self, prefix: str) -> np.ndarray:
-        """bool (N,): whose id starts with ``prefix``; the last few prefixes of these ids are
-        kept (a service asks for the same sub-folder many times)."""
-        cached = self.__dict__.get("_prefix_masks")
-        if cached is None or cached[0] is not self.ids:
-            cached = (self.ids, {})
-            self.__dict__["_prefix_masks"] = cached
-        masks: dict[str, np.ndarray] = cached[1]
-        if prefix not in masks:
-            if len(masks) >= 16:
-                masks.pop(next(iter(masks)))
-            found = (ident.startswith(prefix) for ident in self.ids)
-            masks[prefix] = np.fromiter(found, dtype=bool, count=len(self.ids))
-        return masks[prefix]
+        """bool (N,): whose id starts with ``prefix``."""
+        found = (ident.startswith(prefix) for ident in self.ids)
+        return np.fromiter(found, dtype=bool, count=len(self.ids))
 
     def copies(self, fingerprint: int) -> np.ndarray:
         """The rows whose pixel fingerprint is ``fingerprint``, ascending (none without

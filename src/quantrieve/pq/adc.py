@@ -299,13 +299,18 @@ class CodeSearcher:
         return scorer + (0 if shared else gather) + fast
 
     def search(
-        self, queries: Tensor, k: int, distance: str = "l2", rows: Tensor | None = None
+        self,
+        queries: Tensor,
+        k: int,
+        distance: str = "l2",
+        rows: Tensor | RowFilter | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Top-k coded items for each query: (distances, indices), both (Q, min(k, N)).
 
-        ``rows``: int64, ascending, distinct: search only among these items (a filter), with
-        at most ``len(rows)`` results. A filtered search is exact: its results are the gather
-        path's distances with every other item left out, in the same (distance, row) order.
+        ``rows``: int64, ascending, distinct (or a :meth:`row_filter` of them, kept for
+        repeated searches): search only among these items, with at most ``len(rows)``
+        results. A filtered search is exact: its results are the gather path's distances with
+        every other item left out, in the same (distance, row) order.
         """
         if rows is not None:
             return self._search_rows(queries, k, distance, rows)
@@ -327,38 +332,71 @@ class CodeSearcher:
             return torch.zeros(0, min(k, len(self.codes))), torch.zeros(0, 0, dtype=torch.long)
         return torch.cat(out_d), torch.cat(out_i)
 
+    def row_filter(self, rows: Tensor) -> RowFilter:
+        """A filter of these codes keeping ``rows`` (int64, ascending, distinct), with the
+        state its searches need built once: pass it to :meth:`search` again and again."""
+        return RowFilter(self, rows)
+
     def _search_rows(
-        self, queries: Tensor, k: int, distance: str, rows: Tensor
+        self, queries: Tensor, k: int, distance: str, rows: Tensor | RowFilter
     ) -> tuple[Tensor, Tensor]:
         """A filtered search (see :meth:`search`): the certified scan with the other items
         masked out when the filter keeps a large share of fast-scannable codes, otherwise a
         gather over the kept rows alone."""
-        num_items = len(self.codes)
-        rows = rows.long()
-        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= num_items):
-            raise IndexError(f"filter rows must lie in [0, {num_items})")
-        k = min(k, len(rows))
+        kept = rows if isinstance(rows, RowFilter) else self.row_filter(rows)
+        if kept.searcher is not self:
+            raise ValueError("this filter was made for other codes")
+        k = min(k, len(kept.rows))
         if k == 0 or len(queries) == 0:
             return torch.zeros(len(queries), k), torch.zeros(len(queries), k, dtype=torch.long)
-        scan = self.fastscan and len(rows) >= FILTER_SCAN_MIN_FRACTION * num_items
-        if scan:
-            allowed = torch.zeros(num_items, dtype=torch.bool)
-            allowed[rows] = True
-        else:
-            subset = GatherADC(self.codes.index_select(0, rows), self.codebooks.shape[1])
         out_d, out_i = [], []
-        for chunk in query_chunks(len(queries), len(rows), SEARCH_BUDGET):
+        # Chunked as an unfiltered search of these codes: a query's look-up table (a batched
+        # product) can differ in its last bits with the chunk it is computed in.
+        for chunk in query_chunks(len(queries), len(self.codes), SEARCH_BUDGET):
             tables = lookup_tables(queries[chunk], self.codebooks, distance)
-            if scan:
+            if kept.scan:
                 gather = self._gatherer()
-                found = self._fastscan().search(tables, k, gather.rows, gather, allowed)
+                fast = self._fastscan()
+                found = fast.search(tables, k, gather.rows, gather, kept.allowed(), len(kept.rows))
                 d, i = found.distances, found.indices
             else:
-                d, cols = topk_smallest(subset(tables), k)
-                i = rows[cols]
+                d, cols = topk_smallest(kept.subset()(tables), k)
+                i = kept.rows[cols]
             out_d.append(d)
             out_i.append(i)
         return torch.cat(out_d), torch.cat(out_i)
+
+
+class RowFilter:
+    """The rows a filtered search of one :class:`CodeSearcher` may return, and what searching
+    them takes: for a filter keeping at least :data:`FILTER_SCAN_MIN_FRACTION` of codes the
+    certified scan handles, a mask of the items (the scan drops the others from its
+    candidates); otherwise the gather columns of the kept rows alone. Built on first use."""
+
+    def __init__(self, searcher: CodeSearcher, rows: Tensor) -> None:
+        num_items = len(searcher.codes)
+        rows = rows.long()
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= num_items):
+            raise IndexError(f"filter rows must lie in [0, {num_items})")
+        self.searcher = searcher
+        self.rows = rows
+        self.scan = searcher.fastscan and len(rows) >= FILTER_SCAN_MIN_FRACTION * num_items
+        self._allowed: Tensor | None = None
+        self._subset: GatherADC | None = None
+
+    def allowed(self) -> Tensor:
+        """bool (N,): whether each item passes."""
+        if self._allowed is None:
+            self._allowed = torch.zeros(len(self.searcher.codes), dtype=torch.bool)
+            self._allowed[self.rows] = True
+        return self._allowed
+
+    def subset(self) -> GatherADC:
+        """The gather over the kept rows alone (columns in the order of :attr:`rows`)."""
+        if self._subset is None:
+            codes = self.searcher.codes.index_select(0, self.rows)
+            self._subset = GatherADC(codes, self.searcher.codebooks.shape[1])
+        return self._subset
 
 
 def search_codes(
