@@ -66,9 +66,10 @@ def test_fast_path_with_a_wide_filter_scans_instead_of_gathering(
     calls: list[int] = []
     original = adc_module.FastScan.search
 
-    def spy(self, tables, k, rescore, exact, allowed=None):
+    def spy(self, tables, k, rescore, exact, allowed=None, allowed_count=None):
         calls.append(int(allowed.sum()))
-        return original(self, tables, k, rescore, exact, allowed)
+        assert allowed_count == calls[-1]
+        return original(self, tables, k, rescore, exact, allowed, allowed_count)
 
     monkeypatch.setattr(adc_module.FastScan, "search", spy)
     g = torch.Generator().manual_seed(3)
