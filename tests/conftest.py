@@ -43,6 +43,12 @@ class TinyFixture:
     width: int = 4
     books: int = 4
     codewords: int = 16  # the config's default
+    codeword_dim: int = 4
+
+    @property
+    def dim(self) -> int:
+        """Values in an embedding of the deep run."""
+        return self.books * self.codeword_dim
 
     @property
     def bits(self) -> int:
@@ -54,7 +60,7 @@ class TinyFixture:
         return [
             f"model.width={self.width}",
             "model.proj_hidden=16",
-            "model.codeword_dim=4",
+            f"model.codeword_dim={self.codeword_dim}",
             f"train.batch_size={self.batch}",
             f"train.epochs={self.epochs}",
             "train.warmup_epochs=1",

@@ -35,6 +35,7 @@ def _cell(out: Path, name: str) -> dict:
     return json.loads((out / "cells" / f"{name}.json").read_text())
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_grid_writes_one_cell_per_method_and_bits(finished: Path) -> None:
     names = sorted(p.stem for p in (finished / "cells").glob("*.json"))
     assert names == ["exact-full", "hqc-8", "pq-8"]
@@ -54,6 +55,7 @@ def test_grid_writes_one_cell_per_method_and_bits(finished: Path) -> None:
     assert not list((finished / "cells").glob(".*.tmp"))
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_report_files(finished: Path) -> None:
     md = (finished / "report.md").read_text()
     assert "| method | 8 bits | uncompressed |" in md
@@ -72,6 +74,7 @@ def test_report_files(finished: Path) -> None:
     assert report["setup"]["data"]["train_is_database"]
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_rerun_keeps_finished_cells(
     finished: Path, tiny_fashion: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,6 +89,7 @@ def test_rerun_keeps_finished_cells(
     assert stamps == {p.name: p.stat().st_mtime_ns for p in (finished / "cells").glob("*.json")}
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_unfinished_deep_cell_resumes_its_run(
     finished: Path, tiny_fashion: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,6 +118,7 @@ def test_unfinished_deep_cell_resumes_its_run(
     assert after["train"]["epochs"] == 2
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_other_setup_in_same_folder_is_refused(finished: Path, tiny_fashion: Path) -> None:
     with pytest.raises(BenchmarkError, match="different overrides"):
         run_benchmark(
@@ -127,6 +132,7 @@ def test_other_setup_in_same_folder_is_refused(finished: Path, tiny_fashion: Pat
         )
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_finished_cell_of_another_config_is_refused(
     finished: Path, tiny_fashion: Path, tmp_path: Path
 ) -> None:
@@ -185,6 +191,7 @@ def test_training_stats_count_a_repeated_epoch_once(tmp_path: Path) -> None:
     assert (stats["best_epoch"], stats["best_val_map"]) == (1, 0.3)
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_cli_report_only_and_protocols(finished: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(app, ["benchmark", "--report-only", "--out", str(finished)])
@@ -220,6 +227,7 @@ def test_cli_errors_are_one_line(
     assert message in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_commands_and_missing_cells_follow_the_cells_asked_for(
     finished: Path, tmp_path: Path
 ) -> None:
@@ -242,6 +250,7 @@ def test_commands_and_missing_cells_follow_the_cells_asked_for(
     assert write_report(out)["missing"] == ["hqc-16", "pq-16", "hqc-no-cc-8"]
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_report_rows_follow_the_method_list_not_the_run_order(
     finished: Path, tmp_path: Path
 ) -> None:
@@ -263,6 +272,7 @@ def test_report_rows_follow_the_method_list_not_the_run_order(
     assert "- `pq`: faiss PQ on raw pixels" in md
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_report_of_a_partial_grid_lists_missing_cells(finished: Path, tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     (partial / "cells").mkdir(parents=True)
@@ -276,6 +286,7 @@ def test_report_of_a_partial_grid_lists_missing_cells(finished: Path, tmp_path: 
     assert "Not yet computed: hqc-8, exact-full" in md
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_report_leaves_out_pr_curves_saved_at_distance_thresholds(
     finished: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,6 +348,7 @@ def test_pr_plot_refuses_a_curve_saved_at_distance_thresholds(
     assert not (tmp_path / "old.png").exists()
 
 
+@pytest.mark.slow  # trains a tiny grid (make test-fast leaves it out)
 def test_seeds_run_as_part_of_the_grid_and_are_aggregated(tiny_fashion: Path, tmp_path: Path):
     out = tmp_path / "seeds"
     report = run_benchmark(

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_idx_dataset
+from conftest import TINY, make_idx_dataset
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "distributed_worker.py"
@@ -52,7 +52,7 @@ def _torchrun(*args: str, nproc: int = 2) -> list[str]:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_idx_dataset(tmp_path_factory.mktemp("ddp") / "data", 320, 60)
+    return make_idx_dataset(tmp_path_factory.mktemp("ddp") / "data", TINY.train, TINY.test)
 
 
 def _run(command: list[str], timeout: float) -> None:

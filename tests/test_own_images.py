@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY, TINY_RUN
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -49,7 +49,7 @@ def _refused(*args: str) -> str:
     return str(result.exception)
 
 
-TINY = [x for item in [*TINY_RUN, "model.num_books=4"] for x in ("--set", item)]
+TINY_SETS = [x for item in [*TINY_RUN, "model.num_books=4"] for x in ("--set", item)]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def own_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "20",
         "--out",
         str(run),
-        *TINY,
+        *TINY_SETS,
     )
     _invoke("encode", str(run), "--out", str(run / "index"))
     return {"photos": photos, "run": run, "index": run / "index"}
@@ -145,7 +145,7 @@ def test_a_model_from_another_run_is_refused(own_run: dict[str, Path], tmp_path:
         "16",
         "--out",
         str(other),
-        *TINY,
+        *TINY_SETS,
         "--set",
         "train.seed=7",
     )
@@ -240,4 +240,4 @@ def test_pixel_baseline_on_the_run_s_own_images(own_run: dict[str, Path]) -> Non
     out = _invoke("baseline", "pq", "--run", str(own_run["run"]), "--bits", "16", "--json")
     result = json.loads(out[out.index("{") :])
     assert result["num_queries"] == 20 and result["num_database"] == 100  # held-out queries
-    assert result["bits"] == 16 and 0 <= result["map_at_k"] <= 1
+    assert result["bits"] == TINY.bits and 0 <= result["map_at_k"] <= 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 
 from quantrieve.data import DATASETS, DataError, ImageSet
 from quantrieve.experiments import protocols
@@ -59,7 +60,11 @@ def test_registry_states_the_papers_protocols() -> None:
 
 def test_fixed_protocol_uses_train_and_test_parts(tiny_fashion: Path, tmp_path: Path) -> None:
     data = materialize("fashion-mnist", tiny_fashion, tmp_path / "split")
-    assert (len(data.train), len(data.database), len(data.queries)) == (320, 320, 60)
+    assert (len(data.train), len(data.database), len(data.queries)) == (
+        TINY.train,
+        TINY.train,
+        TINY.test,
+    )
     assert data.train is data.database and data.source == "train/test"
     assert data.split_dir is None and not (tmp_path / "split").exists()
     assert data.summary()["train_is_database"]

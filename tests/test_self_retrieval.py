@@ -4,6 +4,7 @@ average position, and a trainer that records it without changing its training.""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from quantrieve.evaluate.self_retrieval import self_retrieval
@@ -43,6 +44,7 @@ def test_every_validation_records_it(tiny_index) -> None:
         assert epochs[record["epoch"]]["val_self"] == record["self_recall_at_10"]
 
 
+@pytest.mark.slow  # two tiny trainings
 def test_an_unlabelled_run_can_keep_its_best_label_free_epoch(tiny_fashion, tmp_path) -> None:
     """``train.unlabelled_select=self``: the kept epoch is the first best self recall@10."""
     import json

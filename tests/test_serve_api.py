@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_index
+from conftest import TINY, build_tiny_index
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -41,8 +41,8 @@ def png(pixels: np.ndarray, mode: str | None = None) -> bytes:
 
 
 def bar_image(row: int, seed: int = 0) -> np.ndarray:
-    """A 12x12 image like the tiny dataset's: noise and a bright bar at ``row``."""
-    image = np.random.default_rng(seed).integers(0, 60, (12, 12)).astype(np.uint8)
+    """A TINY.size-square image like the tiny dataset's: noise and a bright bar at ``row``."""
+    image = np.random.default_rng(seed).integers(0, 60, (TINY.size, TINY.size)).astype(np.uint8)
     image[row : row + 2] = 230
     return image
 
@@ -63,17 +63,21 @@ def files(*images: tuple[str, bytes]) -> list[tuple[str, tuple[str, bytes, str]]
 
 
 def test_health_stats_metrics_page_and_openapi(client: TestClient) -> None:
-    assert client.get("/health").json() == {"status": "ok", "items": 320, "index_version": 0}
-    client.post("/search", json={"embeddings": [[0.0] * 16], "k": 3})
+    assert client.get("/health").json() == {"status": "ok", "items": TINY.train, "index_version": 0}
+    client.post("/search", json={"embeddings": [[0.0] * TINY.dim], "k": 3})
     stats = client.get("/stats").json()
-    assert stats["items"] == 320 and stats["bits"] == 16 and stats["index_version"] == 0
+    assert (
+        stats["items"] == TINY.train and stats["bits"] == TINY.bits and stats["index_version"] == 0
+    )
     assert stats["index_format_version"] == 2 and len(stats["codebooks_sha256"]) == 64
     assert stats["queries_served"] == 1 and set(stats["latency_ms"]) == {"p50", "p90", "p99"}
     assert stats["writes_need_api_key"] and stats["resident_memory_bytes"] > 0
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
-    assert "quantrieve_index_items 320.0" in text and "quantrieve_queries_total 1.0" in text
+    assert (
+        f"quantrieve_index_items {TINY.train}.0" in text and "quantrieve_queries_total 1.0" in text
+    )
     assert "quantrieve_search_duration_seconds_count 1.0" in text
     assert 'route="/search",status="200"' in text
     for line in text.splitlines():  # every sample line is "name{labels} number"
@@ -95,7 +99,7 @@ def test_search_by_image_equals_the_library(client: TestClient, index_dir: Path)
     response = client.post("/search", files=files(("q.png", data)), data={"k": "5"})
     assert response.status_code == 200, response.text
     result = response.json()
-    assert result["k"] == 5 and result["distance"] == "l2" and result["items"] == 320
+    assert result["k"] == 5 and result["distance"] == "l2" and result["items"] == TINY.train
     (query,) = result["queries"]
     assert query["query"] == "q.png" and len(query["hits"]) == 5
     hit = query["hits"][0]
@@ -105,7 +109,7 @@ def test_search_by_image_equals_the_library(client: TestClient, index_dir: Path)
     file = index_dir.parent / "q.png"
     file.write_bytes(data)
     retriever = qr.Retriever.load(index_dir)
-    expected = retriever.search(load_image_file(file, 12, 1), k=5).hits[0]
+    expected = retriever.search(load_image_file(file, TINY.size, 1), k=5).hits[0]
     assert [h["item"] for h in query["hits"]] == [h.index for h in expected]
     assert [h["distance"] for h in query["hits"]] == [h.distance for h in expected]
 
@@ -118,7 +122,7 @@ def test_search_by_items_embeddings_and_several_images(client: TestClient) -> No
         "item 7",
         "item 8",
     ]
-    f = torch.randn(2, 16)
+    f = torch.randn(2, TINY.dim)
     by_vectors = client.post("/search", json={"embeddings": f.tolist(), "k": 4}).json()
     index = qr.PQIndex.load(client.app.state.service.path)  # type: ignore[attr-defined]
     d, i = index.search(f, 4)
@@ -138,7 +142,10 @@ def test_items_and_their_images(client: TestClient) -> None:
     assert len(item["code"]) == 4 and item["labels"]
     image = client.get("/items/7/image")
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(image.content)).size == (12, 12)  # rendered from the IDX arrays
+    assert Image.open(io.BytesIO(image.content)).size == (
+        TINY.size,
+        TINY.size,
+    )  # rendered from the IDX arrays
     assert client.get("/items/7/image").content == image.content  # cached
 
 
@@ -157,20 +164,23 @@ def test_add_needs_the_key_and_is_durable_before_the_response(
     )
     assert added.status_code == 201, added.text
     body = added.json()
-    assert [a["item"] for a in body["added"]] == [320, 321] and body["index_version"] == 1
+    assert [a["item"] for a in body["added"]] == [TINY.train, TINY.train + 1] and body[
+        "index_version"
+    ] == 1
     on_disk = qr.PQIndex.load(index_dir)  # durable: the command line sees it at once
-    assert len(on_disk) == 322 and on_disk.ids[-2:] == ["added:320", "added:321"]
-    assert on_disk.label_names(320) == ["coat"]
-    item = client.get("/items/320").json()
+    assert len(on_disk) == TINY.train + 2
+    assert on_disk.ids[-2:] == [f"added:{TINY.train}", f"added:{TINY.train + 1}"]
+    assert on_disk.label_names(TINY.train) == ["coat"]
+    item = client.get(f"/items/{TINY.train}").json()
     assert item["added"] and item["name"] == "new.png" and item["labels"] == ["coat"]
-    image = client.get("/items/320/image")  # a thumbnail of the upload as received
+    image = client.get(f"/items/{TINY.train}/image")  # a thumbnail of the upload as received
     assert image.status_code == 200 and image.headers["content-type"] == "image/png"
-    assert Image.open(io.BytesIO(image.content)).size == (12, 12)
+    assert Image.open(io.BytesIO(image.content)).size == (TINY.size, TINY.size)
     # Its code is its image's code, and it can be searched by.
     retriever = qr.Retriever.load(index_dir)
     pixels = np.asarray(Image.open(io.BytesIO(data)))[None, :, :, None]
     assert item["code"] == retriever.encode(pixels)[0].tolist()
-    assert client.post("/search", json={"items": [320], "k": 3}).status_code == 200
+    assert client.post("/search", json={"items": [TINY.train], "k": 3}).status_code == 200
     bearer = client.post(
         "/items", files=files(("x.png", data)), headers={"Authorization": f"Bearer {KEY}"}
     )
@@ -186,7 +196,7 @@ def test_delete_tombstones_for_good(client: TestClient, index_dir: Path) -> None
     assert client.get("/items/7/image").status_code == 404
     assert client.delete("/items/7", headers={"X-API-Key": KEY}).status_code == 404
     assert client.post("/search", json={"items": [7]}).status_code == 404
-    everything = client.post("/search", json={"embeddings": [[0.0] * 16], "k": 20}).json()
+    everything = client.post("/search", json={"embeddings": [[0.0] * TINY.dim], "k": 20}).json()
     assert 7 not in [h["item"] for h in everything["queries"][0]["hits"]]
     assert "train:7" not in qr.PQIndex.load(index_dir).ids
     assert client.get("/stats").json()["deleted_items"] == 1
@@ -197,7 +207,9 @@ def test_bad_requests_are_refused_and_the_service_goes_on(client: TestClient) ->
     bomb = io.BytesIO()
     Image.new("1", (8000, 6000)).save(bomb, format="PNG")  # 48 Mpx in a few kB
     wide = io.BytesIO()
-    Image.fromarray(np.zeros((12, 12), dtype=np.uint16)).save(wide, format="PNG")  # I;16
+    Image.fromarray(np.zeros((TINY.size, TINY.size), dtype=np.uint16)).save(
+        wide, format="PNG"
+    )  # I;16
     tiff = io.BytesIO()
     Image.fromarray(bar_image(1)).save(tiff, format="TIFF")
     cases = [
@@ -223,7 +235,7 @@ def test_bad_requests_are_refused_and_the_service_goes_on(client: TestClient) ->
         ({"items": list(range(5))}, 422, "at most 4"),
         ({"items": [99999]}, 404, "no such item"),
         ({"items": ["../etc/passwd"]}, 422, "items.0"),
-        ({"items": [1], "embeddings": [[0.0] * 16]}, 422, "one of them"),
+        ({"items": [1], "embeddings": [[0.0] * TINY.dim]}, 422, "one of them"),
         ({}, 422, "one of them"),
         ({"embeddings": [[0.0] * 5]}, 422, "must have 16 values"),
         ({"items": [1], "k": 3, "path": "/etc"}, 422, "path"),
@@ -289,7 +301,7 @@ def test_bad_requests_are_refused_and_the_service_goes_on(client: TestClient) ->
         bad_label.status_code == 422 and "unknown label 'spaceship'" in bad_label.json()["detail"]
     )
     assert client.get("/health").status_code == 200  # still serving
-    assert client.get("/stats").json()["items"] == 320  # nothing refused was added
+    assert client.get("/stats").json()["items"] == TINY.train  # nothing refused was added
 
 
 def test_read_only_services_share_an_index_writers_do_not(index_dir: Path) -> None:
@@ -326,18 +338,20 @@ def test_compaction_and_the_command_line_see_what_the_service_served(index_dir: 
     with TestClient(create_app(index_dir, OPTIONS)) as c:
         c.post("/items", files=files(("n.png", png(bar_image(5)))), headers={"X-API-Key": KEY})
         c.delete("/items/3", headers={"X-API-Key": KEY})
-        before = c.post("/search", json={"embeddings": [[0.5] * 16], "k": 10}).json()
+        before = c.post("/search", json={"embeddings": [[0.5] * TINY.dim], "k": 10}).json()
     runner = CliRunner()
     source = json.loads((index_dir / "index.json").read_text())["source"]["root"]
     args = ["search", str(index_dir), "--items", "0", "--data-dir", source, "-k", "400", "--json"]
     out = runner.invoke(cli, args, catch_exceptions=False)
     ids = [h["id"] for h in json.loads(out.output[out.output.index("[") :])[0]["results"]]
-    assert "added:320" in ids and "train:3" not in ids and len(ids) == 320
+    assert f"added:{TINY.train}" in ids and "train:3" not in ids and len(ids) == TINY.train
     result = runner.invoke(cli, ["compact", str(index_dir)], catch_exceptions=False)
     assert result.exit_code == 0 and "1 deleted items dropped" in result.output
     with TestClient(create_app(index_dir, OPTIONS)) as c:
-        after = c.post("/search", json={"embeddings": [[0.5] * 16], "k": 10}).json()
-        assert after["index_version"] == 3 and c.get("/items/320").json()["name"] == "n.png"
+        after = c.post("/search", json={"embeddings": [[0.5] * TINY.dim], "k": 10}).json()
+        assert (
+            after["index_version"] == 3 and c.get(f"/items/{TINY.train}").json()["name"] == "n.png"
+        )
         assert c.get("/items/3").status_code == 404
     assert [h["item"] for h in after["queries"][0]["hits"]] == [
         h["item"] for h in before["queries"][0]["hits"]
@@ -393,7 +407,7 @@ def test_folder_items_come_from_their_files(folder_index: Path, tmp_path: Path) 
 
 
 def test_an_item_has_one_number_in_the_api_the_command_line_and_http(index_dir: Path) -> None:
-    query = [[0.5] * 16]
+    query = [[0.5] * TINY.dim]
     with TestClient(create_app(index_dir, OPTIONS)) as c:
         for item in (0, 1, 2, 3):  # every later row shifts down by four
             assert c.delete(f"/items/{item}", headers={"X-API-Key": KEY}).status_code == 200
@@ -435,7 +449,7 @@ def test_the_contract_fixes_a_schema_fuzzer_asked_for(client: TestClient) -> Non
         assert refused.status_code == 422 and "items.0" in refused.json()["detail"], body
     assert client.post("/search", json={"items": [7], "k": True}).status_code == 422
     assert client.post("/search", json={"items": [7], "k": 3.0}).json()["k"] == 3
-    for body in ({"items": None}, {"items": []}, {"embeddings": [[1e10] * 16]}):
+    for body in ({"items": None}, {"items": []}, {"embeddings": [[1e10] * TINY.dim]}):
         assert client.post("/search", json=body).status_code == 422, body
     # No operation takes query parameters: a k in the URL is refused, not ignored.
     image = files(("q.png", png(bar_image(4))))
@@ -451,7 +465,7 @@ def test_the_contract_fixes_a_schema_fuzzer_asked_for(client: TestClient) -> Non
     assert form["schema"]["properties"]["images"]["maxItems"] == OPTIONS.max_batch
     assert "image/png" in form["encoding"]["images"]["contentType"]
     vectors = body["application/json"]["schema"]["properties"]["embeddings"]["items"]
-    assert vectors["minItems"] == vectors["maxItems"] == 16
+    assert vectors["minItems"] == vectors["maxItems"] == TINY.dim
     responses = spec["paths"]["/search"]["post"]["responses"]
     assert responses["200"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SearchResponse"
@@ -505,7 +519,7 @@ def test_filtered_search_is_the_same_in_the_api_the_command_line_and_http(
 ) -> None:
     index = qr.PQIndex.load(index_dir)
     first, second = index.class_names[:2]
-    f = torch.randn(2, 16, generator=torch.Generator().manual_seed(4))
+    f = torch.randn(2, TINY.dim, generator=torch.Generator().manual_seed(4))
     body = {"embeddings": f.tolist(), "k": 8, "labels": [first, second], "id_prefix": "train:1"}
     answer = client.post("/search", json=body)
     assert answer.status_code == 200, answer.text
@@ -521,7 +535,7 @@ def test_filtered_search_is_the_same_in_the_api_the_command_line_and_http(
     image = index_dir.parent / "query.png"
     image.write_bytes(png(bar_image(3)))
     retriever = qr.Retriever.load(index_dir)
-    library = retriever.search(load_image_file(image, 12, 1), k=6, labels=[second])
+    library = retriever.search(load_image_file(image, TINY.size, 1), k=6, labels=[second])
     assert [h.labels for h in library.hits[0]] and all(second in h.labels for h in library.hits[0])
     printed = CliRunner().invoke(
         cli, ["search", str(index_dir), str(image), "-k", "6", "--label", second, "--json"]

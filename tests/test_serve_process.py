@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import TINY
 from PIL import Image
 
 import quantrieve as qr
@@ -152,7 +153,7 @@ def test_kill_during_add_loses_nothing_acknowledged(tiny_index: Path, tmp_path: 
             thread.join(timeout=300)
         assert not errors and len(acked) == 9
         stats = client.get("/stats").json()
-        assert stats["items"] == 320 - 1 + 9 and stats["index_version"] == 10
+        assert stats["items"] == TINY.train - 1 + 9 and stats["index_version"] == 10
         check_served(client, acked, deleted)
         server.kill()  # SIGKILL with nothing in flight
 
