@@ -442,6 +442,8 @@ class TrainConfig:
     ``unlabelled_select``: which epoch an unlabelled run keeps: ``last``, or ``self``, the best
     label-free validation (augmented copies of training images finding their originals;
     docs/method.md, "Choosing an epoch without labels"). Labelled runs choose by validation mAP.
+    ``tensorboard``: also write the log as TensorBoard scalars in the run's ``tensorboard/``
+    folder (needs ``pip install 'quantrieve[tensorboard]'``; ``log.jsonl`` is written anyway).
     """
 
     epochs: int = 20
@@ -459,6 +461,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     separate_views: bool = False
     unlabelled_select: str = "last"
+    tensorboard: bool = False
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")

@@ -39,7 +39,7 @@ from quantrieve.errors import QuantrieveError, QuantrieveWarning
 from quantrieve.runtime.distributed import from_environment
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     help="Fully unsupervised image retrieval with learned product quantization (HQC).",

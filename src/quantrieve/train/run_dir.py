@@ -24,6 +24,7 @@ from quantrieve.models.retrieval import RetrievalModel
 from quantrieve.runtime.atomic import atomic_write_json, atomic_write_text
 from quantrieve.runtime.checkpoint import atomic_save, load_checkpoint
 from quantrieve.runtime.outputs import OutputKind, refuse_foreign
+from quantrieve.train.tensorboard import TensorBoardLog
 
 
 class TrainingError(QuantrieveError, RuntimeError):
@@ -56,6 +57,7 @@ class RunDir:
         self.log_records: list[dict[str, Any]] = []
         #: The kept weights when they are not written to ``model.pt``.
         self.best_state: dict[str, Any] | None = None
+        self._tensorboard: TensorBoardLog | None = None
 
     @property
     def out(self) -> Path | None:
@@ -143,6 +145,29 @@ class RunDir:
             return
         with open(self.log_file, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        if self._tensorboard is not None:
+            self._tensorboard.write(record)
+
+    def open_tensorboard(self) -> None:
+        """Mirror the log as TensorBoard scalars in ``tensorboard/`` from now on, starting
+        with what ``log.jsonl`` already holds (:mod:`quantrieve.train.tensorboard`; rank 0 of
+        a run with a folder, else nothing)."""
+        if self.out is None:
+            return
+        records = []
+        if self.log_file.is_file():
+            for line in self.log_file.read_text().splitlines():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        self._tensorboard = TensorBoardLog(self._file("tensorboard"), records)
+
+    def close_tensorboard(self) -> None:
+        """Write out and close the TensorBoard events (if any)."""
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+            self._tensorboard = None
 
     def drop_unfinished_epoch_records(self, epoch: int) -> None:
         """Remove log records after ``epoch``, the last finished one (the interrupted epoch is

@@ -195,6 +195,9 @@ class Trainer:
         else:
             self._record_start(side, channels)
         self.forward = self._forward_module()
+        # 6. Optionally, the log mirrored for TensorBoard (rebuilt from log.jsonl on resume).
+        if config.train.tensorboard:
+            self.run.open_tensorboard()
 
     # ---------------------------------------------------------------- setup and state
     @property
@@ -464,6 +467,7 @@ class Trainer:
             summaries.append(self._train_epoch((first, last)))
             if self.on_epoch is not None:
                 self.on_epoch(summaries[-1])
+        self.run.close_tensorboard()
         self._warn_if_collapsed()
         return summaries
 

@@ -1,0 +1,37 @@
+"""Shell completion of the command line (bash and zsh scripts, commands and options)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(sys.executable).parent / "quantrieve"
+
+
+def _complete(words: str, cword: int) -> list[str]:
+    env = {
+        **os.environ,
+        "_QUANTRIEVE_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(cword),
+    }
+    done = subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_commands_and_options_complete() -> None:
+    assert _complete("quantrieve sea", 1) == ["search"]
+    assert set(_complete("quantrieve s", 1)) >= {"search", "serve", "sync"}
+    assert _complete("quantrieve search INDEX --id", 3) == ["--id-prefix"]
+    assert "--resume" in _complete("quantrieve train --re", 2)
+
+
+def test_the_completion_script_is_printed_for_bash() -> None:
+    shown = subprocess.run(
+        [str(SCRIPT), "--show-completion", "bash"], capture_output=True, text=True, timeout=60
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "complete -o default -F _quantrieve_completion quantrieve" in shown.stdout
