@@ -15,7 +15,19 @@ The public API, in full::
 
 Everything else is reachable through its layer (``quantrieve.pq``, ``quantrieve.models``, ...);
 ``docs/architecture.md`` maps them.
+
+Importing quantrieve before torch sets ``OMP_WAIT_POLICY=PASSIVE`` unless the variable is set:
+OpenMP threads then sleep instead of spinning between parallel regions, so a search on a
+machine where another process uses the cores (a training, a second service) keeps its speed
+(one query over 4M codes by the gather path, beside a 2-thread training: about 270 ms with
+spinning threads, about 50 ms without; benchmarks/busy_search.py). Results are unchanged.
 """
+
+import os
+import sys
+
+if "torch" not in sys.modules:  # read once, when OpenMP starts with torch's first import
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from importlib.metadata import PackageNotFoundError, version
 
