@@ -9,7 +9,7 @@ fresh process with the policy under test:
 
 - ``api``: ``PQIndex.search`` of one query embedding, median of 7 (after a warm-up), by what
   the search picks (the certified 4-bit scan at this size) and by the torch gather path
-  (``--path gather``: codes of other shapes, indexes under 200,000 items);
+  (``--path gather``: codes of other shapes, indexes under 100,000 items);
 - ``cli``: ``quantrieve search INDEX query.png --json`` wall time, start-up included (median of
   3);
 - ``service``: ``quantrieve serve --read-only`` on 127.0.0.1, ``POST /search`` of one

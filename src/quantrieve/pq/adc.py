@@ -207,8 +207,9 @@ SEARCH_BUDGET = 2**26
 
 # Items from which a chunk of queries that the exact path would score by gathering takes the
 # certified 4-bit scan instead (:mod:`quantrieve.pq.fastscan`, K = 16 only): the same top-k,
-# faster from about this size on (benchmarks/fastscan.py).
-FASTSCAN_MIN_ITEMS = 200_000
+# faster from about this size on (one query, idle 2-core machine: 1.04 against 1.27 ms at
+# 100,000 items, 1.05 against 0.88 ms at 50,000; benchmarks/results/fastscan/crossover.json).
+FASTSCAN_MIN_ITEMS = 100_000
 
 # Filtered searches: a filter that keeps fewer than this fraction of the items is searched by
 # gathering over the kept rows alone (time proportional to them); a wider one, on codes that
