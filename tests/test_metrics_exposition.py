@@ -23,6 +23,8 @@ with warnings.catch_warnings():  # starlette asks for httpx2; httpx is what Fast
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from conftest import TINY
+
 import quantrieve as qr
 from quantrieve.serve import ServeOptions, create_app
 from quantrieve.serve import metrics as service_metrics
@@ -85,7 +87,7 @@ def test_metrics_after_searches(client: TestClient) -> None:
     assert value(parsed, "quantrieve_queries", "quantrieve_queries_total") == 5
     assert value(parsed, "quantrieve_items_added", "quantrieve_items_added_total") == 0
 
-    assert value(parsed, "quantrieve_index_items") == 320
+    assert value(parsed, "quantrieve_index_items") == TINY.train
     assert value(parsed, "quantrieve_index_generation") == 0
     assert value(parsed, "quantrieve_index_segments") == 0
     assert value(parsed, "quantrieve_index_deleted_items") == 0
@@ -216,7 +218,7 @@ def test_two_workers_report_the_whole_service(tiny_index: Path, tmp_path: Path) 
             parsed = families(httpx.get(f"{url}/metrics", timeout=30).text)
             name = "quantrieve_search_duration_seconds"
             assert value(parsed, name, f"{name}_count") == searches
-            assert value(parsed, "quantrieve_index_items") == 320
+            assert value(parsed, "quantrieve_index_items") == TINY.train
     finally:
         process.terminate()
         process.wait(timeout=30)

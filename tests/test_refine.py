@@ -11,6 +11,7 @@ import faiss
 import numpy as np
 import pytest
 import torch
+from conftest import TINY
 from typer.testing import CliRunner
 
 import quantrieve as qr
@@ -273,7 +274,7 @@ def test_encode_with_refinement_through_the_command_line(tiny_index: Path, tmp_p
     plain = PQIndex.load(tiny_index)
     assert np.array_equal(refined.codes, plain.codes) and refined.refine_depth == 30
     retriever = qr.Retriever.load(out)
-    embeddings = retriever.embed(np.zeros((1, 12, 12, 1), np.uint8))
+    embeddings = retriever.embed(np.zeros((1, TINY.size, TINY.size, 1), np.uint8))
     assert refined.refine.shape == (len(plain), embeddings.shape[1])
     args = ["evaluate", str(out), "--json", "--precision-at", "10"]
     on = json.loads(CliRunner().invoke(app, args, catch_exceptions=False).stdout)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY
 from PIL import Image
 from test_serve_process import KEY, serving
 
@@ -42,7 +43,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _query(path: Path) -> Path:
-    image = np.random.default_rng(3).integers(0, 60, (12, 12)).astype(np.uint8)
+    image = np.random.default_rng(3).integers(0, 60, (TINY.size, TINY.size)).astype(np.uint8)
     image[5:7] = 230
     Image.fromarray(image).resize((96, 96), Image.Resampling.NEAREST).save(path)
     return path

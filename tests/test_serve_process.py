@@ -38,7 +38,7 @@ def free_port() -> int:
 
 
 def png(seed: int) -> bytes:
-    image = np.random.default_rng(seed).integers(0, 60, (12, 12)).astype(np.uint8)
+    image = np.random.default_rng(seed).integers(0, 60, (TINY.size, TINY.size)).astype(np.uint8)
     image[seed % 10 : seed % 10 + 2] = 230
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
