@@ -149,7 +149,11 @@ class ADCScorer:
     """
 
     def __init__(
-        self, codes: Tensor, num_codewords: int, max_onehot_bytes: int | None = None
+        self,
+        codes: Tensor,
+        num_codewords: int,
+        max_onehot_bytes: int | None = None,
+        gather: GatherADC | None = None,
     ) -> None:
         if max_onehot_bytes is None:
             max_onehot_bytes = MAX_ONEHOT_BYTES
@@ -161,8 +165,8 @@ class ADCScorer:
             flat = codes.long() + torch.arange(m, device=codes.device) * num_codewords
             self.onehot = torch.zeros(n, m * num_codewords, device=codes.device)
             self.onehot.scatter_(1, flat, 1.0)
-        else:
-            self.gather = GatherADC(codes, num_codewords)
+        else:  # ``gather``: the same codes' gather columns, when the caller has them
+            self.gather = gather if gather is not None else GatherADC(codes, num_codewords)
 
     def nbytes(self) -> int:
         """Memory of the per-codes state (one-hot matrix or gather keys)."""
@@ -270,18 +274,23 @@ class CodeSearcher:
         """Distances (Q, N) from look-up tables (Q, M, K), by the path the chunk size picks."""
         if len(tables) <= SMALL_BATCH:
             return self._gatherer()(tables)
+        return self._batch_scorer()(tables)
+
+    def _batch_scorer(self) -> ADCScorer:
+        """The scorer of larger chunks: the one-hot product where it fits, else the gather
+        (one set of gather columns, shared by both paths)."""
         if self._scorer is None:
-            self._scorer = ADCScorer(self.codes, self.codebooks.shape[1])
-            if self._scorer.gather is not None:
-                # One set of gather columns, shared by both paths.
-                self._gather = self._gather or self._scorer.gather
-                self._scorer.gather = self._gather
-        return self._scorer(tables)
+            num_items, num_books = self.codes.shape
+            fits = num_items * num_books * self.codebooks.shape[1] * 4 <= MAX_ONEHOT_BYTES
+            shared = None if fits else self._gatherer()
+            self._scorer = ADCScorer(self.codes, self.codebooks.shape[1], gather=shared)
+        return self._scorer
 
     def prepare(self) -> CodeSearcher:
-        """Build the per-codes state now (e.g. before a new index version takes searches)."""
-        self.distances(torch.zeros(1, *self.codebooks.shape[:2]))
-        self.distances(torch.zeros(SMALL_BATCH + 1, *self.codebooks.shape[:2]))
+        """Build the per-codes state now (e.g. before a new index version takes searches),
+        without scoring anything."""
+        self._gatherer()
+        self._batch_scorer()
         if self.fastscan:
             self._fastscan()
         return self
