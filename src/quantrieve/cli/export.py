@@ -1,4 +1,5 @@
-"""``quantrieve export-faiss``: an index's codebooks and codes as a faiss index file."""
+"""``quantrieve export-faiss`` and ``export-onnx``: an index's codes for faiss, its encoder for
+ONNX runtimes."""
 
 from __future__ import annotations
 
@@ -60,3 +61,36 @@ def export_faiss(
     console.print(
         f"faiss {'IndexPQFastScan' if fast_scan else 'IndexPQ'} of {len(index)} items -> {out}"
     )
+
+
+OnnxOutArg = Annotated[Path, typer.Argument(help="ONNX file to write (.onnx).")]
+OnnxOverwriteOpt = overwrite_option("ONNX file")
+
+
+def export_onnx(
+    index_dir: IndexDirArg,
+    out: OnnxOutArg,
+    overwrite: OnnxOverwriteOpt = False,
+) -> None:
+    """Export the index's encoder as ONNX: uint8 images (N, H, W, C) in, the embeddings the
+    index is searched with out; checked against torch with onnxruntime when installed."""
+    from quantrieve.api import Retriever
+    from quantrieve.index.format import codebooks_sha256
+    from quantrieve.models.onnx_export import ONNX_TOLERANCE
+    from quantrieve.models.onnx_export import export_onnx as write_onnx
+    from quantrieve.runtime.outputs import check_new_file
+
+    if out.suffix != ".onnx":
+        raise ConfigError(f"{out}: the ONNX file must end in .onnx")
+    check_new_file(out, overwrite, "ONNX file")
+    retriever = Retriever.load(index_dir, device="cpu", need_index=True)
+    assert retriever.model is not None and retriever.index is not None
+    done = write_onnx(retriever.model, out, codebooks_sha256(retriever.index.codebooks))
+    if done.max_difference is None:
+        checked = "not checked (pip install onnxruntime to compare it with torch)"
+    else:
+        checked = (
+            f"onnxruntime matches torch within {done.max_difference:.2g} "
+            f"(tolerance {ONNX_TOLERANCE:g} x {done.scale:.3g})"
+        )
+    console.print(f"encoder -> {out}; {checked}")
