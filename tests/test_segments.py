@@ -232,3 +232,23 @@ def test_a_merge_killed_before_its_commit_leaves_the_previous_version(tmp_path: 
         after = writer.merge(open_live(path))
     assert len(after.segments) == 1 and after.keys.tolist() == before.keys.tolist()
     assert open_live(path).keys.tolist() == before.keys.tolist()
+
+
+def test_an_append_checks_the_new_ids_only_but_checks_them(tmp_path: Path) -> None:
+    """Appending rows scans only the new ids for line breaks (an add costs no pass over every
+    id), and a bad new id is still refused."""
+    from quantrieve.index.format import IndexFormatError
+    from quantrieve.index.pq_index import PQIndex
+
+    rng = np.random.default_rng(0)
+    index = PQIndex(
+        codebooks=rng.normal(size=(2, 16, 2)).astype(np.float32),
+        codes=rng.integers(0, 16, (3, 2)).astype(np.uint8),
+        ids=["a", "b", "c"],
+    )
+    index.add(np.zeros((1, 2), np.uint8), ["d"])
+    assert index.ids == ["a", "b", "c", "d"]
+    with pytest.raises(IndexFormatError, match="line breaks"):
+        index.add(np.zeros((1, 2), np.uint8), ["e\nf"])
+    with pytest.raises(IndexFormatError, match="line breaks"):
+        PQIndex(index.codebooks, index.codes, ["x\r", *index.ids[1:]])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +63,11 @@ class PQIndex:
     refine: np.ndarray | None = None
     refine_depth: int = DEFAULT_REFINE_DEPTH
     items: np.ndarray | None = None
+    #: How many leading ids are already known to hold no line break (a new version of an
+    #: index that appends rows checks only the new ids: an add costs no scan of every id).
+    ids_checked: InitVar[int] = 0
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, ids_checked: int) -> None:
         if self.content is not None:
             self.content = np.asarray(self.content, dtype=np.uint64)
             if self.content.shape != (len(self.codes),):
@@ -108,7 +111,8 @@ class PQIndex:
                 )
         if self.refine_depth < 1:
             raise IndexFormatError(f"refine_depth must be >= 1, got {self.refine_depth}")
-        joined = "".join(self.ids)  # one C-speed scan, not a Python loop over the items
+        # one C-speed scan, not a Python loop over the items
+        joined = "".join(self.ids[ids_checked:] if ids_checked else self.ids)
         if "\n" in joined or "\r" in joined:
             raise IndexFormatError("item ids may not contain line breaks")
         clash = RESERVED_META & set(self.meta)
@@ -170,6 +174,7 @@ class PQIndex:
             None if self.labels is None else np.concatenate([self.labels, labels]),
             None if self.content is None else np.concatenate([self.content, content]),
             None if self.refine is None else np.concatenate([self.refine, refine]),
+            ids_checked=len(self.ids),
         )  # checks the new rows like a new index
         if self.items is not None:
             start = int(self.items.max()) + 1 if len(self.items) else 0
@@ -361,10 +366,17 @@ class PQIndex:
         content: np.ndarray | None,
         refine: np.ndarray | None,
         keep: np.ndarray | None = None,
+        ids_checked: int = 0,
     ) -> PQIndex:
         """A new index with this one's codebooks and settings and these rows (``keep``: a mask
-        of the rows to take), checked like a new index. Its item numbers are unset."""
+        of the rows to take), checked like a new index. Its item numbers are unset.
+
+        ``ids_checked``: how many leading ``ids`` are known to be valid (this index's own, when
+        rows are appended), so only the others are scanned. A list of ids is taken as it is,
+        not copied (indexes never change a list of ids in place)."""
         if keep is not None and not keep.all():
+            # a subset of checked ids is checked
+            ids_checked = int(keep.sum()) if ids_checked >= len(ids) else 0
             rows = np.flatnonzero(keep)
             codes = codes[rows]
             ids = [ids[r] for r in rows.tolist()]
@@ -374,7 +386,7 @@ class PQIndex:
         return PQIndex(
             codebooks=self.codebooks,
             codes=codes,
-            ids=list(ids),
+            ids=ids if isinstance(ids, list) else list(ids),
             labels=labels,
             distance=self.distance,
             class_names=list(self.class_names),
@@ -382,6 +394,7 @@ class PQIndex:
             content=content,
             refine=refine,
             refine_depth=self.refine_depth,
+            ids_checked=ids_checked,
         )
 
     def with_version(self, version: StoredVersion) -> PQIndex:

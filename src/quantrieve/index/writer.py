@@ -197,11 +197,12 @@ class IndexWriter:
             ids = list(items.ids)
         grown = base.with_rows(
             np.concatenate([np.asarray(base.codes), items.codes]),
-            [*base.ids, *ids],
+            base.ids + ids,
             None if base.labels is None else np.concatenate([base.labels, items.labels]),
             None if base.content is None else np.concatenate([base.content, items.content]),
             None if base.refine is None else np.concatenate([base.refine, items.refine]),
-        )  # checks the new rows like a new index (shapes, codewords < K)
+            ids_checked=len(base.ids),
+        )  # checks the new rows like a new index (shapes, codewords < K, the new ids)
         folder = self.path / SEGMENTS_DIR
         # A file of this name can only be left by a change that never committed: replaced.
         entry = write_segment(folder / f"seg-{generation:06d}.npz", keys, ids, items)
@@ -299,7 +300,13 @@ class IndexWriter:
         keep = ~np.isin(live.keys, np.array(wanted, dtype=np.int64))
         base = live.index
         shrunk = base.with_rows(
-            np.asarray(base.codes), base.ids, base.labels, base.content, base.refine, keep
+            np.asarray(base.codes),
+            base.ids,
+            base.labels,
+            base.content,
+            base.refine,
+            keep,
+            ids_checked=len(base.ids),
         )
         new = dataclasses.replace(
             live,
