@@ -379,7 +379,7 @@ class PQIndex:
             ids_checked = int(keep.sum()) if ids_checked >= len(ids) else 0
             rows = np.flatnonzero(keep)
             codes = codes[rows]
-            ids = [ids[r] for r in rows.tolist()]
+            ids = _kept_ids(ids, keep)
             labels = None if labels is None else labels[rows]
             content = None if content is None else content[rows]
             refine = None if refine is None else refine[rows]
@@ -473,3 +473,18 @@ class PQIndex:
         if not segments or not has_segments(path):
             return base
         return base.with_version(read_version(path, base, verify))
+
+
+def _kept_ids(ids: Sequence[str], keep: np.ndarray) -> list[str]:
+    """The ids of the rows ``keep`` marks: a few dropped rows cut the list into slices (C-speed
+    copies, a delete from millions of items), many are picked one by one."""
+    dropped = np.flatnonzero(~keep)
+    if len(dropped) * 64 > len(keep):
+        return [ids[r] for r in np.flatnonzero(keep).tolist()]
+    kept: list[str] = []
+    start = 0
+    for row in dropped.tolist():
+        kept += ids[start:row]
+        start = row + 1
+    kept += ids[start:]
+    return kept
