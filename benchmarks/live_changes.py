@@ -9,8 +9,10 @@ added item, content fingerprints, no labels, no refinement). Each size is writte
 index; then one writer appends 1 item (five times; the median is reported) and 100 items, the
 way the service and ``quantrieve add`` do, and the index is opened again from disk (restart).
 ``--single-adds`` single appends are then made to the smallest index, with and without the merge
-policy, and its segment files counted. Memory is the process's peak resident set after each size
-(``ru_maxrss``), so it only grows.
+policy, and its segment files counted. ``add_1_with_search_state_ms`` is what a running service
+pays for one add (the new version and its search state, carried over from the version before),
+``search_state_rebuilt_ms`` what building that state from scratch costs (medians of 5). Memory
+is the process's peak resident set after each size (``ru_maxrss``), so it only grows.
 """
 
 from __future__ import annotations
@@ -79,6 +81,20 @@ def measure(path: Path, n: int) -> dict:
         start = time.perf_counter()
         live = writer.delete(live, [int(live.keys[0])])
         delete = time.perf_counter() - start
+        # What a running service pays per add: the version and its search state, which is
+        # carried over from the version before (``rebuilt``: built from scratch instead).
+        live.index.searcher().prepare()
+        serving, rebuilt = [], []
+        for i in range(5):
+            start = time.perf_counter()
+            live = writer.append(live, items(1, 10 + i))
+            live.index.searcher().prepare()
+            serving.append(time.perf_counter() - start)
+        for _ in range(5):
+            start = time.perf_counter()
+            live.index.__dict__.pop("_searcher")
+            live.index.searcher().prepare()
+            rebuilt.append(time.perf_counter() - start)
     start = time.perf_counter()
     reopened = open_live(path)
     restart = time.perf_counter() - start
@@ -89,6 +105,8 @@ def measure(path: Path, n: int) -> dict:
         "add_1_ms": round(1000 * statistics.median(singles), 1),
         "add_100_ms": round(1000 * hundred, 1),
         "delete_1_ms": round(1000 * delete, 1),
+        "add_1_with_search_state_ms": round(1000 * statistics.median(serving), 1),
+        "search_state_rebuilt_ms": round(1000 * statistics.median(rebuilt), 1),
         "restart_s": round(restart, 3),
         "segment_files": len(list((path / "segments").glob("seg-*.npz"))),
         "items_after": len(reopened),

@@ -229,3 +229,45 @@ def test_real_codes_with_deletions_match_exact(
             want = exact.search(queries[q : q + 1], k, distance)
             got = fast.search(queries[q : q + 1], k, distance=distance)
             assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), (q, k)
+
+
+@pytest.mark.parametrize("old", [0, 1, 31, 32, 33, 100])
+@pytest.mark.parametrize("added", [1, 31, 64])
+def test_an_extended_scan_packs_like_a_fresh_one(old: int, added: int) -> None:
+    from quantrieve.pq.fastscan import build_fastscan_index, extend_fastscan_index
+
+    rng = np.random.default_rng(old * 100 + added)
+    codes = rng.integers(0, K, (old + added, M)).astype(np.uint8)
+    before = build_fastscan_index(codes[:old])
+    kept = _table_bytes(before).copy()
+    grown = extend_fastscan_index(before, codes)
+    fresh = build_fastscan_index(codes)
+    assert np.array_equal(_table_bytes(grown), _table_bytes(fresh))
+    assert (grown.ntotal, grown.ntotal2) == (fresh.ntotal, fresh.ntotal2)
+    assert np.array_equal(_table_bytes(before), kept) and before.ntotal == old  # untouched
+
+
+@pytest.mark.parametrize("distance", ["sqeuclidean", "l2"])
+def test_an_extended_searcher_searches_like_a_fresh_one(
+    monkeypatch: pytest.MonkeyPatch, distance: str
+) -> None:
+    monkeypatch.setattr(adc_module, "FASTSCAN_MIN_ITEMS", 0)
+    rng = np.random.default_rng(8)
+    codebooks = torch.from_numpy(rng.standard_normal((M, K, D)).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, K, (3000, M)).astype(np.uint8))
+    codes[::5] = codes[1]  # ties
+    first = CodeSearcher(codebooks, codes[:2500]).prepare()
+    before = first.search(torch.zeros(1, M * D), 10, distance)
+    grown = first.extended(codes)
+    assert grown._gather is not None and grown._fast is not None  # carried, not rebuilt
+    fresh = CodeSearcher(codebooks, codes)
+    queries = torch.from_numpy(rng.standard_normal((12, M * D)).astype(np.float32))
+    for k in (1, 10, 500):
+        for num in (1, 12):  # one query (the scan), a batch
+            got, want = (
+                grown.search(queries[:num], k, distance),
+                fresh.search(queries[:num], k, distance),
+            )
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    after = first.search(torch.zeros(1, M * D), 10, distance)  # the old version is unchanged
+    assert torch.equal(before[1], after[1]) and int(after[1].max()) < 2500

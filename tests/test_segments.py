@@ -252,3 +252,41 @@ def test_an_append_checks_the_new_ids_only_but_checks_them(tmp_path: Path) -> No
         index.add(np.zeros((1, 2), np.uint8), ["e\nf"])
     with pytest.raises(IndexFormatError, match="line breaks"):
         PQIndex(index.codebooks, index.codes, ["x\r", *index.ids[1:]])
+
+
+def test_an_append_extends_the_search_state_of_the_version_before(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A service's add makes the next version's search state from the previous one's (the new
+    rows packed, not every row), with the same results as a state built from scratch."""
+    import torch
+
+    import quantrieve.pq.adc as adc_module
+    from quantrieve.index.live import open_live
+    from quantrieve.index.pq_index import PQIndex
+    from quantrieve.index.segment_files import NewItems
+    from quantrieve.index.writer import IndexWriter
+
+    monkeypatch.setattr(adc_module, "FASTSCAN_MIN_ITEMS", 0)
+    rng = np.random.default_rng(2)
+    n = 500
+    PQIndex(
+        codebooks=rng.normal(size=(4, 16, 2)).astype(np.float32),
+        codes=rng.integers(0, 16, (n, 4)).astype(np.uint8),
+        ids=[f"i{i}" for i in range(n)],
+    ).save(tmp_path / "ix")
+    live = open_live(tmp_path / "ix")
+    live.index.searcher().prepare()
+    new = NewItems(
+        codes=rng.integers(0, 16, (3, 4)).astype(np.uint8),
+        pixels=np.zeros((3, 4, 4, 1), np.uint8),
+        raw=[b""] * 3,
+        names=["a", "b", "c"],
+    )
+    with IndexWriter(tmp_path / "ix") as writer:
+        grown = writer.append(live, new)
+    carried = grown.index.__dict__["_searcher"][2]
+    assert carried._fast is not None and carried._fast.num_items == n + 3
+    query = torch.from_numpy(rng.normal(size=(1, 8)).astype(np.float32))
+    fresh = PQIndex.load(tmp_path / "ix")
+    assert torch.equal(grown.index.search(query, 20)[1], fresh.search(query, 20)[1])

@@ -180,8 +180,12 @@ class PQIndex:
             start = int(self.items.max()) + 1 if len(self.items) else 0
             new = np.arange(start, start + len(codes), dtype=np.int64)
             self.items = np.concatenate([self.items, new])
+        grown.carry_search_state(self)
+        state = grown.__dict__.get("_searcher")
         self.codes, self.ids, self.labels = grown.codes, grown.ids, grown.labels
         self.content, self.refine = grown.content, grown.refine
+        if state is not None:
+            self.__dict__["_searcher"] = state
 
     def search(
         self,
@@ -345,6 +349,24 @@ class PQIndex:
             dists[q] = torch.tensor([d for d, _ in row[:k]], dtype=dists.dtype)
             items[q] = torch.tensor([i for _, i in row[:k]], dtype=items.dtype)
         return dists, items
+
+    def carry_search_state(self, previous: PQIndex) -> None:
+        """Start this index's search state from ``previous``'s, this index being ``previous``
+        with rows appended (what an add makes): the state ``previous`` built is extended by the
+        new rows, not rebuilt (:meth:`~quantrieve.pq.CodeSearcher.extended`). Nothing happens
+        when ``previous`` has built none or the codes do not extend its codes."""
+        cached = previous.__dict__.get("_searcher")
+        if cached is None or cached[0] is not previous.codes:
+            return
+        old = len(previous.codes)
+        if len(self.codes) < old or self.codebooks is not previous.codebooks:
+            return
+        if old and not np.array_equal(self.codes[old - 1], previous.codes[old - 1]):
+            return  # not an append of rows
+        with warnings.catch_warnings():  # a read-only memory map is only ever read here
+            warnings.simplefilter("ignore", UserWarning)
+            grown = cached[2].extended(torch.from_numpy(self.codes))
+        self.__dict__["_searcher"] = (self.codes, self.codebooks, grown)
 
     def searcher(self) -> CodeSearcher:
         """The :class:`~quantrieve.pq.CodeSearcher` of the current codes (built once, kept until

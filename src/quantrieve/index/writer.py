@@ -203,6 +203,7 @@ class IndexWriter:
             None if base.refine is None else np.concatenate([base.refine, items.refine]),
             ids_checked=len(base.ids),
         )  # checks the new rows like a new index (shapes, codewords < K, the new ids)
+        grown.carry_search_state(base)  # the new rows extend the search state, not rebuild it
         folder = self.path / SEGMENTS_DIR
         # A file of this name can only be left by a change that never committed: replaced.
         entry = write_segment(folder / f"seg-{generation:06d}.npz", keys, ids, items)

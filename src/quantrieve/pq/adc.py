@@ -93,6 +93,17 @@ class GatherADC:
         """Memory of the keys."""
         return self.keys.numel()
 
+    def extended(self, codes: Tensor) -> GatherADC:
+        """The gather over ``codes`` (N, M), whose first rows are this gather's codes (rows
+        appended): only the new rows' keys are computed. This gather is left as it is."""
+        if len(codes) < self.num_items:
+            raise ValueError(f"cannot extend a gather of {self.num_items} items to {len(codes)}")
+        tail = GatherADC(codes[self.num_items :], self.num_codewords, self.block_budget)
+        grown = GatherADC(codes[:0], self.num_codewords, self.block_budget)
+        grown.keys = torch.cat([self.keys, tail.keys], dim=1)
+        grown.num_items = len(codes)
+        return grown
+
     def _tables(self, tables: Tensor) -> list[Tensor]:
         """One (Q, entries) table per key column: pair sums, then the unpaired books."""
         q, k, pairs = len(tables), self.num_codewords, self.pairs
@@ -251,6 +262,7 @@ class CodeSearcher:
         self.codes = codes
         self._gather: GatherADC | None = None
         self._scorer: ADCScorer | None = None
+        self._fastscan_allowed = fastscan
         num_items, num_books = codes.shape
         self.fastscan = (
             fastscan
@@ -299,6 +311,21 @@ class CodeSearcher:
         if self._fast is None:
             self._fast = FastScan(self.codes)
         return self._fast
+
+    def extended(self, codes: Tensor) -> CodeSearcher:
+        """A searcher of ``codes`` (N, M) whose first rows are this searcher's codes (rows
+        appended, as a live index grows): the gather columns and the certified scan's packed
+        codes built so far are extended by the new rows instead of rebuilt (an add to 10M items
+        packs its items, not 10M). The one-hot matrix, small by construction, is left to be
+        built on use. This searcher is left as it is (a version still being searched)."""
+        if codes.shape[1] != self.codes.shape[1] or len(codes) < len(self.codes):
+            raise ValueError(f"codes {tuple(codes.shape)} do not extend {tuple(self.codes.shape)}")
+        grown = CodeSearcher(self.codebooks, codes, fastscan=self._fastscan_allowed)
+        if self._gather is not None:
+            grown._gather = self._gather.extended(codes)
+        if self._fast is not None and grown.fastscan:
+            grown._fast = self._fast.extended(codes)
+        return grown
 
     def nbytes(self) -> int:
         """Memory of the per-codes state built so far, besides the codes themselves."""

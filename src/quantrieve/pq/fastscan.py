@@ -144,13 +144,11 @@ def _layout(num_books: int) -> tuple[np.ndarray, np.ndarray, int]:
     return offsets, shifts, block_bytes
 
 
-def build_fastscan_index(codes: np.ndarray) -> faiss.IndexPQFastScan:
-    """An inner-product ``IndexPQFastScan`` holding uint8 ``codes`` (N, M) of 16 codewords per
-    book, packed directly (faiss's add would encode one-hot vectors: 100 s at 10M items)."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+def _pack(codes: np.ndarray) -> np.ndarray:
+    """uint8 (blocks, block bytes): ``codes`` (n, M) packed as faiss packs 32-item blocks (the
+    last block padded with code 0)."""
     n, m = codes.shape
     offsets, shifts, block_bytes = _layout(m)
-    index = _new_index(m)
     blocks = -(-n // _BLOCK)
     padded = np.zeros((blocks * _BLOCK, m), dtype=np.uint8)
     padded[:n] = codes
@@ -159,11 +157,42 @@ def build_fastscan_index(codes: np.ndarray) -> faiss.IndexPQFastScan:
     for i in range(_BLOCK):
         for book in range(m):
             packed[:, offsets[i, book]] |= padded[:, i, book] << shifts[i, book]
+    return packed
+
+
+def _index_of(packed: np.ndarray, num_items: int, num_books: int) -> faiss.IndexPQFastScan:
+    """An inner-product FastScan index holding these packed blocks of ``num_items`` items."""
+    index = _new_index(num_books)
     index.codes.resize(packed.size)
     _table_bytes(index)[:] = packed.ravel()
-    index.ntotal = n
-    index.ntotal2 = blocks * _BLOCK
+    index.ntotal = num_items
+    index.ntotal2 = len(packed) * _BLOCK
     return index
+
+
+def build_fastscan_index(codes: np.ndarray) -> faiss.IndexPQFastScan:
+    """An inner-product ``IndexPQFastScan`` holding uint8 ``codes`` (N, M) of 16 codewords per
+    book, packed directly (faiss's add would encode one-hot vectors: 100 s at 10M items)."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    return _index_of(_pack(codes), len(codes), codes.shape[1])
+
+
+def extend_fastscan_index(index: faiss.IndexPQFastScan, codes: np.ndarray) -> faiss.IndexPQFastScan:
+    """A new index holding ``codes`` (N, M), whose first ``index.ntotal`` rows are the codes
+    ``index`` holds: its full blocks are copied as bytes and only the rest is packed (an append
+    costs a copy, not a packing of every item). ``index`` is left as it is."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n, m = codes.shape
+    old = int(index.ntotal)
+    if n < old:
+        raise ValueError(f"cannot extend an index of {old} items to {n}")
+    _, _, block_bytes = _layout(m)
+    full = old // _BLOCK
+    tail = _pack(codes[full * _BLOCK :]) if n > full * _BLOCK else np.zeros((0, block_bytes))
+    packed = np.empty((full + len(tail), block_bytes), dtype=np.uint8)
+    packed[:full] = _table_bytes(index)[: full * block_bytes].reshape(full, block_bytes)
+    packed[full:] = tail
+    return _index_of(packed, n, m)
 
 
 @dataclass
@@ -187,7 +216,13 @@ class FastScan:
         max_fraction: past this fraction of N candidates, a query is scored exhaustively.
     """
 
-    def __init__(self, codes: Tensor, growth: int = 4, max_fraction: float = 0.05) -> None:
+    def __init__(
+        self,
+        codes: Tensor,
+        growth: int = 4,
+        max_fraction: float = 0.05,
+        index: faiss.IndexPQFastScan | None = None,
+    ) -> None:
         num_items, num_books = codes.shape
         if not fastscan_supported(num_books, FASTSCAN_CODEWORDS, num_items):
             raise ValueError(f"codes {tuple(codes.shape)} cannot be scanned by FastScan")
@@ -196,8 +231,15 @@ class FastScan:
         self.num_books = num_books
         self.growth = growth
         self.max_fraction = max_fraction
-        self.index = build_fastscan_index(codes.numpy())
+        # ``index``: these codes already packed (:meth:`extended`)
+        self.index = build_fastscan_index(codes.numpy()) if index is None else index
         self._book_offsets = torch.arange(num_books) * FASTSCAN_CODEWORDS
+
+    def extended(self, codes: Tensor) -> FastScan:
+        """The scan of ``codes`` (N, M), whose first rows are this scan's codes (rows
+        appended): only the new rows are packed. This scan is left as it is."""
+        index = extend_fastscan_index(self.index, codes.numpy())
+        return FastScan(codes, self.growth, self.max_fraction, index=index)
 
     def nbytes(self) -> int:
         """Memory of faiss's packed codes (N * M / 2 bytes; the codes themselves are shared)."""
