@@ -144,20 +144,34 @@ def _layout(num_books: int) -> tuple[np.ndarray, np.ndarray, int]:
     return offsets, shifts, block_bytes
 
 
+@lru_cache(maxsize=16)
+def _nibble_sources(num_books: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each byte of a packed block: which code of the block's 32 x M (item-major) goes in
+    its low and its high nibble (index 32 * M: none, a zero)."""
+    offsets, shifts, block_bytes = _layout(num_books)
+    none = _BLOCK * num_books
+    low = np.full(block_bytes, none, dtype=np.int64)
+    high = np.full(block_bytes, none, dtype=np.int64)
+    for i in range(_BLOCK):
+        for book in range(num_books):
+            side = low if shifts[i, book] == 0 else high
+            side[offsets[i, book]] = i * num_books + book
+    return low, high
+
+
 def _pack(codes: np.ndarray) -> np.ndarray:
     """uint8 (blocks, block bytes): ``codes`` (n, M) packed as faiss packs 32-item blocks (the
-    last block padded with code 0)."""
+    last block padded with code 0): two gathers of the codes, one per nibble of every byte."""
     n, m = codes.shape
-    offsets, shifts, block_bytes = _layout(m)
+    low, high = _nibble_sources(m)
     blocks = -(-n // _BLOCK)
-    padded = np.zeros((blocks * _BLOCK, m), dtype=np.uint8)
-    padded[:n] = codes
-    padded = padded.reshape(blocks, _BLOCK, m)
-    packed = np.zeros((blocks, block_bytes), dtype=np.uint8)
-    for i in range(_BLOCK):
-        for book in range(m):
-            packed[:, offsets[i, book]] |= padded[:, i, book] << shifts[i, book]
-    return packed
+    flat = np.zeros((blocks, _BLOCK * m + 1), dtype=np.uint8)  # the last column: a zero
+    full = n // _BLOCK
+    flat[:full, :-1] = codes[: full * _BLOCK].reshape(full, _BLOCK * m)
+    if n > full * _BLOCK:
+        flat[full, : (n - full * _BLOCK) * m] = codes[full * _BLOCK :].reshape(-1)
+    # np.take along an axis: a plain copy loop, about 20x faster than fancy indexing here
+    return np.take(flat, low, axis=1) | (np.take(flat, high, axis=1) << 4)
 
 
 def _index_of(packed: np.ndarray, num_items: int, num_books: int) -> faiss.IndexPQFastScan:
