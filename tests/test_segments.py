@@ -290,3 +290,24 @@ def test_an_append_extends_the_search_state_of_the_version_before(
     query = torch.from_numpy(rng.normal(size=(1, 8)).astype(np.float32))
     fresh = PQIndex.load(tmp_path / "ix")
     assert torch.equal(grown.index.search(query, 20)[1], fresh.search(query, 20)[1])
+
+
+@pytest.mark.parametrize("dropped", [1, 5, 40, 700])
+def test_rows_kept_by_a_mask_keep_their_ids_in_order(dropped: int) -> None:
+    """Deleting a few rows (list moves), some (slices) or many (a pick per row) keeps the same
+    ids in the same order."""
+    from quantrieve.index.pq_index import PQIndex
+
+    rng = np.random.default_rng(dropped)
+    n = 2000
+    index = PQIndex(
+        codebooks=rng.normal(size=(2, 16, 2)).astype(np.float32),
+        codes=rng.integers(0, 16, (n, 2)).astype(np.uint8),
+        ids=[f"id{i}" for i in range(n)],
+    )
+    keep = np.ones(n, dtype=bool)
+    keep[rng.choice(n, dropped, replace=False)] = False
+    kept = index.with_rows(index.codes, index.ids, None, None, None, keep, ids_checked=n)
+    assert kept.ids == [f"id{i}" for i in np.flatnonzero(keep)]
+    assert np.array_equal(kept.codes, index.codes[keep])
+    assert index.ids == [f"id{i}" for i in range(n)]  # the source list is left as it was

@@ -503,7 +503,12 @@ def _kept_ids(ids: Sequence[str], keep: np.ndarray) -> list[str]:
     dropped = np.flatnonzero(~keep)
     if len(dropped) * 64 > len(keep):
         return [ids[r] for r in np.flatnonzero(keep).tolist()]
-    kept: list[str] = []
+    if len(dropped) <= 16:  # one copy, then a few moves within it
+        kept = list(ids)
+        for row in reversed(dropped.tolist()):
+            del kept[row]
+        return kept
+    kept = []
     start = 0
     for row in dropped.tolist():
         kept += ids[start:row]
