@@ -173,6 +173,14 @@ def test_batch_search_streams_one_line_per_query(folder_index: Path, tmp_path: P
     refused = CliRunner().invoke(app, [*folder_args, str(tmp_path / "r.txt")])
     assert "must end in .jsonl or .csv" in str(refused.exception)
 
+    # Filtered by a sub-folder (an id prefix): only its images come back.
+    out_low = tmp_path / "low.jsonl"
+    filtered = [*folder_args, str(out_low), "-k", "4", "--id-prefix", "high/"]
+    result = CliRunner().invoke(app, filtered)
+    assert result.exit_code == 0, result.output
+    found = [h for line in out_low.read_text().splitlines() for h in json.loads(line)["results"]]
+    assert found and all(h["id"].startswith("high/") for h in found)
+
 
 def test_an_index_follows_its_folder_to_a_new_place(folder_index: Path, tmp_path: Path) -> None:
     index_dir = Path(shutil.copytree(folder_index, tmp_path / "index"))

@@ -161,7 +161,7 @@ def _search_batch(
     refine_depth: int | None,
     device: str,
     overwrite: bool,
-    where: dict,
+    where: dict[str, list[str] | str | None],
 ) -> None:
     """``--batch SOURCE --out FILE``: every query of a folder or list file, one result line
     per query (JSONL) or per hit (CSV), written as it is found (constant memory)."""
