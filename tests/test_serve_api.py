@@ -552,5 +552,12 @@ def test_filtered_search_is_the_same_in_the_api_the_command_line_and_http(
     assert bad.status_code == 422 and first in bad.json()["detail"]
     none = client.post("/search", json={"embeddings": f.tolist(), "id_prefix": "nothing/"})
     assert none.status_code == 200 and none.json()["queries"][0]["hits"] == []
+    # After a delete the filter's rows are those of the new version: the item is gone.
+    gone = got[0][0]
+    headers = {"X-API-Key": KEY}
+    assert client.delete(f"/items/{gone}", headers=headers).status_code == 200
+    again = client.post("/search", json=body).json()
+    assert gone not in [h["item"] for h in again["queries"][0]["hits"]]
+    assert all(h["id"].startswith("train:1") for q in again["queries"] for h in q["hits"])
     refused = CliRunner().invoke(cli, ["search", str(index_dir), str(image), "--label", "nope"])
     assert "unknown label" in str(refused.exception)  # main() prints it as an error line
