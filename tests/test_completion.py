@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(sys.executable).parent / "quantrieve"
+
+# Each completion starts the command (a few seconds of imports): left out of the fast subset.
+pytestmark = pytest.mark.slow
 
 
 def _complete(words: str, cword: int) -> list[str]:

@@ -17,6 +17,9 @@ from quantrieve.index.format import codebooks_sha256
 from quantrieve.models.onnx_export import ONNX_TOLERANCE, export_onnx, onnx_embeddings
 from quantrieve.models.retrieval import embed_images
 
+# Each test exports with torch.onnx (seconds): left out of the fast subset.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("onnxscript")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -7,6 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Two fresh interpreters importing torch: left out of the fast subset.
+pytestmark = pytest.mark.slow
+
 PROBE = "import quantrieve, os; print(os.environ['OMP_WAIT_POLICY'])"
 
 
