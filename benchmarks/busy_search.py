@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
@@ -192,7 +191,6 @@ def main() -> None:
         for process in busy:
             process.kill()
     write_record(args.json, rows, items=args.items, api_threads=args.threads)
-    shutil.rmtree(args.work / "tmp", ignore_errors=True)
 
 
 if __name__ == "__main__":

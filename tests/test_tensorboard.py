@@ -86,3 +86,20 @@ def test_without_the_package_the_option_names_the_extra(
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     with pytest.raises(ConfigError, match=r"quantrieve\[tensorboard\]"):
         TensorBoardLog(tmp_path / "tb")
+
+
+def test_a_folder_with_other_files_is_refused_not_emptied(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from quantrieve.train.tensorboard import TensorBoardLog
+
+    folder = tmp_path / "tensorboard"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"notes\.txt"):
+        TensorBoardLog(folder)
+    assert (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    first = TensorBoardLog(folder, [{"kind": "epoch", "epoch": 1, "loss": 2.0}])
+    first.close()
+    TensorBoardLog(folder).close()  # its own event files are replaced
+    assert len(list(folder.iterdir())) == 1

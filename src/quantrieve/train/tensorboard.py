@@ -13,7 +13,6 @@ The writer is ``torch.utils.tensorboard``, which needs the ``tensorboard`` packa
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,28 @@ def scalars(record: dict[str, Any]) -> Iterator[tuple[str, float, int]]:
     yield from walk(kind, {k: v for k, v in record.items() if k not in _PLACE})
 
 
+#: The files TensorBoard's writer makes (``events.out.tfevents.<time>.<host>...``).
+EVENT_FILES = "events.out.tfevents.*"
+
+
+def _clear_events(folder: Path) -> None:
+    """Remove the event files of an earlier writer from ``folder``; a folder holding anything
+    else (files quantrieve did not write) is refused, never emptied."""
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder; train.tensorboard writes its events there")
+    entries = list(folder.iterdir())
+    foreign = [e.name for e in entries if not (e.is_file() and e.match(EVENT_FILES))]
+    if foreign:
+        raise ConfigError(
+            f"{folder} holds files quantrieve did not write ({', '.join(sorted(foreign)[:3])}); "
+            "move them away or set train.tensorboard=false"
+        )
+    for entry in entries:
+        entry.unlink()
+
+
 class TensorBoardLog:
     """A TensorBoard event writer fed with ``log.jsonl`` records.
 
@@ -66,8 +87,7 @@ class TensorBoardLog:
                 "pip install 'quantrieve[tensorboard]' (or set train.tensorboard=false)"
             ) from None
         self.folder = Path(folder)
-        if self.folder.exists():
-            shutil.rmtree(self.folder)  # derived from log.jsonl, rebuilt below
+        _clear_events(self.folder)  # derived from log.jsonl, rebuilt below
         self._writer = SummaryWriter(str(self.folder), flush_secs=30)
         for record in records:
             self.write(record, flush=False)
