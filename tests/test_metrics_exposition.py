@@ -55,10 +55,11 @@ def test_metrics_after_searches(client: TestClient) -> None:
     """After 3 searches (5 queries), one 404 and one 422: the search histogram counts 3, the
     request counter has each route and status, the gauges and build info are right."""
     for queries in (1, 2, 2):
-        response = client.post("/search", json={"embeddings": [[0.0] * 16] * queries, "k": 3})
+        response = client.post("/search", json={"embeddings": [[0.0] * TINY.dim] * queries, "k": 3})
         assert response.status_code == 200, response.text
     assert client.get("/items/99999").status_code == 404
-    assert client.post("/search", json={"embeddings": [[0.0] * 16], "k": 0}).status_code == 422
+    zero_k = {"embeddings": [[0.0] * TINY.dim], "k": 0}
+    assert client.post("/search", json=zero_k).status_code == 422
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -212,7 +213,7 @@ def test_two_workers_report_the_whole_service(tiny_index: Path, tmp_path: Path) 
             time.sleep(0.2)
         searches = 8
         for _ in range(searches):  # a new connection each: the kernel spreads them
-            body = {"embeddings": [[0.0] * 16], "k": 2}
+            body = {"embeddings": [[0.0] * TINY.dim], "k": 2}
             assert httpx.post(f"{url}/search", json=body, timeout=30).status_code == 200
         for _ in range(4):
             parsed = families(httpx.get(f"{url}/metrics", timeout=30).text)
