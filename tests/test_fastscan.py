@@ -271,3 +271,67 @@ def test_an_extended_searcher_searches_like_a_fresh_one(
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     after = first.search(torch.zeros(1, M * D), 10, distance)  # the old version is unchanged
     assert torch.equal(before[1], after[1]) and int(after[1].max()) < 2500
+
+
+@pytest.mark.parametrize("max_tail", [100, 32_768])
+def test_a_chain_of_appends_searches_like_fresh_searchers(
+    monkeypatch: pytest.MonkeyPatch, max_tail: int
+) -> None:
+    """Rows appended one batch at a time: faiss's packed codes are shared while the unpacked
+    tail is short and repacked past ``MAX_TAIL``; every version, a filtered search included,
+    ranks like a searcher built from scratch, and a branch from an old version does not
+    disturb the versions made after it."""
+    from quantrieve.pq import fastscan as fastscan_module
+
+    monkeypatch.setattr(adc_module, "FASTSCAN_MIN_ITEMS", 0)
+    monkeypatch.setattr(fastscan_module, "MAX_TAIL", max_tail)
+    rng = np.random.default_rng(21)
+    codebooks = torch.from_numpy(rng.standard_normal((M, K, D)).astype(np.float32))
+    codes = torch.from_numpy(rng.integers(0, K, (2600, M)).astype(np.uint8))
+    codes[::7] = codes[3]  # ties across old and new rows
+    queries = torch.from_numpy(rng.standard_normal((6, M * D)).astype(np.float32))
+    versions = [CodeSearcher(codebooks, codes[:2000]).prepare()]
+    for stop in (2001, 2050, 2170, 2400, 2600):
+        versions.append(versions[-1].extended(codes[:stop]))
+    branch = versions[2].extended(codes[:2300])  # from an old version: its own key columns
+    for searcher in [*versions, branch]:
+        n = len(searcher.codes)
+        fresh = CodeSearcher(codebooks, codes[:n])
+        rows = torch.arange(0, n, 2)  # half the rows: the scan with a mask
+        for k in (1, 10, 300):
+            got, want = searcher.search(queries[:1], k), fresh.search(queries[:1], k)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (n, k)
+            got = searcher.search(queries[:1], k, rows=rows)
+            want = fresh.search(queries[:1], k, rows=rows)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (n, k)
+    fast = [v._fast for v in versions]
+    assert all(f is not None for f in fast)
+    packed = [f.indexed for f in fast]
+    if max_tail >= 600:  # never repacked: one faiss index shared by every version
+        assert all(f.index is fast[0].index for f in fast) and packed == [2000] * 6
+    else:  # repacked whenever more than 100 rows lay past the packed ones
+        assert packed == [2000, 2000, 2000, 2170, 2400, 2600]
+    # the gathers share one key buffer; none wrote into rows another version uses
+    assert versions[-1]._gather.keys.data_ptr() == versions[1]._gather.keys.data_ptr()
+    assert branch._gather.keys.data_ptr() != versions[3]._gather.keys.data_ptr()
+
+
+def test_an_extended_one_hot_scorer_scores_like_a_fresh_one() -> None:
+    """The batch scorer's one-hot rows grow at their end like the gather's keys; past the
+    one-hot limit the extended scorer gathers. Same distances as scorers built from scratch."""
+    from quantrieve.pq import ADCScorer
+
+    rng = np.random.default_rng(4)
+    codes = torch.from_numpy(rng.integers(0, K, (900, M)).astype(np.uint8))
+    tables = torch.from_numpy(rng.standard_normal((20, M, K)).astype(np.float32))
+    limit = 800 * M * K * 4  # one-hot up to 800 items
+    first = ADCScorer(codes[:500], K, limit)
+    second = first.extended(codes[:600])
+    third = second.extended(codes[:700])
+    assert third.onehot is not None and third.onehot.data_ptr() == second.onehot.data_ptr()
+    branch = second.extended(codes[:650])  # from an older scorer: its own rows
+    beyond = third.extended(codes[:900], GatherADC(codes[:900], K))
+    assert beyond.onehot is None and beyond.gather is not None
+    for scorer, n in ((first, 500), (second, 600), (third, 700), (branch, 650), (beyond, 900)):
+        want = ADCScorer(codes[:n], K, limit if n <= 800 else 0)(tables)
+        assert torch.equal(scorer(tables), want), n

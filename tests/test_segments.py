@@ -307,7 +307,47 @@ def test_rows_kept_by_a_mask_keep_their_ids_in_order(dropped: int) -> None:
     )
     keep = np.ones(n, dtype=bool)
     keep[rng.choice(n, dropped, replace=False)] = False
-    kept = index.with_rows(index.codes, index.ids, None, None, None, keep, ids_checked=n)
+    kept = index.with_rows(index.codes, index.ids, None, None, None, keep, rows_checked=n)
     assert kept.ids == [f"id{i}" for i in np.flatnonzero(keep)]
     assert np.array_equal(kept.codes, index.codes[keep])
     assert index.ids == [f"id{i}" for i in range(n)]  # the source list is left as it was
+
+
+def test_appends_and_merges_copy_no_old_rows_and_read_back_every_item(tmp_path: Path) -> None:
+    """The versions an append or a merge makes share the old rows' columns (written at their
+    end, not copied), and the version in memory reads every added item from its merged
+    segments exactly as the index opened again from disk does."""
+    path = _index(tmp_path)
+    added = {}
+    with IndexWriter(path, merge_factor=3) as writer:
+        live = open_live(path)
+        for i in range(14):
+            items = _items(1 + i % 2, seed=i)
+            before = live
+            live = writer.append(live, items)
+            for j in range(len(items)):
+                added[int(live.keys[before.num_rows + j])] = (items.pixels[j], items.names[j])
+            if i > 0:  # the version before's columns extended in place, not copied (the
+                # first append copies once, into room to grow; a delete hides rows, copies none)
+                for name in ("keys", "part", "local"):
+                    assert np.shares_memory(getattr(live, name), getattr(before, name)), name
+                assert np.shares_memory(live.index.codes, before.index.codes)
+                assert np.shares_memory(live.index.content, before.index.content)
+            if i == 9:
+                gone = int(live.keys[13])  # an added item
+                live = writer.delete(live, [gone])
+                added.pop(gone)
+    assert len(live.segments) < 14  # merged as it went
+    reopened = open_live(path)
+    visible = [r for r, k in enumerate(live.keys.tolist()) if live.row(k) == r]
+    assert len(visible) == len(live) == len(reopened) == live.num_rows - 1
+    assert reopened.keys.tolist() == live.keys[visible].tolist()
+    assert list(reopened.index.ids) == [live.index.ids[r] for r in visible]
+    assert sorted(int(k) for k in live.keys[visible][12:]) == sorted(added)
+    for row in visible[12:]:
+        key = int(live.keys[row])
+        pixels, _, name = live.read_added(row)
+        again = reopened.read_added(reopened.row(key))
+        np.testing.assert_array_equal(pixels, added[key][0])
+        np.testing.assert_array_equal(again[0], added[key][0])
+        assert name == again[2] == added[key][1]

@@ -155,7 +155,7 @@ def _append(
             ids=[batch[k] for k in kept],
         )
         live = writer.append(live, items)
-        report.added += live.keys[len(live) - len(kept) :].tolist()
+        report.added += live.keys[live.num_rows - len(kept) :].tolist()
         if progress is not None:
             progress(min(start + SYNC_BATCH, len(ids)), len(ids))
     return live
@@ -203,7 +203,7 @@ def _encoded_ns(live: LiveIndex) -> np.ndarray:
     times = {-1: base}
     for part in range(len(live.segments)):
         times[part] = os.stat(live.segment_file(part)).st_mtime_ns
-    return np.array([times[int(p)] for p in live.part.tolist()], dtype=np.int64)
+    return np.array([times[p] for p in live.segments_of_rows().tolist()], dtype=np.int64)
 
 
 def sync_folder(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from quantrieve.errors import QuantrieveError
+from quantrieve.index.columns import GrowingIds, append_ids, append_rows
 from quantrieve.index.directory import SavableModel, read_base, save_index, write_base
 from quantrieve.index.format import RESERVED_META, IndexFormatError
 from quantrieve.index.segment_files import StoredVersion, has_segments, read_version
@@ -26,6 +27,7 @@ from quantrieve.pq import (
     DEFAULT_REFINE_DEPTH,
     DISTANCES,
     CodeSearcher,
+    HiddenRows,
     RowFilter,
     code_bits,
     refine_ranking,
@@ -50,11 +52,17 @@ class PQIndex:
         items: int64 (N,) the stable item number of each row (:mod:`quantrieve.index.hits`),
             or None when row i is item i (a freshly encoded index). An index loaded with its
             service changes gets them from the manifest.
+        deleted_at: int32 (N,) or None: in a live index (:mod:`quantrieve.index.writer`), the
+            generation that deleted each row not dropped yet (0: not deleted). Rows with
+            ``0 < deleted_at <= generation`` are hidden: searches, filters and copies skip
+            them (:mod:`quantrieve.pq.hidden`); ``len`` still counts them (rows are positions).
+        generation: the live version this index is.
+        num_hidden: how many rows are hidden.
     """
 
     codebooks: np.ndarray
     codes: np.ndarray
-    ids: list[str]
+    ids: Sequence[str]
     labels: np.ndarray | None = None
     distance: str = "l2"
     class_names: list[str] = field(default_factory=list)
@@ -63,11 +71,15 @@ class PQIndex:
     refine: np.ndarray | None = None
     refine_depth: int = DEFAULT_REFINE_DEPTH
     items: np.ndarray | None = None
-    #: How many leading ids are already known to hold no line break (a new version of an
-    #: index that appends rows checks only the new ids: an add costs no scan of every id).
-    ids_checked: InitVar[int] = 0
+    deleted_at: np.ndarray | None = None
+    generation: int = 0
+    num_hidden: int = 0
+    #: How many leading rows are already known to be valid (codewords < K, ids without line
+    #: breaks): a new version of an index that appends rows checks only the new rows, so an add
+    #: costs no scan of every item.
+    rows_checked: InitVar[int] = 0
 
-    def __post_init__(self, ids_checked: int) -> None:
+    def __post_init__(self, rows_checked: int) -> None:
         if self.content is not None:
             self.content = np.asarray(self.content, dtype=np.uint64)
             if self.content.shape != (len(self.codes),):
@@ -81,8 +93,9 @@ class PQIndex:
         m, k, _ = self.codebooks.shape
         if self.codes.ndim != 2 or self.codes.shape[1] != m:
             raise IndexFormatError(f"codes must be (N, {m}), got {self.codes.shape}")
-        if len(self.codes) and int(self.codes.max()) >= k:
-            raise IndexFormatError(f"codes hold codeword {int(self.codes.max())} >= K = {k}")
+        unchecked = self.codes[rows_checked:]
+        if len(unchecked) and int(unchecked.max()) >= k:
+            raise IndexFormatError(f"codes hold codeword {int(unchecked.max())} >= K = {k}")
         if len(self.ids) != len(self.codes):
             raise IndexFormatError(f"{len(self.ids)} ids for {len(self.codes)} codes")
         if self.labels is not None and len(self.labels) != len(self.codes):
@@ -111,8 +124,14 @@ class PQIndex:
                 )
         if self.refine_depth < 1:
             raise IndexFormatError(f"refine_depth must be >= 1, got {self.refine_depth}")
+        if self.deleted_at is not None and self.deleted_at.shape != (len(self.codes),):
+            raise IndexFormatError(
+                f"deletion stamps must be ({len(self.codes)},), got {self.deleted_at.shape}"
+            )
+        if self.num_hidden and self.deleted_at is None:
+            raise IndexFormatError(f"{self.num_hidden} hidden rows without deletion stamps")
         # one C-speed scan, not a Python loop over the items
-        joined = "".join(self.ids[ids_checked:] if ids_checked else self.ids)
+        joined = "".join(self.ids[rows_checked:] if rows_checked else self.ids)
         if "\n" in joined or "\r" in joined:
             raise IndexFormatError("item ids may not contain line breaks")
         clash = RESERVED_META & set(self.meta)
@@ -146,6 +165,18 @@ class PQIndex:
             return self.items
         return np.arange(len(self.codes), dtype=np.int64)
 
+    def hidden(self) -> HiddenRows | None:
+        """The rows searches skip (deleted, not dropped yet), or None."""
+        if not self.num_hidden or self.deleted_at is None:
+            return None
+        return HiddenRows(torch.from_numpy(self.deleted_at), self.generation, self.num_hidden)
+
+    def hidden_mask(self) -> np.ndarray | None:
+        """bool (N,): whether each row is hidden, or None when none is."""
+        if not self.num_hidden or self.deleted_at is None:
+            return None
+        return (self.deleted_at > 0) & (self.deleted_at <= self.generation)
+
     def add(
         self,
         codes: np.ndarray,
@@ -168,24 +199,40 @@ class PQIndex:
             raise IndexFormatError(
                 "refine embeddings must be given when the index refines, and only then"
             )
-        grown = self.with_rows(
-            np.concatenate([np.asarray(self.codes), codes]),
-            [*self.ids, *ids],
-            None if self.labels is None else np.concatenate([self.labels, labels]),
-            None if self.content is None else np.concatenate([self.content, content]),
-            None if self.refine is None else np.concatenate([self.refine, refine]),
-            ids_checked=len(self.ids),
-        )  # checks the new rows like a new index
+        columns = self.appended_columns(codes, ids, labels, content, refine)
+        grown = self.with_rows(*columns, rows_checked=len(self.codes))  # checks the new rows
         if self.items is not None:
             start = int(self.items.max()) + 1 if len(self.items) else 0
             new = np.arange(start, start + len(codes), dtype=np.int64)
-            self.items = np.concatenate([self.items, new])
+            self.items = append_rows(self.items, new)
+        grown.carry_hidden(self)
+        self.deleted_at = grown.deleted_at
         grown.carry_search_state(self)
         state = grown.__dict__.get("_searcher")
         self.codes, self.ids, self.labels = grown.codes, grown.ids, grown.labels
         self.content, self.refine = grown.content, grown.refine
         if state is not None:
             self.__dict__["_searcher"] = state
+
+    def appended_columns(
+        self,
+        codes: np.ndarray,
+        ids: Sequence[str],
+        labels: np.ndarray | None,
+        content: np.ndarray | None,
+        refine: np.ndarray | None,
+    ) -> tuple[np.ndarray, GrowingIds, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """The rows of this index followed by the given ones, column by column, each grown
+        at its end (:mod:`quantrieve.index.columns`: no copy of this index's rows, amortized).
+        Whether the optional columns are given where this index has them is the caller's
+        check."""
+        return (
+            append_rows(np.asarray(self.codes), np.asarray(codes, dtype=np.uint8)),
+            append_ids(self.ids, ids),
+            None if self.labels is None else append_rows(np.asarray(self.labels), labels),
+            None if self.content is None else append_rows(self.content, content),
+            None if self.refine is None else append_rows(np.asarray(self.refine), refine),
+        )
 
     def search(
         self,
@@ -223,10 +270,11 @@ class PQIndex:
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
         kept = None if rows is None else self._row_filter(rows)
+        hidden = None if rows is not None else self.hidden()  # a filter leaves them out
         if self.refine is None or depth == 0:
-            dists, items = self.searcher().search(queries, k, distance, kept)
+            dists, items = self.searcher().search(queries, k, distance, kept, hidden)
         else:
-            dists, items = self.searcher().search(queries, max(k, depth), distance, kept)
+            dists, items = self.searcher().search(queries, max(k, depth), distance, kept, hidden)
             with warnings.catch_warnings():  # a read-only memory map is only ever read here
                 warnings.simplefilter("ignore", UserWarning)
                 fine = torch.from_numpy(self.refine)
@@ -271,8 +319,13 @@ class PQIndex:
             return None
         key = (None if labels is None else tuple(labels), id_prefix)
         cached = self.__dict__.get("_filters")
-        if cached is None or cached[0] is not self.ids or cached[1] is not self.codes:
-            cached = (self.ids, self.codes, {})
+        if (
+            cached is None
+            or cached[0] is not self.ids
+            or cached[1] is not self.codes
+            or cached[3] != (self.generation, self.num_hidden)
+        ):
+            cached = (self.ids, self.codes, {}, (self.generation, self.num_hidden))
             self.__dict__["_filters"] = cached
         filters: dict = cached[2]
         if key not in filters:
@@ -300,6 +353,9 @@ class PQIndex:
             keep &= np.asarray(self.labels)[:, columns].any(axis=1) if columns else False
         if id_prefix is not None:
             keep &= self._id_prefix_mask(id_prefix)
+        hidden = self.hidden_mask()
+        if hidden is not None:
+            keep &= ~hidden
         return np.flatnonzero(keep).astype(np.int64)
 
     def _id_prefix_mask(self, prefix: str) -> np.ndarray:
@@ -321,7 +377,11 @@ class PQIndex:
         key = np.uint64(fingerprint)
         lo = np.searchsorted(ordered, key, side="left")
         hi = np.searchsorted(ordered, key, side="right")
-        return np.sort(order[lo:hi]).astype(np.int64)
+        rows = np.sort(order[lo:hi]).astype(np.int64)
+        if self.num_hidden and self.deleted_at is not None:
+            stamps = self.deleted_at[rows]
+            rows = rows[(stamps == 0) | (stamps > self.generation)]
+        return rows
 
     def _copies_first(
         self,
@@ -388,17 +448,17 @@ class PQIndex:
         content: np.ndarray | None,
         refine: np.ndarray | None,
         keep: np.ndarray | None = None,
-        ids_checked: int = 0,
+        rows_checked: int = 0,
     ) -> PQIndex:
         """A new index with this one's codebooks and settings and these rows (``keep``: a mask
         of the rows to take), checked like a new index. Its item numbers are unset.
 
-        ``ids_checked``: how many leading ``ids`` are known to be valid (this index's own, when
+        ``rows_checked``: how many leading rows are known to be valid (this index's own, when
         rows are appended), so only the others are scanned. A list of ids is taken as it is,
-        not copied (indexes never change a list of ids in place)."""
+        not copied (indexes never change the ids a version sees)."""
         if keep is not None and not keep.all():
-            # a subset of checked ids is checked
-            ids_checked = int(keep.sum()) if ids_checked >= len(ids) else 0
+            # a subset of checked rows is checked
+            rows_checked = int(keep.sum()) if rows_checked >= len(ids) else 0
             rows = np.flatnonzero(keep)
             codes = codes[rows]
             ids = _kept_ids(ids, keep)
@@ -408,7 +468,7 @@ class PQIndex:
         return PQIndex(
             codebooks=self.codebooks,
             codes=codes,
-            ids=ids if isinstance(ids, list) else list(ids),
+            ids=ids if isinstance(ids, list | GrowingIds) else list(ids),
             labels=labels,
             distance=self.distance,
             class_names=list(self.class_names),
@@ -416,8 +476,66 @@ class PQIndex:
             content=content,
             refine=refine,
             refine_depth=self.refine_depth,
-            ids_checked=ids_checked,
+            rows_checked=rows_checked,
         )
+
+    def same_rows(self, **changes: Any) -> PQIndex:
+        """A new version of this index with the same rows, item numbers and search state, and
+        the given fields changed (``meta``, ``deleted_at``, ``generation``, ``num_hidden``).
+        No row is copied or checked again."""
+        fields = {
+            "items": self.items,
+            "deleted_at": self.deleted_at,
+            "generation": self.generation,
+            "num_hidden": self.num_hidden,
+            **changes,
+        }
+        index = self.with_rows(
+            np.asarray(self.codes),
+            self.ids,
+            self.labels,
+            self.content,
+            self.refine,
+            rows_checked=len(self.codes),
+        )
+        meta = fields.pop("meta", None)
+        if meta is not None:
+            index.meta = meta
+        for name, value in fields.items():
+            setattr(index, name, value)
+        index.__post_init__(len(self.codes))  # checks the changed fields, not the rows
+        cached = self.__dict__.get("_searcher")
+        if cached is not None and cached[0] is index.codes:
+            index.__dict__["_searcher"] = cached
+        return index
+
+    def carry_hidden(self, previous: PQIndex) -> None:
+        """This index being ``previous`` with rows appended: keep its hidden rows (the
+        deletion stamps grown by the new, undeleted rows, at their end)."""
+        self.num_hidden = previous.num_hidden
+        self.generation = previous.generation
+        if previous.deleted_at is not None:
+            added = len(self.codes) - len(previous.codes)
+            self.deleted_at = append_rows(previous.deleted_at, np.zeros(added, dtype=np.int32))
+
+    def without_hidden(self) -> PQIndex:
+        """This index with its hidden rows dropped (itself when it hides none)."""
+        hidden = self.hidden_mask()
+        if hidden is None:
+            return self
+        keep = ~hidden
+        index = self.with_rows(
+            np.asarray(self.codes),
+            self.ids,
+            self.labels,
+            self.content,
+            self.refine,
+            keep,
+            rows_checked=len(self.codes),
+        )
+        index.items = None if self.items is None else self.items[keep]
+        index.generation = self.generation
+        return index
 
     def with_version(self, version: StoredVersion) -> PQIndex:
         """This index, the base of a directory, as the stored ``version`` has it: the base rows,
@@ -453,7 +571,7 @@ class PQIndex:
         ``overwrite``, whole (the new one is complete before the old one is removed); any
         other folder or file is refused (:class:`~quantrieve.errors.OutputError`).
         """
-        return save_index(self, path, model_file, overwrite, model)
+        return save_index(self.without_hidden(), path, model_file, overwrite, model)
 
     def write_files(
         self,
@@ -463,7 +581,7 @@ class PQIndex:
     ) -> None:
         """Write the base files of the format into an existing, empty ``folder`` (no swap: see
         :meth:`save`, which calls this on a temporary folder)."""
-        write_base(self, folder, model_file, model)
+        write_base(self.without_hidden(), folder, model_file, model)
 
     @classmethod
     def load(

@@ -20,6 +20,7 @@ from typing import IO
 import numpy as np
 
 from quantrieve.errors import QuantrieveError
+from quantrieve.index.columns import append_rows
 from quantrieve.index.format import MANIFEST, SEGMENTS_DIR, IndexFormatError
 from quantrieve.index.live import LiveIndex
 from quantrieve.index.segment_files import (
@@ -39,6 +40,9 @@ COMMIT_DELAY_ENV = "QUANTRIEVE_TEST_COMMIT_DELAY"
 #: log merge policy): 10,000 single adds leave at most about MERGE_FACTOR files per tier, and
 #: log_{MERGE_FACTOR}(added items) tiers.
 MERGE_FACTOR = 10
+#: A delete drops the hidden rows of deleted items from memory (copies the index) once more
+#: than 1/DROP_DIVISOR of the rows are hidden: each delete costs its own rows, amortized.
+DROP_DIVISOR = 8
 
 
 def commit_pause() -> Callable[[], None] | None:
@@ -196,28 +200,28 @@ class IndexWriter:
         else:
             ids = list(items.ids)
         grown = base.with_rows(
-            np.concatenate([np.asarray(base.codes), items.codes]),
-            base.ids + ids,
-            None if base.labels is None else np.concatenate([base.labels, items.labels]),
-            None if base.content is None else np.concatenate([base.content, items.content]),
-            None if base.refine is None else np.concatenate([base.refine, items.refine]),
-            ids_checked=len(base.ids),
+            *base.appended_columns(items.codes, ids, items.labels, items.content, items.refine),
+            rows_checked=len(base.codes),
         )  # checks the new rows like a new index (shapes, codewords < K, the new ids)
+        grown.carry_hidden(base)
+        grown.generation = generation
         grown.carry_search_state(base)  # the new rows extend the search state, not rebuild it
         folder = self.path / SEGMENTS_DIR
         # A file of this name can only be left by a change that never committed: replaced.
         entry = write_segment(folder / f"seg-{generation:06d}.npz", keys, ids, items)
-        segment = len(live.segments)
+        slot = len(live.slots)
         new = dataclasses.replace(
             live,
             path=self.path,
             index=grown,
-            keys=np.concatenate([live.keys, keys]),
-            part=np.concatenate([live.part, np.full(n, segment, dtype=np.int32)]),
-            local=np.concatenate([live.local, np.arange(n, dtype=np.int64)]),
+            keys=append_rows(live.keys, keys),
+            part=append_rows(live.part, np.full(n, slot, dtype=np.int32)),
+            local=append_rows(live.local, np.arange(n, dtype=np.int64)),
             generation=generation,
             segments=(*live.segments, entry),
             next_key=live.next_key + n,
+            slots=np.concatenate([live.slots, [[len(live.segments), 0]]]),
+            keys_checked=len(live.keys) if live.ascending else 0,
         )
         self._commit(new)
         return self.merge(new) if self.merge_factor else new
@@ -250,20 +254,22 @@ class IndexWriter:
             folder / f"seg-{generation:06d}.npz", np.concatenate(keys), ids, merge_items(parts)
         )
         old_files = [live.segment_file(part) for part in range(start, stop)]
-        # Rows keep their order; rows of merged segments now live in segment ``start``.
-        part, local = live.part.copy(), live.local.copy()
+        # Rows keep their order, part and local; the slots of merged segments now lie in
+        # segment ``start``, from the row where their segment starts in it.
+        slots = live.slots.copy()
+        segment = slots[:, 0].copy()
         offsets = np.cumsum([0] + [s["num_items"] for s in live.segments[start:stop]])
-        inside = (part >= start) & (part < stop)
-        local[inside] += offsets[part[inside] - start]
-        part[inside] = start
-        part[part >= stop] -= stop - start - 1
+        inside = (segment >= start) & (segment < stop)
+        slots[inside, 1] += offsets[segment[inside] - start]
+        slots[inside, 0] = start
+        slots[segment >= stop, 0] -= stop - start - 1
         new = dataclasses.replace(
             live,
             path=self.path,
-            part=part,
-            local=local,
             generation=generation,
             segments=(*live.segments[:start], merged, *live.segments[stop:]),
+            slots=slots,
+            keys_checked=len(live.keys) if live.ascending else 0,
         )
         self._commit(new)
         for file in old_files:
@@ -276,39 +282,65 @@ class IndexWriter:
         folder, so they stay valid); returns the new version. Only the manifest changes."""
         self._check_current(live)
         root = str(Path(root).resolve())
-        index = live.index.with_rows(
-            np.asarray(live.index.codes),
-            live.index.ids,
-            live.index.labels,
-            live.index.content,
-            live.index.refine,
-        )
-        index.items = live.index.items
-        index.meta = {**index.meta, "source": {**(index.meta.get("source") or {}), "root": root}}
+        source = {**(live.index.meta.get("source") or {}), "root": root}
+        meta = {**live.index.meta, "source": source}
+        index = live.index.same_rows(meta=meta)
         new = dataclasses.replace(
             live, path=self.path, index=index, generation=live.generation + 1, source_root=root
         )
         self._commit(new)
         return new
 
-    def delete(self, live: LiveIndex, keys: Iterable[int]) -> LiveIndex:
-        """Tombstone items (live ones; others raise KeyError); returns the new version."""
+    def delete(self, live: LiveIndex, keys: Iterable[int], drop: bool | None = None) -> LiveIndex:
+        """Tombstone items (live ones; others raise KeyError); returns the new version.
+
+        In memory, the deleted rows are hidden (:meth:`PQIndex.hidden`: searches skip them), at
+        the cost of the rows deleted; once more than 1/:data:`DROP_DIVISOR` of the rows are
+        hidden, every hidden row is dropped (a copy of the index, so amortized over that many
+        deletes). ``drop``: True drops now, False never; None (default) follows that rule.
+        The files are the same either way: the manifest lists the deleted items.
+        """
         self._check_current(live)
         wanted = sorted({int(k) for k in keys})
-        missing = [k for k in wanted if live.row(k) is None]
+        rows = [live.row(k) for k in wanted]
+        missing = [k for k, row in zip(wanted, rows, strict=True) if row is None]
         if missing:
             raise KeyError(missing[0])
+        index, generation = live.index, live.generation + 1
+        hidden = index.num_hidden + len(rows)
+        if drop is None:
+            drop = hidden * DROP_DIVISOR > len(index)
+        if not drop:
+            stamps = index.deleted_at
+            if stamps is None:
+                stamps = np.zeros(len(index), dtype=np.int32)
+            new = dataclasses.replace(
+                live,
+                path=self.path,
+                index=index.same_rows(deleted_at=stamps, generation=generation, num_hidden=hidden),
+                generation=generation,
+                deleted=live.deleted | frozenset(wanted),
+                keys_checked=len(live.keys) if live.ascending else 0,
+            )
+            self._commit(new)
+            # After the commit: a version before this generation (a search using it) still
+            # sees these rows, and a change that failed never stamped any.
+            stamps[np.array(rows, dtype=np.int64)] = generation
+            return new
         keep = ~np.isin(live.keys, np.array(wanted, dtype=np.int64))
-        base = live.index
-        shrunk = base.with_rows(
-            np.asarray(base.codes),
-            base.ids,
-            base.labels,
-            base.content,
-            base.refine,
+        shown = index.hidden_mask()
+        if shown is not None:
+            keep &= ~shown
+        shrunk = index.with_rows(
+            np.asarray(index.codes),
+            index.ids,
+            index.labels,
+            index.content,
+            index.refine,
             keep,
-            ids_checked=len(base.ids),
+            rows_checked=len(index.ids),
         )
+        shrunk.generation = generation
         new = dataclasses.replace(
             live,
             path=self.path,
@@ -316,7 +348,7 @@ class IndexWriter:
             keys=live.keys[keep],
             part=live.part[keep],
             local=live.local[keep],
-            generation=live.generation + 1,
+            generation=generation,
             deleted=live.deleted | frozenset(wanted),
         )
         self._commit(new)

@@ -12,6 +12,7 @@ from quantrieve.pq.adc import (
     squared_l2_distances,
 )
 from quantrieve.pq.bits import bits_per_book, code_bits, is_codeword_count
+from quantrieve.pq.hidden import HiddenRows
 from quantrieve.pq.ranking import query_chunks, topk_smallest
 from quantrieve.pq.refine import (
     DEFAULT_REFINE_DEPTH,
@@ -27,6 +28,7 @@ __all__ = [
     "ADCScorer",
     "CodeSearcher",
     "GatherADC",
+    "HiddenRows",
     "RowFilter",
     "adc_distances",
     "bits_per_book",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from quantrieve.pq.fastscan import FastScan, fastscan_supported
+from quantrieve.pq.hidden import HiddenRows
 from quantrieve.pq.ranking import query_chunks, topk_smallest
 
 DISTANCES = ("l2", "sqeuclidean")
@@ -88,6 +89,10 @@ class GatherADC:
         self.keys = torch.stack(keys).to(torch.uint8).contiguous()  # (columns, N)
         self.num_items = len(codes)
         self.block_budget = block_budget
+        # [buffer, filled]: the key columns with spare room at their end that :meth:`extended`
+        # writes into, and how many of them the last gather made from it uses (shared by
+        # the gathers made from one another)
+        self._spare: list | None = None
 
     def nbytes(self) -> int:
         """Memory of the keys."""
@@ -95,13 +100,27 @@ class GatherADC:
 
     def extended(self, codes: Tensor) -> GatherADC:
         """The gather over ``codes`` (N, M), whose first rows are this gather's codes (rows
-        appended): only the new rows' keys are computed. This gather is left as it is."""
+        appended): only the new rows' keys are computed, and written into the spare end of the
+        key columns when this gather is the last one extended from them (no copy of the old
+        keys; a new buffer of 1.25 times the items when they are outgrown: amortized O(added)).
+        This gather's own keys are never written."""
         if len(codes) < self.num_items:
             raise ValueError(f"cannot extend a gather of {self.num_items} items to {len(codes)}")
         tail = GatherADC(codes[self.num_items :], self.num_codewords, self.block_budget)
+        n, total = self.num_items, len(codes)
         grown = GatherADC(codes[:0], self.num_codewords, self.block_budget)
-        grown.keys = torch.cat([self.keys, tail.keys], dim=1)
-        grown.num_items = len(codes)
+        spare = self._spare
+        if spare is None or spare[1] != n or total > spare[0].shape[1]:
+            capacity = max(total + 1024, int(total * 1.25))
+            buffer = torch.empty((len(self.keys), capacity), dtype=self.keys.dtype)
+            buffer[:, :n] = self.keys
+            spare = [buffer, n]
+        buffer = spare[0]
+        buffer[:, n:total] = tail.keys
+        spare[1] = total
+        grown.keys = buffer[:, :total]
+        grown._spare = spare
+        grown.num_items = total
         return grown
 
     def _tables(self, tables: Tensor) -> list[Tensor]:
@@ -169,15 +188,41 @@ class ADCScorer:
         if max_onehot_bytes is None:
             max_onehot_bytes = MAX_ONEHOT_BYTES
         self.codes = codes
+        self.num_codewords = num_codewords
+        self.max_onehot_bytes = max_onehot_bytes
         n, m = codes.shape
         self.onehot: Tensor | None = None
         self.gather: GatherADC | None = None
+        # [buffer, filled]: the one-hot rows with room at their end (see :meth:`extended`)
+        self._spare: list | None = None
         if n * m * num_codewords * 4 <= max_onehot_bytes:
-            flat = codes.long() + torch.arange(m, device=codes.device) * num_codewords
-            self.onehot = torch.zeros(n, m * num_codewords, device=codes.device)
-            self.onehot.scatter_(1, flat, 1.0)
+            self.onehot = _one_hot_rows(codes, num_codewords)
         else:  # ``gather``: the same codes' gather columns, when the caller has them
             self.gather = gather if gather is not None else GatherADC(codes, num_codewords)
+
+    def extended(self, codes: Tensor, gather: GatherADC | None = None) -> ADCScorer:
+        """The scorer of ``codes`` (N, M), whose first rows are this scorer's codes (rows
+        appended): the new rows' one-hot rows are written into the spare end of this scorer's
+        matrix when it is the last one extended from it (amortized O(added), as
+        :meth:`GatherADC.extended`); past the one-hot limit it gathers (``gather``: the new
+        codes' gather, when the caller has it). This scorer is left as it is."""
+        n, total = len(self.codes), len(codes)
+        if total < n:
+            raise ValueError(f"cannot extend a scorer of {n} items to {total}")
+        width = codes.shape[1] * self.num_codewords
+        if self.onehot is None or total * width * 4 > self.max_onehot_bytes:
+            return ADCScorer(codes, self.num_codewords, self.max_onehot_bytes, gather)
+        grown = ADCScorer(codes[:0], self.num_codewords, self.max_onehot_bytes)
+        spare = self._spare
+        if spare is None or spare[1] != n or total > len(spare[0]):
+            buffer = torch.empty(max(total + 1024, int(total * 1.25)), width)
+            buffer[:n] = self.onehot
+            spare = [buffer, n]
+        buffer = spare[0]
+        buffer[n:total] = _one_hot_rows(codes[n:], self.num_codewords)
+        spare[1] = total
+        grown.codes, grown.onehot, grown._spare = codes, buffer[:total], spare
+        return grown
 
     def nbytes(self) -> int:
         """Memory of the per-codes state (one-hot matrix or gather keys)."""
@@ -200,6 +245,14 @@ class ADCScorer:
         if out is None:
             return flat @ self.onehot.T
         return torch.mm(flat, self.onehot.T, out=out[: len(flat)])
+
+
+def _one_hot_rows(codes: Tensor, num_codewords: int) -> Tensor:
+    """float32 (N, M*K): row n has a 1 at m*K + codes[n, m] for every book m."""
+    n, m = codes.shape
+    flat = codes.long() + torch.arange(m, device=codes.device) * num_codewords
+    onehot = torch.zeros(n, m * num_codewords, device=codes.device)
+    return onehot.scatter_(1, flat, 1.0)
 
 
 def squared_l2_distances(queries: Tensor, database: Tensor) -> Tensor:
@@ -314,15 +367,17 @@ class CodeSearcher:
 
     def extended(self, codes: Tensor) -> CodeSearcher:
         """A searcher of ``codes`` (N, M) whose first rows are this searcher's codes (rows
-        appended, as a live index grows): the gather columns and the certified scan's packed
-        codes built so far are extended by the new rows instead of rebuilt (an add to 10M items
-        packs its items, not 10M). The one-hot matrix, small by construction, is left to be
-        built on use. This searcher is left as it is (a version still being searched)."""
+        appended, as a live index grows): the gather columns, the one-hot matrix and the
+        certified scan's packed codes built so far are extended by the new rows instead of
+        rebuilt, at the cost of the new rows, amortized (an add to 10M items packs its items,
+        not 10M). This searcher is left as it is (a version still being searched)."""
         if codes.shape[1] != self.codes.shape[1] or len(codes) < len(self.codes):
             raise ValueError(f"codes {tuple(codes.shape)} do not extend {tuple(self.codes.shape)}")
         grown = CodeSearcher(self.codebooks, codes, fastscan=self._fastscan_allowed)
         if self._gather is not None:
             grown._gather = self._gather.extended(codes)
+        if self._scorer is not None:
+            grown._scorer = self._scorer.extended(codes, grown._gather)
         if self._fast is not None and grown.fastscan:
             grown._fast = self._fast.extended(codes)
         return grown
@@ -341,6 +396,7 @@ class CodeSearcher:
         k: int,
         distance: str = "l2",
         rows: Tensor | RowFilter | None = None,
+        hidden: HiddenRows | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Top-k coded items for each query: (distances, indices), both (Q, min(k, N)).
 
@@ -348,21 +404,36 @@ class CodeSearcher:
         repeated searches): search only among these items, with at most ``len(rows)``
         results. A filtered search is exact: its results are the gather path's distances with
         every other item left out, in the same (distance, row) order.
+
+        ``hidden``: rows to skip (deleted, not dropped yet: :class:`HiddenRows`), with at most
+        N minus their count results; the result is the search of the other rows, exact. Not
+        with ``rows`` (a filter's rows leave the hidden ones out themselves).
         """
         if rows is not None:
+            if hidden is not None and hidden.count:
+                raise ValueError("a filter's rows leave hidden rows out: pass one or the other")
             return self._search_rows(queries, k, distance, rows)
+        if hidden is not None and hidden.count == 0:
+            hidden = None
         if len(self.codes) == 0:
             empty = torch.zeros(len(queries), 0)
             return empty, empty.long()
+        if hidden is not None:
+            k = min(k, len(self.codes) - hidden.count)
         out_d, out_i = [], []
+        skipped = None
         for chunk in query_chunks(len(queries), len(self.codes), SEARCH_BUDGET):
             tables = lookup_tables(queries[chunk], self.codebooks, distance)
             if self.fastscan and self._gathers(len(tables)):
                 gather = self._gatherer()
-                found = self._fastscan().search(tables, k, gather.rows, gather)
+                found = self._fastscan().search(tables, k, gather.rows, gather, skip=hidden)
                 d, i = found.distances, found.indices
             else:
-                d, i = topk_smallest(self.distances(tables), k)
+                dist = self.distances(tables)
+                if hidden is not None:
+                    skipped = hidden.mask() if skipped is None else skipped
+                    dist.masked_fill_(skipped, float("inf"))
+                d, i = topk_smallest(dist, k)
             out_d.append(d)
             out_i.append(i)
         if not out_d:

@@ -33,6 +33,12 @@ candidates outside it are dropped before the top-k is taken, so the k-th distanc
 the k-th allowed candidate, and the certificate still speaks of every item faiss left out. The
 first k' is scaled by the inverse of the allowed fraction, so that about ``FIRST_FACTOR * k``
 allowed items are expected among the candidates.
+
+Rows appended to a live index (:meth:`FastScan.extended`) join faiss's packed codes only in
+batches: the last rows, at most :data:`MAX_TAIL` of them, are left out of faiss's index and are
+candidates of every scan, re-scored exactly like faiss's candidates. The bound speaks of the
+indexed items faiss left out, so the result is unchanged; an add costs packing its own rows
+and, once per :data:`MAX_TAIL` added rows, one copy of the packed codes.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from quantrieve.pq.hidden import HiddenRows
 from quantrieve.pq.ranking import topk_smallest
 
 #: The codewords per book the 4-bit scan handles.
@@ -57,6 +64,9 @@ _BLOCK = 32
 #: First candidate count: ``max(FIRST_FACTOR * k, MIN_CANDIDATES)``.
 MIN_CANDIDATES = 64
 FIRST_FACTOR = 2
+
+#: The most appended rows left out of faiss's packed codes (each scan re-scores them all).
+MAX_TAIL = 32_768
 
 #: Float32 rounding of a sum of M table entries: at most (M - 1) units of 2^-24 of S.
 _UNIT = 2.0**-24
@@ -245,14 +255,25 @@ class FastScan:
         self.num_books = num_books
         self.growth = growth
         self.max_fraction = max_fraction
-        # ``index``: these codes already packed (:meth:`extended`)
+        # ``index``: the leading rows of these codes already packed (:meth:`extended`); the
+        # rest (the tail) are candidates of every scan
         self.index = build_fastscan_index(codes.numpy()) if index is None else index
+        self.indexed = int(self.index.ntotal)
+        if not 0 < self.indexed <= num_items:
+            raise ValueError(f"a packed index of {self.indexed} items for {num_items} codes")
+        self._tail = torch.arange(self.indexed, num_items)
         self._book_offsets = torch.arange(num_books) * FASTSCAN_CODEWORDS
 
     def extended(self, codes: Tensor) -> FastScan:
         """The scan of ``codes`` (N, M), whose first rows are this scan's codes (rows
-        appended): only the new rows are packed. This scan is left as it is."""
-        index = extend_fastscan_index(self.index, codes.numpy())
+        appended). faiss's packed codes (read-only, shared with this scan) are kept while at
+        most :data:`MAX_TAIL` rows lie past them; beyond that the rows not yet packed are
+        packed into a copy. This scan is left as it is."""
+        if len(codes) < self.num_items:
+            raise ValueError(f"cannot extend a scan of {self.num_items} items to {len(codes)}")
+        index = self.index
+        if len(codes) - self.indexed > MAX_TAIL:
+            index = extend_fastscan_index(self.index, codes.numpy())
         return FastScan(codes, self.growth, self.max_fraction, index=index)
 
     def nbytes(self) -> int:
@@ -299,6 +320,7 @@ class FastScan:
         exact: FullScorer,
         allowed: Tensor | None = None,
         allowed_count: int | None = None,
+        skip: HiddenRows | None = None,
     ) -> FastScanResult:
         """Top-k by (distance, row) for look-up tables (Q, M, 16), identical to ranking
         ``exact(tables)`` with :func:`~quantrieve.pq.topk_smallest`.
@@ -308,13 +330,25 @@ class FastScan:
         then ``exact(tables)`` with every other item's distance set to infinity, ranked, and
         cut to the allowed count (``allowed_count``, when the caller knows it: counting 10
         million flags takes tens of milliseconds).
+
+        ``skip``: rows no query may return (deleted, not dropped yet), checked on the
+        candidates only; like a mask of the others in ``allowed``, and combined with it
+        (``allowed_count`` then counts the rows passing both).
         """
         num_q, n = len(tables), self.num_items
         share = 1.0
-        if allowed is not None:
-            if allowed.shape != (n,):
-                raise ValueError(f"allowed must be a mask of ({n},) items")
-            count = int(allowed.count_nonzero()) if allowed_count is None else allowed_count
+        if skip is not None and skip.count == 0:
+            skip = None
+        if allowed is not None and allowed.shape != (n,):
+            raise ValueError(f"allowed must be a mask of ({n},) items")
+        if allowed is not None or skip is not None:
+            if allowed_count is not None:
+                count = allowed_count
+            elif allowed is None:
+                count = n - skip.count  # type: ignore[union-attr]
+            else:
+                passing = allowed if skip is None else allowed & ~skip.mask()
+                count = int(passing.count_nonzero())
             k = min(k, count)
             share = count / n if n else 1.0
         k = min(k, n)
@@ -325,6 +359,7 @@ class FastScan:
             out_d=torch.zeros(num_q, k),
             out_i=torch.zeros(num_q, k, dtype=torch.int64),
             allowed=allowed,
+            skip=skip,
         )
         rounds = torch.zeros(num_q, dtype=torch.int64)
         exhaustive = torch.zeros(num_q, dtype=torch.bool)
@@ -336,20 +371,23 @@ class FastScan:
         if len(state.pending):
             state.qtab, state.inv, state.offset, state.queries = self.bounds(tables[state.pending])
             local = torch.arange(len(state.pending))
-            width = min(max(int(FIRST_FACTOR * k / share), MIN_CANDIDATES), n)
+            packed = self.indexed
+            width = min(max(int(FIRST_FACTOR * k / share), MIN_CANDIDATES), packed)
             limit = max(k, int(self.max_fraction * n))
             while len(local):
-                if width > limit and width < n:
+                if width > limit and width < packed:
                     exhaustive[state.pending[local]] = True
                     break
                 rounds[state.pending[local]] += 1
                 local = local[~self._round(state, local, width)]
-                width = min(width * self.growth, n)
+                width = min(width * self.growth, packed)
         slow = exhaustive.nonzero().squeeze(1)
         if len(slow):
             full = exact(tables[slow])
             if allowed is not None:
                 full = full.masked_fill(~allowed, float("inf"))
+            if skip is not None:
+                full = full.masked_fill(skip.mask(), float("inf"))
             d, i = topk_smallest(full, k)
             state.out_d[slow], state.out_i[slow] = d, i
         return FastScanResult(state.out_d, state.out_i, rounds, exhaustive)
@@ -363,9 +401,9 @@ class FastScan:
         # gets fewer candidates (labels -1), sorted here after the real ones.
         found = torch.from_numpy(labels)
         missing = found < 0
-        rows = found.masked_fill(missing, self.num_items).sort(dim=1).values
-        valid = rows < self.num_items
-        rows = rows.clamp_max(self.num_items - 1)
+        rows = found.masked_fill(missing, self.indexed).sort(dim=1).values
+        valid = rows < self.indexed
+        rows = rows.clamp_max(self.indexed - 1)
         # faiss's score of every candidate, from its own quantized tables; an item left out
         # scores at most the lowest candidate (at most 0 when some candidates are missing).
         picked = self.codes.index_select(0, rows.reshape(-1)).long() + self._book_offsets
@@ -373,13 +411,19 @@ class FastScan:
         accu = state.qtab[local].gather(1, keys).reshape(len(rows), width, -1).sum(2)
         accu = accu.masked_fill(~valid, 0)
         floor = state.offset[local] - accu.amin(1).double() * state.inv[local]
+        if len(self._tail):  # rows not packed yet: candidates of every scan, after faiss's
+            tail = self._tail.expand(len(rows), -1)
+            rows = torch.cat([rows, tail], dim=1)
+            valid = torch.cat([valid, torch.ones(tail.shape, dtype=torch.bool)], dim=1)
         queries = state.pending[local]
         k = state.k
         if state.allowed is not None:
             valid = valid & state.allowed[rows]
+        if state.skip is not None:
+            valid = valid & ~state.skip.of(rows)
         dist = state.rescore(state.tables[queries], rows).masked_fill(~valid, float("inf"))
         d, cols = topk_smallest(dist, k)
-        certified = (floor > d[:, k - 1].double()) | (width >= self.num_items)
+        certified = (floor > d[:, k - 1].double()) | (width >= self.indexed)
         good = certified.nonzero().squeeze(1)
         state.out_d[queries[good]] = d[good]
         state.out_i[queries[good]] = rows[good].gather(1, cols[good])
@@ -401,3 +445,4 @@ class _Search:
     offset: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.float64))
     queries: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     allowed: Tensor | None = None
+    skip: HiddenRows | None = None
