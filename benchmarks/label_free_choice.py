@@ -1,7 +1,7 @@
 """How closely the label-free validation signal tracks labelled validation, per training run.
 
     python benchmarks/label_free_choice.py benchmarks/results/top10-probes/cpu_results.jsonl \
-        --out benchmarks/results/label-free/report.md
+        runs/fm-cpu-s0 --out benchmarks/results/label-free/report.md
 
 For every run of ``benchmarks/top10_probes.py`` whose epochs record the label-free signal
 (``self_r10``: augmented copies of validation-database images finding their originals among its
@@ -10,6 +10,10 @@ codes, :mod:`quantrieve.evaluate.self_retrieval`), over its epochs: the Spearman
 (the first best); and the validation mAP and P@10 at the label-free choice against those at the
 labelled choice (by mAP, what training does) and at the last epoch (what an unlabelled run kept
 before). Validation numbers only: the test queries choose nothing.
+
+An argument may also be a training run folder (``quantrieve train --out RUN``): its
+``log.jsonl`` epochs (``val_map``, ``val_p10``, ``val_self``) make one run, named by its
+dataset, preset and seed.
 """
 
 from __future__ import annotations
@@ -67,6 +71,31 @@ def analyse(run: dict) -> dict | None:
     }
 
 
+def run_folder(path: Path) -> dict:
+    """A training run folder's epochs in the form of a probe result line."""
+    config = json.loads((path / "config.json").read_text())
+    record = json.loads((path / "run.json").read_text()) if (path / "run.json").is_file() else {}
+    preset = next((w for w in record.get("command", "").split() if w.endswith("-cpu")), None)
+    epochs = []
+    for line in (path / "log.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if entry.get("kind") == "epoch" and entry.get("val_map") is not None:
+            epochs.append(
+                {
+                    "epoch": entry["epoch"],
+                    "map": entry["val_map"],
+                    "p10": entry.get("val_p10"),
+                    "self_r10": entry.get("val_self"),
+                }
+            )
+    return {
+        "collection": config["data"]["dataset"],
+        "probe": preset or path.name,
+        "seed": config["train"]["seed"],
+        "epochs": epochs,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, nargs="+")
@@ -74,8 +103,13 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for path in args.results:
-        for line in path.read_text().splitlines():
-            row = analyse(json.loads(line))
+        runs = (
+            [run_folder(path)]
+            if path.is_dir()
+            else [json.loads(line) for line in path.read_text().splitlines()]
+        )
+        for run in runs:
+            row = analyse(run)
             if row is not None:
                 rows.append(row)
     lines = [

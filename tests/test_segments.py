@@ -5,6 +5,7 @@ command line seeing what a service serves."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,50 @@ def test_appends_and_merges_copy_no_old_rows_and_read_back_every_item(tmp_path: 
         np.testing.assert_array_equal(pixels, added[key][0])
         np.testing.assert_array_equal(again[0], added[key][0])
         assert name == again[2] == added[key][1]
+
+
+@pytest.mark.slow
+def test_a_merge_killed_by_sigkill_loses_nothing(tmp_path: Path) -> None:
+    """SIGKILL between a merge's merged segment file and its manifest: every item, number and
+    image stays as the last acknowledged change left it; the next writer clears the orphan and
+    merges again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = _index(tmp_path)
+    with IndexWriter(path, merge_factor=0) as writer:
+        live = open_live(path)
+        for i in range(10):  # ten single-item segments of one tier: one merge due
+            live = writer.append(live, _items(1, seed=i))
+    manifest = path / "segments" / "manifest.json"
+    before = manifest.read_bytes()
+    keys, pixels = live.keys.tolist(), [live.read_added(r)[0] for r in range(12, 22)]
+    script = (
+        "import sys; from quantrieve.index.live import open_live; "
+        "from quantrieve.index.writer import IndexWriter, commit_pause; "
+        "IndexWriter(sys.argv[1], before_commit=commit_pause()).merge(open_live(sys.argv[1]))"
+    )
+    env = {**os.environ, "QUANTRIEVE_TEST_COMMIT_DELAY": "60"}
+    process = subprocess.Popen([sys.executable, "-c", script, str(path)], env=env)
+    named = {s["file"] for s in json.loads(before)["segments"]}
+    deadline = time.monotonic() + 120
+    merged: list[Path] = []
+    while not merged and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        merged = [p for p in (path / "segments").glob("seg-*.npz") if p.name not in named]
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert merged, "the merge never wrote its segment"
+    assert manifest.read_bytes() == before
+    again = open_live(path)
+    assert again.keys.tolist() == keys and len(again.segments) == 10
+    for row in range(12, 22):
+        np.testing.assert_array_equal(again.read_added(row)[0], pixels[row - 12])
+    with IndexWriter(path) as writer:  # the orphan is cleared, the merge made again
+        assert not merged[0].exists()
+        done = writer.merge(open_live(path))
+    assert len(done.segments) == 1 and open_live(path).keys.tolist() == keys
+    for row in range(12, 22):
+        np.testing.assert_array_equal(done.read_added(row)[0], pixels[row - 12])
