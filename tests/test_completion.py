@@ -11,7 +11,7 @@ import pytest
 
 SCRIPT = Path(sys.executable).parent / "quantrieve"
 
-# Each completion starts the command (a few seconds of imports): left out of the fast subset.
+# Each completion starts the command (a subprocess): left out of the fast subset.
 pytestmark = pytest.mark.slow
 
 
@@ -40,3 +40,18 @@ def test_the_completion_script_is_printed_for_bash() -> None:
     )
     assert shown.returncode == 0, shown.stderr
     assert "complete -o default -F _quantrieve_completion quantrieve" in shown.stdout
+
+
+def test_the_command_line_starts_without_importing_torch() -> None:
+    """A TAB press or ``--help`` runs the command: it imports no torch (nor faiss, kornia,
+    matplotlib), so completion answers in a fraction of a second, not several."""
+    code = (
+        "import sys; from quantrieve.cli import app; "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'faiss', 'kornia', 'matplotlib', 'fastapi'}); print(heavy)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    helped = subprocess.run([str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "serve" in helped.stdout

@@ -29,20 +29,55 @@ import sys
 if "torch" not in sys.modules:  # read once, when OpenMP starts with torch's first import
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-
-from quantrieve.api.retriever import Retriever, SearchHit, SearchResult
-from quantrieve.config import RunConfig, load_config
-from quantrieve.data import ImageSet, read_dataset
-from quantrieve.data.splits import hold_out
-from quantrieve.errors import QuantrieveError, QuantrieveWarning
-from quantrieve.evaluate import RetrievalResult
-from quantrieve.index import PQIndex
+from typing import TYPE_CHECKING, Any
 
 try:
     __version__ = version("quantrieve")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
+
+# The public names, imported on first use (PEP 562): ``import quantrieve.errors`` or the
+# command line's ``--help`` does not import torch, and neither does a service that embeds
+# queries without it.
+_PUBLIC = {
+    "Retriever": "quantrieve.api.retriever",
+    "SearchHit": "quantrieve.api.retriever",
+    "SearchResult": "quantrieve.api.retriever",
+    "RunConfig": "quantrieve.config",
+    "load_config": "quantrieve.config",
+    "ImageSet": "quantrieve.data",
+    "read_dataset": "quantrieve.data",
+    "hold_out": "quantrieve.data.splits",
+    "QuantrieveError": "quantrieve.errors",
+    "QuantrieveWarning": "quantrieve.errors",
+    "RetrievalResult": "quantrieve.evaluate",
+    "PQIndex": "quantrieve.index",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quantrieve' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+if TYPE_CHECKING:
+    from quantrieve.api.retriever import Retriever, SearchHit, SearchResult
+    from quantrieve.config import RunConfig, load_config
+    from quantrieve.data import ImageSet, read_dataset
+    from quantrieve.data.splits import hold_out
+    from quantrieve.errors import QuantrieveError, QuantrieveWarning
+    from quantrieve.evaluate import RetrievalResult
+    from quantrieve.index import PQIndex
 
 __all__ = [
     "ImageSet",

@@ -36,7 +36,7 @@ from quantrieve.cli import (
 )
 from quantrieve.cli.terminal import console, stdout
 from quantrieve.errors import QuantrieveError, QuantrieveWarning
-from quantrieve.runtime.distributed import from_environment
+from quantrieve.runtime.placement import from_environment
 
 app = typer.Typer(
     add_completion=True,

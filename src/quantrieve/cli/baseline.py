@@ -9,13 +9,12 @@ from typing import Annotated
 
 import typer
 
-from quantrieve.api import run_parts
-from quantrieve.baselines import BASELINES
 from quantrieve.cli.options import JsonOpt, check_distance, data_dir_option
 from quantrieve.cli.terminal import print_result, progress_bar
+from quantrieve.config import METHODS
 from quantrieve.data import DataError
 
-_NAMES = list(BASELINES)
+_NAMES = [name for name, method in METHODS.items() if method.kind == "shallow"]
 MethodArg = Annotated[
     str, typer.Argument(help=f"{', '.join(_NAMES[:-1])} or {_NAMES[-1]} (on raw pixels).")
 ]
@@ -45,6 +44,7 @@ def baseline(
     as_json: JsonOpt = False,
 ) -> None:
     """A shallow baseline on raw pixels (train part = database, test part = queries)."""
+    from quantrieve.api import run_parts
     from quantrieve.baselines import fit_baseline
     from quantrieve.config import num_books_for_bits
     from quantrieve.evaluate import evaluate_distances

@@ -13,9 +13,10 @@ import typer
 from quantrieve.cli.options import IndexDirArg, overwrite_option
 from quantrieve.cli.terminal import console, progress_bar
 from quantrieve.errors import QuantrieveError
-from quantrieve.index.duplicates import DEFAULT_MIN_SIMILARITY, DuplicateGroup
+from quantrieve.index.duplicates import DEFAULT_MIN_SIMILARITY
 
 if TYPE_CHECKING:
+    from quantrieve.index.duplicates import DuplicateGroup
     from quantrieve.index.live import LiveIndex
 
 SHEET_COLUMNS = 8  # images shown per group

@@ -8,7 +8,6 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from quantrieve.api import Retriever
 from quantrieve.cli.options import (
     DataDirOpt,
     DatasetOpt,
@@ -42,6 +41,7 @@ def embed(
 ) -> None:
     """Write query embeddings (float32 N x M*d .npy), e.g. to search an exported faiss index;
     their ids go to OUT with the suffix .ids.txt."""
+    from quantrieve.api import Retriever
     from quantrieve.runtime.atomic import atomic_path
     from quantrieve.runtime.outputs import check_new_file
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 
-from quantrieve.api import Retriever, run_parts
 from quantrieve.cli.options import (
     DataDirOpt,
     DatasetOpt,
@@ -20,7 +18,6 @@ from quantrieve.cli.options import (
 from quantrieve.cli.terminal import console, progress_bar
 from quantrieve.config import DISTANCES, ConfigError
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
-from quantrieve.runtime.distributed import shutdown
 
 ModelArg = Annotated[Path, typer.Argument(help="A run directory or its model.pt.")]
 OutOpt = out_option("Index directory to write.")
@@ -77,9 +74,13 @@ def encode(
     Chunk by chunk into OUT.encoding/ (bounded memory; a rerun continues a killed job), then
     into the index. Under torchrun each process takes its share of the chunks; with --shard,
     the shard that finds every chunk done builds the index."""
+    import torch
+
+    from quantrieve.api import Retriever, run_parts
     from quantrieve.api.encode_job import EncodeJob
     from quantrieve.index.directory import check_index_output
     from quantrieve.runtime.distributed import setup as setup_distributed
+    from quantrieve.runtime.distributed import shutdown
 
     check_distance(distance)
     if refine_depth < 0:

@@ -9,7 +9,6 @@ from typing import Annotated
 
 import typer
 
-from quantrieve.api import Retriever, run_parts
 from quantrieve.cli.options import (
     DataDirOpt,
     DatasetOpt,
@@ -56,6 +55,7 @@ def evaluate(
     refine_depth: RefineDepthOpt = None,
 ) -> None:
     """mAP@K, precision@N and PR curve of labelled queries against an index."""
+    from quantrieve.api import Retriever, run_parts
     from quantrieve.runtime.outputs import check_new_file
 
     if plot is not None:

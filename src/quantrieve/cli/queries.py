@@ -4,14 +4,17 @@ part of the run's (or index's) dataset, possibly only some of its items."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from quantrieve.api import Retriever, run_parts
 from quantrieve.cli.terminal import progress_bar
 from quantrieve.config import ConfigError
 from quantrieve.data import ImageSet
 from quantrieve.errors import QuantrieveError
+
+if TYPE_CHECKING:
+    from quantrieve.api import Retriever
 
 
 def read_queries(
@@ -24,6 +27,7 @@ def read_queries(
 ) -> ImageSet:
     """The query images: the files ``images`` (decoded as the model takes them), else
     ``part`` of the dataset, or its ``rows`` (comma-separated positions in the part) only."""
+    from quantrieve.api import run_parts
     from quantrieve.data.images import load_image_file
 
     if images:

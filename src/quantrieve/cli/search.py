@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 from rich.table import Table
 
-from quantrieve.api import Retriever, run_parts
 from quantrieve.cli.options import (
     DataDirOpt,
     DatasetOpt,
@@ -75,6 +74,9 @@ OutOpt = Annotated[
     ),
 ]
 
+if TYPE_CHECKING:
+    from quantrieve.api import Retriever
+
 
 def search(
     index_dir: IndexDirArg,
@@ -97,6 +99,7 @@ def search(
     id_prefix: IdPrefixOpt = None,
 ) -> None:
     """Top-k database items for query images, by ADC with a per-query look-up table."""
+    from quantrieve.api import Retriever
     from quantrieve.runtime.outputs import check_new_file
 
     if k < 1:
@@ -136,6 +139,7 @@ def search(
 
 def _draw_grid(retriever: Retriever, queries: ImageSet, neighbours: np.ndarray, path: Path) -> None:
     """The queries and their results as a PNG; database images come from the index's source."""
+    from quantrieve.api import run_parts
     from quantrieve.experiments.figures import plot_retrieval_grid
 
     assert retriever.index is not None
@@ -167,6 +171,7 @@ def _search_batch(
     per query (JSONL) or per hit (CSV), written as it is found (constant memory)."""
     import csv
 
+    from quantrieve.api import Retriever
     from quantrieve.api.batch_search import query_files, search_files
     from quantrieve.runtime.atomic import atomic_path
     from quantrieve.runtime.outputs import check_new_file

@@ -7,7 +7,7 @@ turns such calls into a bar."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -20,8 +20,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from quantrieve.evaluate import RetrievalResult
-from quantrieve.train.trainer import EpochSummary
+if TYPE_CHECKING:  # annotations only: the command line starts without importing torch
+    from quantrieve.evaluate import RetrievalResult
+    from quantrieve.train.trainer import EpochSummary
 
 # Progress and status go to stderr; results (tables, JSON) go to stdout so they can be piped.
 console = Console(stderr=True)

@@ -7,12 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from quantrieve.api import Retriever, run_parts
 from quantrieve.cli.options import data_dir_option, out_option, set_option
 from quantrieve.cli.terminal import console, print_epoch, progress_bar
 from quantrieve.config import TRAINED_METHODS, load_config, preset_names, settings_from_text
-from quantrieve.runtime.distributed import from_environment, shutdown
-from quantrieve.train.trainer import TrainingError
+from quantrieve.runtime.placement import from_environment
 
 OutOpt = out_option("Run directory.")
 SetOpt = set_option("Override, e.g. --set train.epochs=30.")
@@ -68,6 +66,10 @@ def train(
     resume: ResumeOpt = False,
 ) -> None:
     """Train an encoder from scratch, without labels. Writes model.pt (best by validation mAP)."""
+    from quantrieve.api import Retriever, run_parts
+    from quantrieve.runtime.distributed import shutdown
+    from quantrieve.train.trainer import TrainingError
+
     if resume:
         if preset is not None or config_file is not None:
             raise TrainingError(

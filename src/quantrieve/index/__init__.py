@@ -8,7 +8,21 @@ model.pt), ``pq_index`` (:class:`PQIndex` in memory, with ``load`` and ``save``)
 ``compaction``; ``hits``, ``faiss_export`` and ``ivf`` build on ``pq_index``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from quantrieve.index.format import INDEX_FORMAT, INDEX_VERSION, IndexFormatError
-from quantrieve.index.pq_index import PQIndex
+
+if TYPE_CHECKING:
+    from quantrieve.index.pq_index import PQIndex
+
+
+def __getattr__(name: str) -> Any:
+    # PQIndex on first use: the torch-free modules of this package import without torch
+    if name == "PQIndex":
+        from quantrieve.index.pq_index import PQIndex
+
+        return PQIndex
+    raise AttributeError(f"module 'quantrieve.index' has no attribute {name!r}")
+
 
 __all__ = ["INDEX_FORMAT", "INDEX_VERSION", "IndexFormatError", "PQIndex"]

@@ -21,8 +21,7 @@ from torch import Tensor
 from quantrieve.pq.fastscan import FastScan, fastscan_supported
 from quantrieve.pq.hidden import HiddenRows
 from quantrieve.pq.ranking import query_chunks, topk_smallest
-
-DISTANCES = ("l2", "sqeuclidean")
+from quantrieve.pq.settings import DISTANCES
 
 
 def lookup_tables(queries: Tensor, codebooks: Tensor, distance: str = "l2") -> Tensor:

@@ -18,8 +18,6 @@ from torch import Tensor
 
 #: Storage types of the finer copy, by name (index.json ``refine_dtype``).
 REFINE_DTYPES = {"float16": torch.float16}
-#: Re-scored candidates per query when an index does not say otherwise.
-DEFAULT_REFINE_DEPTH = 100
 
 
 def refine_head(

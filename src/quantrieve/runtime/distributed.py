@@ -7,47 +7,14 @@ on the CPU, ``nccl`` on CUDA. A single process (no ``WORLD_SIZE``, or 1) needs n
 
 from __future__ import annotations
 
-import os
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class Distributed:
-    """Where this process stands in a data-parallel run.
-
-    Attributes:
-        rank: 0 .. world_size - 1; rank 0 alone writes checkpoints, logs and the model.
-        world_size: number of processes.
-        local_rank: rank on this machine (the CUDA device index).
-    """
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def from_environment() -> Distributed:
-    """The process's place as ``torchrun`` describes it (a single process without it)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Distributed()
-    return Distributed(
-        int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-    )
+from quantrieve.runtime.placement import Distributed, from_environment
 
 
 def setup(device: torch.device) -> Distributed:
