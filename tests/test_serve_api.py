@@ -200,6 +200,15 @@ def test_delete_tombstones_for_good(client: TestClient, index_dir: Path) -> None
     assert 7 not in [h["item"] for h in everything["queries"][0]["hits"]]
     assert "train:7" not in qr.PQIndex.load(index_dir).ids
     assert client.get("/stats").json()["deleted_items"] == 1
+    # an add after the delete (its row hidden, not dropped) gets the next item number
+    added = client.post(
+        "/items", files=files(("n.png", png(bar_image(2)))), headers={"X-API-Key": KEY}
+    )
+    item = added.json()["added"][0]["item"]
+    assert added.status_code == 201 and item == TINY.train
+    assert client.get(f"/items/{item}").json()["name"] == "n.png"
+    found = client.post("/search", json={"items": [item], "k": 1}).json()
+    assert found["queries"][0]["hits"][0]["item"] == item
 
 
 def test_bad_requests_are_refused_and_the_service_goes_on(client: TestClient) -> None:

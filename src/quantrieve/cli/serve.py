@@ -37,7 +37,17 @@ MaxKOpt = Annotated[int, typer.Option(help="Largest k of a search.")]
 MaxBatchOpt = Annotated[int, typer.Option(help="Most queries (or added images) in one request.")]
 MaxUploadOpt = Annotated[float, typer.Option(help="Largest request body, in MiB.")]
 ThreadsOpt = Annotated[
-    int, typer.Option(help="torch threads per process (requests already run in parallel).")
+    int,
+    typer.Option(help="torch (or onnxruntime) threads per process; requests run in parallel."),
+]
+OnnxOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--onnx",
+        help="Embed queries with this encoder (quantrieve export-onnx) by onnxruntime instead "
+        "of model.pt by torch; needs --read-only, runs without torch.",
+        show_default=False,
+    ),
 ]
 LogLevelOpt = Annotated[str, typer.Option(help="debug, info, warning, error.")]
 
@@ -76,6 +86,7 @@ def serve(
     max_upload_mb: MaxUploadOpt = 16.0,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = 1,
+    onnx: OnnxOpt = None,
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Serve an index over HTTP: search by image, item or embedding; add and delete items; a
@@ -95,6 +106,11 @@ def serve(
         ) from None
 
     _check_options(workers, read_only, max_k, max_batch, threads, max_upload_mb)
+    if onnx is not None and not read_only:
+        raise ConfigError(
+            "--onnx serves searches only (adds need the index's model.pt to encode images): "
+            "add --read-only"
+        )
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -107,6 +123,7 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 2**20),
         device=device,
         torch_threads=threads,
+        onnx=None if onnx is None else str(onnx.resolve()),
     )
     application = create_app(index_dir, options)  # verifies the index before binding a port
     console.print(f"quantrieve search service on http://{host}:{port}/ (API: /docs)")

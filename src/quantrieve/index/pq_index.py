@@ -9,29 +9,45 @@ versions, the writer and compaction sit above it.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import InitVar, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from quantrieve.errors import QuantrieveError
 from quantrieve.index.columns import GrowingIds, append_ids, append_rows
 from quantrieve.index.directory import SavableModel, read_base, save_index, write_base
 from quantrieve.index.format import RESERVED_META, IndexFormatError
 from quantrieve.index.segment_files import StoredVersion, has_segments, read_version
-from quantrieve.pq import (
-    DEFAULT_REFINE_DEPTH,
-    DISTANCES,
-    CodeSearcher,
-    HiddenRows,
-    RowFilter,
-    code_bits,
-    refine_ranking,
+from quantrieve.pq.bits import code_bits
+from quantrieve.pq.numpy_search import (
+    CHUNK_BUDGET,
+    NumpyADC,
+    lookup_tables_np,
+    refine_head_np,
+    topk_rows,
 )
+from quantrieve.pq.settings import DEFAULT_REFINE_DEPTH, DISTANCES
+
+if TYPE_CHECKING:  # torch is imported where a search needs it: loading an index does not
+    import torch
+
+    from quantrieve.pq import CodeSearcher, HiddenRows, RowFilter
+
+
+@functools.cache
+def torch_installed() -> bool:
+    """Whether torch imports (a query service may run without it: the search is then
+    :meth:`PQIndex.search_numpy`). Asked at the first search, never at import."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass
@@ -167,6 +183,10 @@ class PQIndex:
 
     def hidden(self) -> HiddenRows | None:
         """The rows searches skip (deleted, not dropped yet), or None."""
+        import torch
+
+        from quantrieve.pq import HiddenRows
+
         if not self.num_hidden or self.deleted_at is None:
             return None
         return HiddenRows(torch.from_numpy(self.deleted_at), self.generation, self.num_hidden)
@@ -263,7 +283,15 @@ class PQIndex:
         ``rows``: search only among these rows (a filter, from :meth:`filter_rows`); at most
         ``len(rows)`` results, exact (:meth:`~quantrieve.pq.CodeSearcher.search`), refined and
         with copies first like any search.
+
+        Without torch installed, this is :meth:`search_numpy` (numpy arrays out).
         """
+        if not torch_installed():
+            return self.search_numpy(queries, k, distance, refine_depth, fingerprints, rows)
+        import torch
+
+        from quantrieve.pq import refine_ranking
+
         queries = torch.as_tensor(queries)
         distance = distance or self.distance
         depth = self.refine_depth if refine_depth is None else refine_depth
@@ -282,12 +310,76 @@ class PQIndex:
             dists, items = dists[:, :k], items[:, :k]
         if fingerprints is not None and self.content is not None:
             prints = np.asarray(fingerprints, np.uint64)
+            d, i = self._copies_first(dists.numpy(), items.numpy(), prints, rows)
+            dists, items = torch.from_numpy(d), torch.from_numpy(i)
+        return dists, items
+
+    def search_numpy(
+        self,
+        queries: np.ndarray,
+        k: int = 10,
+        distance: str | None = None,
+        refine_depth: int | None = None,
+        fingerprints: np.ndarray | None = None,
+        rows: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search` with numpy alone (:mod:`quantrieve.pq.numpy_search`): the same
+        arguments and rules (ADC, refinement, copies first, filter, hidden rows), float32
+        distances and int64 rows as numpy arrays. What :meth:`search` does without torch."""
+        queries = np.asarray(queries, dtype=np.float32)
+        distance = distance or self.distance
+        depth = self.refine_depth if refine_depth is None else refine_depth
+        if depth < 0:
+            raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
+        refining = self.refine is not None and depth > 0
+        wanted = max(k, depth) if refining else k
+        scorer = self._numpy_adc()
+        hidden = None if rows is not None else self.hidden_mask()
+        step = max(1, CHUNK_BUDGET // max(1, len(self.codes)))
+        out_d, out_i = [], []
+        for start in range(0, len(queries), step):
+            chunk = queries[start : start + step]
+            tables = lookup_tables_np(chunk, self.codebooks, distance)
+            if rows is not None:
+                dist = scorer.distances(tables, rows)
+                d, cols = topk_rows(dist, wanted)
+                i = np.asarray(rows, dtype=np.int64)[cols]
+            else:
+                dist = scorer.distances(tables)
+                if hidden is not None:
+                    dist[:, hidden] = np.inf
+                d, i = topk_rows(dist, wanted)
+            if refining:
+                head_d, head_i = refine_head_np(chunk, i, self.refine, depth, distance)
+                width = head_i.shape[1]
+                d = np.concatenate([head_d, d[:, width:]], axis=1)
+                i = np.concatenate([head_i, i[:, width:]], axis=1)
+            out_d.append(d[:, :k])
+            out_i.append(i[:, :k])
+        width = min(k, len(self.codes) if rows is None else len(rows))
+        dists = np.concatenate(out_d) if out_d else np.zeros((0, width), np.float32)
+        items = np.concatenate(out_i) if out_i else np.zeros((0, width), np.int64)
+        if fingerprints is not None and self.content is not None:
+            prints = np.asarray(fingerprints, np.uint64)
             dists, items = self._copies_first(dists, items, prints, rows)
         return dists, items
+
+    def prepare_numpy(self) -> None:
+        """Build :meth:`search_numpy`'s state now (before this version takes searches)."""
+        self._numpy_adc()
+
+    def _numpy_adc(self) -> NumpyADC:
+        cached = self.__dict__.get("_numpy_state")
+        if cached is None or cached[0] is not self.codes:
+            cached = (self.codes, NumpyADC(self.codes, self.num_codewords))
+            self.__dict__["_numpy_state"] = cached
+        return cached[1]
 
     def _row_filter(self, rows: np.ndarray) -> RowFilter:
         """The searcher's filter of ``rows``; kept for read-only arrays (what
         :meth:`filter_rows` returns), so a repeated filter builds its search state once."""
+        import torch
+
         searcher = self.searcher()
         if isinstance(rows, np.ndarray) and not rows.flags.writeable:
             cache = searcher.__dict__.setdefault("_row_filters", {})
@@ -385,16 +477,16 @@ class PQIndex:
 
     def _copies_first(
         self,
-        dists: torch.Tensor,
-        items: torch.Tensor,
+        dists: np.ndarray,
+        items: np.ndarray,
         fingerprints: np.ndarray,
         rows: np.ndarray | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Each query's exact copies (among ``rows`` when filtered) in front at distance 0, the
         rest after; length kept."""
         if len(fingerprints) != len(items):
             raise QuantrieveError(f"{len(fingerprints)} fingerprints for {len(items)} queries")
-        dists, items = dists.clone(), items.clone()
+        dists, items = dists.copy(), items.copy()
         k = items.shape[1]
         for q, fingerprint in enumerate(fingerprints.tolist()):
             copies = self.copies(fingerprint)
@@ -406,8 +498,8 @@ class PQIndex:
             rest = [(d, i) for d, i in zip(dists[q].tolist(), items[q].tolist(), strict=True)]
             taken = set(copies.tolist())
             row = [(0.0, int(i)) for i in copies] + [(d, i) for d, i in rest if i not in taken]
-            dists[q] = torch.tensor([d for d, _ in row[:k]], dtype=dists.dtype)
-            items[q] = torch.tensor([i for _, i in row[:k]], dtype=items.dtype)
+            dists[q] = [d for d, _ in row[:k]]
+            items[q] = [i for _, i in row[:k]]
         return dists, items
 
     def carry_search_state(self, previous: PQIndex) -> None:
@@ -423,6 +515,8 @@ class PQIndex:
             return
         if old and not np.array_equal(self.codes[old - 1], previous.codes[old - 1]):
             return  # not an append of rows
+        import torch
+
         with warnings.catch_warnings():  # a read-only memory map is only ever read here
             warnings.simplefilter("ignore", UserWarning)
             grown = cached[2].extended(torch.from_numpy(self.codes))
@@ -434,6 +528,10 @@ class PQIndex:
         cached = self.__dict__.get("_searcher")
         if cached is not None and cached[0] is self.codes and cached[1] is self.codebooks:
             return cached[2]
+        import torch
+
+        from quantrieve.pq import CodeSearcher
+
         with warnings.catch_warnings():  # a read-only memory map is only ever read here
             warnings.simplefilter("ignore", UserWarning)
             searcher = CodeSearcher(torch.from_numpy(self.codebooks), torch.from_numpy(self.codes))

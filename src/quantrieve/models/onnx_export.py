@@ -127,10 +127,10 @@ def export_onnx(
 def onnx_embeddings(path: str | Path, images: np.ndarray) -> np.ndarray | None:
     """Embeddings of uint8 images (N, H, W, C) by onnxruntime from an exported file, or None
     when onnxruntime is not installed."""
+    from quantrieve.models.onnx_runtime import OnnxEncoder
+
     try:
-        import onnxruntime
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (out,) = session.run(None, {"images": np.ascontiguousarray(images, dtype=np.uint8)})
-    return np.asarray(out, dtype=np.float32)
+    return OnnxEncoder(path).embed(images)

@@ -156,14 +156,19 @@ def resident_memory_bytes() -> int:
 
 
 def build_info() -> dict[str, str]:
-    """The versions behind ``quantrieve_build_info``."""
-    import torch
+    """The versions behind ``quantrieve_build_info`` (``torch_version`` "none" in a process
+    that embeds queries with onnxruntime and has no torch)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     from quantrieve import __version__
 
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "none"
     return {
         "version": __version__,
-        "torch_version": str(torch.__version__),
+        "torch_version": torch_version,
         "python_version": platform.python_version(),
     }
 

@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from quantrieve.api.retriever import Retriever
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, decode_image_bytes
 from quantrieve.errors import QuantrieveError
 from quantrieve.index.format import INDEX_VERSION, codebooks_sha256, image_fingerprints
 from quantrieve.index.hits import Hit, make_hits
 from quantrieve.index.live import LiveIndex, open_live
+from quantrieve.index.pq_index import torch_installed
 from quantrieve.index.segment_files import NewItems
 from quantrieve.index.writer import IndexWriter
 from quantrieve.pq import DISTANCES
@@ -54,10 +53,14 @@ class ServeOptions:
         max_pixels: largest width x height of an uploaded image (decompression bombs).
         device: where queries are embedded (``auto``, ``cpu``, ``cuda``...).
         thumbnail_size: largest side of a served thumbnail of an image file.
-        torch_threads: intra-op threads of torch in this process (None: leave as it is).
-            Requests run concurrently in threads, so one thread each is the default: on a busy
-            machine several OpenMP threads per small forward pass spin against each other (a
-            single query took 400 ms at 2 threads on a loaded 2-core machine, 1 ms at 1).
+        torch_threads: intra-op threads of torch in this process (None: leave as it is), or
+            of onnxruntime with ``onnx``. Requests run concurrently in threads, so one thread
+            each is the default: on a busy machine several OpenMP threads per small forward
+            pass spin against each other (a single query took 400 ms at 2 threads on a loaded
+            2-core machine, 1 ms at 1).
+        onnx: embed queries with this encoder exported by ``quantrieve export-onnx``, run by
+            onnxruntime, instead of the index's ``model.pt`` by torch: a read-only service that
+            needs no torch (its searches are then numpy's, :meth:`PQIndex.search_numpy`).
     """
 
     read_only: bool = False
@@ -70,6 +73,7 @@ class ServeOptions:
     device: str = "auto"
     thumbnail_size: int = 160
     torch_threads: int | None = 1
+    onnx: str | None = None
 
 
 class RequestError(QuantrieveError):
@@ -122,34 +126,93 @@ class SearchService:
         self.options = options or ServeOptions()
         if not (self.path / "index.json").is_file():
             raise QuantrieveError(f"{self.path}: not an index directory (no index.json)")
-        if self.options.torch_threads is not None:
-            torch.set_num_threads(self.options.torch_threads)
+        if self.options.onnx is not None and not self.options.read_only:
+            raise QuantrieveError(
+                "an ONNX encoder serves searches only (adds need the index's model.pt to encode "
+                "images): add --read-only, or drop --onnx"
+            )
         self.writer = None if self.options.read_only else IndexWriter(self.path, before_commit)
+        self.retriever: Any = None
         try:
-            self.retriever = Retriever.load(self.path, self.options.device, need_index=True)
-            if self.retriever.model is None:
-                raise QuantrieveError(
-                    f"{self.path}: no model.pt, so query images cannot be embedded; encode the "
-                    "index with its model (quantrieve encode RUN --out INDEX)"
-                )
             self.live: LiveIndex = open_live(self.path)
+            self.codebooks_sha256 = codebooks_sha256(self.live.index.codebooks)
+            if self.options.onnx is not None:
+                self._load_onnx(self.options.onnx)
+            else:
+                self._load_model()
         except BaseException:
             self.close()
             raise
-        self.model = self.retriever.model
-        self.live.index.searcher().prepare()
-        self.retriever.index = self.live.index
+        self._prepare(self.live)
         self._change = threading.Lock()
         self.metrics = Metrics()
         index = self.live.index
-        self.codebooks_sha256 = codebooks_sha256(index.codebooks)
         self.images = ItemImages(
             dict(index.meta.get("source") or {}),
-            self.model.image_size,
-            self.model.channels,
+            self.image_size,
+            self.channels,
             self.options.thumbnail_size,
             max_pixels=self.options.max_pixels,
         )
+
+    def _load_model(self) -> None:
+        """Queries embedded by the index's ``model.pt`` (torch)."""
+        if not torch_installed():
+            raise QuantrieveError(
+                "torch is not installed, so the index's model.pt cannot embed queries; serve "
+                "an exported encoder instead: quantrieve serve INDEX --read-only --onnx "
+                "ENCODER.onnx (written by quantrieve export-onnx INDEX ENCODER.onnx where torch "
+                "is installed)"
+            )
+        import torch
+
+        from quantrieve.api.retriever import Retriever
+
+        if self.options.torch_threads is not None:
+            torch.set_num_threads(self.options.torch_threads)
+        self.retriever = Retriever.load(self.path, self.options.device, need_index=True)
+        if self.retriever.model is None:
+            raise QuantrieveError(
+                f"{self.path}: no model.pt, so query images cannot be embedded; encode the "
+                "index with its model (quantrieve encode RUN --out INDEX)"
+            )
+        self.retriever.index = self.live.index
+        self.image_size = self.retriever.model.image_size
+        self.channels = self.retriever.model.channels
+        self.embed = self.retriever.embed
+        self.encoder = "model.pt (torch)"
+
+    def _load_onnx(self, path: str) -> None:
+        """Queries embedded by an exported encoder (onnxruntime), checked against the index."""
+        from quantrieve.models.onnx_runtime import OnnxEncoder
+
+        encoder = OnnxEncoder(path, self.options.torch_threads)
+        index = self.live.index
+        if encoder.codebooks_sha256 not in (None, self.codebooks_sha256):
+            raise QuantrieveError(
+                f"{path} was exported from an index with other codebooks (sha256 "
+                f"{encoder.codebooks_sha256[:16]}..., this index's {self.codebooks_sha256[:16]}"
+                "...); export this index's encoder: quantrieve export-onnx INDEX OUT.onnx"
+            )
+        dim = index.num_books * index.codebooks.shape[2]
+        if encoder.embedding_dim != dim:
+            raise QuantrieveError(
+                f"{path} embeds into {encoder.embedding_dim} values, this index's codes "
+                f"take {dim}; export this index's encoder"
+            )
+        self.image_size, self.channels = encoder.image_size, encoder.channels
+        self.embed = encoder.embed
+        self.encoder = f"{path} (onnxruntime)"
+
+    def _prepare(self, live: LiveIndex) -> None:
+        """Build a new version's search state before it takes searches (torch's searcher,
+        or numpy's without torch)."""
+        if torch_installed():
+            live.index.searcher().prepare()
+        else:
+            live.index.prepare_numpy()
+        if self.retriever is not None:
+            self.retriever.index = live.index
 
     def close(self) -> None:
         """Release the index's write lock (the process may end without it: the lock goes too)."""
@@ -170,7 +233,8 @@ class SearchService:
             f"{live.added_items} added, {len(live.deleted)} deleted), index version "
             f"{live.generation}, {index.bits} bits ({index.num_books} x {index.num_codewords} "
             f"codewords), distance {index.distance}, codebooks sha256 "
-            f"{self.codebooks_sha256[:16]}..., checksums and model verified; {writes}"
+            f"{self.codebooks_sha256[:16]}..., checksums verified; queries embedded by "
+            f"{self.encoder}; {writes}"
         )
 
     # ------------------------------------------------------------------ queries
@@ -197,15 +261,14 @@ class SearchService:
     def decode(self, uploads: Sequence[Upload]) -> np.ndarray:
         """The uploads as the model sees them, uint8 (n, H, W, C); a bad one is a 400 that
         names it."""
-        model = self.model
         pixels = []
         for upload in uploads:
             try:
                 pixels.append(
                     decode_image_bytes(
                         upload.data,
-                        model.image_size,
-                        model.channels,
+                        self.image_size,
+                        self.channels,
                         self.options.max_pixels,
                         upload.name,
                     )
@@ -266,12 +329,12 @@ class SearchService:
         if uploads:
             self.check_batch(len(uploads), "query images")
             pixels = self.decode(uploads)
-            f = torch.from_numpy(self.retriever.embed(pixels))
+            f = self.embed(pixels)
             names = [u.name for u in uploads]
         elif items:
             self.check_batch(len(items), "query items")
             pixels = np.stack([self.item_pixels(live, key) for key in items])
-            f = torch.from_numpy(self.retriever.embed(pixels))
+            f = self.embed(pixels)
             names = [f"item {key}" for key in items]
         else:
             self.check_batch(len(embeddings), "query embeddings")
@@ -295,13 +358,13 @@ class SearchService:
             ],
         }
 
-    def _embeddings(self, embeddings: Sequence[Sequence[float]]) -> torch.Tensor:
+    def _embeddings(self, embeddings: Sequence[Sequence[float]]) -> np.ndarray:
         dim = self.live.index.num_books * self.live.index.codebooks.shape[2]
         if any(len(e) != dim for e in embeddings):
             sizes = sorted({len(e) for e in embeddings})
             raise RequestError(422, f"embeddings must have {dim} values each, got {sizes}")
-        f = torch.tensor(embeddings, dtype=torch.float32)
-        if not torch.isfinite(f).all():
+        f = np.asarray(embeddings, dtype=np.float32)
+        if not np.isfinite(f).all():
             raise RequestError(422, "embeddings must be finite numbers (no NaN or infinity)")
         return f
 
@@ -392,11 +455,10 @@ class SearchService:
                 refine=fine,
             )
             new = self._writer().append(live, items)
-            new.index.searcher().prepare()
+            self._prepare(new)
             self.live = new
-            self.retriever.index = new.index
         self.metrics.changed(added=len(uploads))
-        keys = new.keys[len(new) - len(uploads) :].tolist()
+        keys = new.keys[new.num_rows - len(uploads) :].tolist()
         log.info("added items %s (index version %d)", keys, new.generation)
         return {
             "added": [
@@ -419,9 +481,8 @@ class SearchService:
             live = self.live
             self.row(live, key)
             new = self._writer().delete(live, [key])
-            new.index.searcher().prepare()
+            self._prepare(new)
             self.live = new
-            self.retriever.index = new.index
         self.metrics.changed(deleted=1)
         log.info("deleted item %d (index version %d)", key, new.generation)
         return {"deleted": key, "index_version": new.generation, "items": len(new)}
@@ -447,8 +508,8 @@ class SearchService:
             "num_codewords": index.num_codewords,
             "distance": index.distance,
             "labels": list(index.class_names),
-            "image_size": self.model.image_size,
-            "channels": self.model.channels,
+            "image_size": self.image_size,
+            "channels": self.channels,
             "read_only": self.options.read_only,
             "writes_need_api_key": bool(self.options.api_key),
             "queries_served": snap["queries_served"],

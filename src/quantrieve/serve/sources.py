@@ -16,6 +16,7 @@ Thumbnails are encoded once and kept in a bounded in-memory cache (least recentl
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import threading
 from collections import OrderedDict
@@ -25,9 +26,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from quantrieve.api import run_parts
+from quantrieve.config import RunConfig
 from quantrieve.data import ARRAY_DATASETS, DataError, ImageSet
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, load_image_file, open_image_bytes
+from quantrieve.data.run_parts import read_run_parts
 from quantrieve.errors import QuantrieveError
 from quantrieve.index.live import LiveIndex
 
@@ -79,7 +81,13 @@ class ItemImages:
                     raise ImageUnavailableError("the index records no source for its images")
                 try:
                     # The index's ids name the rows of the dataset's own parts (``part:row``).
-                    self._arrays = run_parts(dataset=str(self.dataset), data_dir=self.root).parts
+                    data = dataclasses.replace(
+                        RunConfig().data,
+                        dataset=str(self.dataset),
+                        root=str(self.root),
+                        holdout_queries=0,
+                    )
+                    self._arrays = read_run_parts(data)
                 except QuantrieveError as exc:
                     raise ImageUnavailableError(f"the index's source images: {exc}") from None
             return self._arrays
