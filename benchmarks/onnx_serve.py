@@ -144,7 +144,9 @@ def main() -> None:
         record[mode] = {k: v for k, v in result.items() if k != "hits"}
         record[mode]["p_at_10"] = round(float(np.mean(relevant)), 4)
     a, b = results["torch"]["hits"], results["onnx"]["hits"]
-    record["identical_top10"] = round(float(np.mean([x == y for x, y in zip(a, b, strict=True)])), 4)
+    record["identical_top10"] = round(
+        float(np.mean([x == y for x, y in zip(a, b, strict=True)])), 4
+    )
     record["mean_top10_overlap"] = round(
         float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True)])), 4
     )

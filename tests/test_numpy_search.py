@@ -74,7 +74,8 @@ def test_topk_orders_by_distance_then_column_and_skips_infinite() -> None:
 
 
 @pytest.mark.parametrize(
-    ("books", "codewords", "refine"), [(8, 16, False), (8, 16, True), (7, 16, False), (4, 256, True)]
+    ("books", "codewords", "refine"),
+    [(8, 16, False), (8, 16, True), (7, 16, False), (4, 256, True)],
 )
 def test_the_numpy_search_ranks_like_the_torch_search(
     books: int, codewords: int, refine: bool
