@@ -16,11 +16,19 @@ validation records of every epoch (mAP, P@10, distinct-code fraction, book perpl
 Ranking variants of one trained model: ADC with the non-squared ``l2`` (the search default) and
 with ``sqeuclidean``; re-ranking the top R of the ADC scan with a finer copy of each item's
 embedding (``fp16``, ``int8`` per-dimension scalar, ``rpq8``: an 8-byte residual PQ code); exact
-distances between float embeddings (no quantization at all).
+distances between float embeddings (no quantization at all). The distance the losses train
+with (cosine) against the one search uses (``l2``): ADC and exact rankings by cosine. The
+backbone's representation (before the projection head, fp32) as the finer copy: exact rankings
+by it, and re-ranking the top R of the ADC scan by it (``backbone_cos``: cosine, i.e. L2 between
+unit vectors; ``backbone_l2``).
+
+``--keep DIR`` keeps every job's run folder (model, config, log) as ``DIR/COLLECTION-PROBE-SEED``;
+``rescore`` scores kept runs again with the current variants, without training them again.
 
     python benchmarks/top10_probes.py run --data .probe/data --fm-dir DIR --results r.jsonl
     python benchmarks/top10_probes.py baselines --data .probe/data --fm-dir DIR --out b.json
     python benchmarks/top10_probes.py report r.jsonl --baselines b.json --out report.md
+    python benchmarks/top10_probes.py rescore --keep DIR --results r2.jsonl
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -141,8 +150,16 @@ def _fine_copies(f_db, codes, codebooks, seed: int) -> dict:
 FINE_BYTES = {"fp16": "2 D", "int8": "D (+ 2 D floats per index)", "rpq8": "8"}
 
 
-def score_model(f_q, f_db, codes, codebooks, q_labels, db_labels, seed: int) -> dict:
-    """Every ranking variant of one model's embeddings and codes."""
+def _unit(x):
+    import torch
+
+    return torch.nn.functional.normalize(x.float(), dim=-1)
+
+
+def score_model(
+    f_q, f_db, codes, codebooks, q_labels, db_labels, seed: int, h_q=None, h_db=None
+) -> dict:
+    """Every ranking variant of one model's embeddings, codes and backbone features."""
     import torch
 
     from quantrieve.pq import ADCScorer, lookup_tables
@@ -169,7 +186,74 @@ def score_model(f_q, f_db, codes, codebooks, q_labels, db_labels, seed: int) -> 
             return out.scatter_(1, cand, exact)
 
         results[f"rerank_{kind}_R{depth}"] = _score(reranked, q_labels, db_labels)
+
+    # The training distance (cosine) for the whole ranking: reconstructions, then floats.
+    recon = books[torch.arange(books.shape[0]), torch.as_tensor(codes).long()].reshape(
+        len(f_db), -1
+    )
+    # (the scorer needs distances >= 0: 1 - cosine)
+    results["adc_cos"] = _score(
+        lambda s: (1 - _unit(f_q[s]) @ _unit(recon).T).clamp_min(0), q_labels, db_labels
+    )
+    results["float_cos"] = _score(
+        lambda s: (1 - _unit(f_q[s]) @ _unit(f_db).T).clamp_min(0), q_labels, db_labels
+    )
+    if h_q is None:
+        return results
+    results["backbone_l2"] = _score(lambda s: torch.cdist(h_q[s], h_db), q_labels, db_labels)
+    copies = {
+        "backbone_cos": (_unit(h_q), _unit(h_db).half().float()),
+        "backbone_l2": (h_q, h_db.half().float()),
+        "f_cos": (_unit(f_q), _unit(f_db).half().float()),
+    }
+    for kind, depth in (
+        ("backbone_cos", 100),
+        ("backbone_cos", 300),
+        ("backbone_l2", 100),
+        ("f_cos", 100),
+    ):
+        query_copy, copy = copies[kind]
+
+        def reranked_by(s, query_copy=query_copy, copy=copy, depth=depth):
+            coarse = adc("l2")(s)
+            _, cand = topk_smallest(coarse, depth)
+            exact = (query_copy[s, None, :] - copy[cand]).pow(2).sum(-1).sqrt()
+            out = coarse + exact.amax(1, keepdim=True) + 1
+            return out.scatter_(1, cand, exact)
+
+        results[f"rerank_{kind}_R{depth}"] = _score(reranked_by, q_labels, db_labels)
     return results
+
+
+def backbone_features(model, images: np.ndarray, batch: int = 1024):
+    """The backbone's representation (before the projection head), fp32, on the CPU."""
+    import torch
+
+    from quantrieve.models.retrieval import to_float_images
+
+    model = model.cpu().eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch]))
+            x = model.normalize(to_float_images(x).contiguous())
+            out.append(model.encoder.backbone(x).float())
+    return torch.cat(out)
+
+
+def score_retriever(retriever, train, queries, seed: int) -> tuple[dict, np.ndarray]:
+    """Scores of every variant, and the database codes, of one trained retriever."""
+    import torch
+
+    model = retriever.model
+    f_q = torch.as_tensor(retriever.embed(queries))
+    f_db = torch.as_tensor(retriever.embed(train))
+    codes = model.quantizer.encode(f_db.to(retriever.device)).cpu().numpy()
+    codebooks = model.quantizer.codebooks.detach().cpu().numpy()
+    h_q = backbone_features(model, np.asarray(queries.images))
+    h_db = backbone_features(model, np.asarray(train.images))
+    scores = score_model(f_q, f_db, codes, codebooks, queries.labels, train.labels, seed, h_q, h_db)
+    return scores, codes
 
 
 def tie_groups(codes: np.ndarray) -> dict:
@@ -214,6 +298,13 @@ def run_job(spec: dict) -> dict:
         retriever.fit(train, run_dir=Path(tmp) / "run")
         seconds = time.perf_counter() - start
         log = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").open()]
+        if spec.get("keep"):
+            name = f"{spec['collection']}-{spec['probe']}-{spec['seed']}"
+            shutil.copytree(
+                Path(tmp) / "run",
+                Path(spec["keep"]) / name,
+                ignore=shutil.ignore_patterns("last.pt"),
+            )
     epochs = []
     for record in log:
         if record.get("kind") == "validation":
@@ -232,11 +323,7 @@ def run_job(spec: dict) -> dict:
                 }
             )
     model = retriever.model
-    f_q = torch.as_tensor(retriever.embed(queries))
-    f_db = torch.as_tensor(retriever.embed(train))
-    codes = model.quantizer.encode(f_db.to(retriever.device)).cpu().numpy()
-    codebooks = model.quantizer.codebooks.detach().cpu().numpy()
-    scores = score_model(f_q, f_db, codes, codebooks, queries.labels, train.labels, spec["seed"])
+    scores, codes = score_retriever(retriever, train, queries, spec["seed"])
     usage = code_usage(codes, model.config.num_codewords)
     return {
         **spec,
@@ -253,7 +340,7 @@ def run_job(spec: dict) -> dict:
         },
         "ties": tie_groups(codes),
         "device": str(retriever.device),
-        "embed_dim": int(f_db.shape[1]),
+        "embed_dim": int(model.config.embed_dim),
     }
 
 
@@ -271,6 +358,7 @@ def schedule(args: argparse.Namespace) -> None:
             "fm_epochs": args.fm_epochs,
             "epochs": args.epochs,
             "set": args.set,
+            "keep": str(args.keep) if args.keep else None,
         }
         for s in args.seeds
         for c in args.collections
@@ -320,6 +408,40 @@ def job_main(spec_json: str, results: str) -> None:
     line = json.dumps(record) + "\n"
     with open(results, "a") as out:  # one write per line: appends stay whole
         out.write(line)
+
+
+def rescore(args: argparse.Namespace) -> None:
+    """Score kept runs again (``--keep``), one JSON line per run, without training."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from quantrieve import Retriever
+
+    done = set()
+    if args.results.exists():
+        done = {json.loads(line)["run"] for line in args.results.open()}
+    for folder in sorted(p for p in args.keep.iterdir() if (p / "model.pt").is_file()):
+        if folder.name in done:
+            continue
+        collection, probe, seed = folder.name.rsplit("-", 2)
+        train, queries = load_collection(
+            collection, args.data, args.fm_dir, args.queries, args.fm_queries
+        )
+        retriever = Retriever.load(folder, device="cpu")
+        scores, codes = score_retriever(retriever, train, queries, int(seed))
+        record = {
+            "run": folder.name,
+            "collection": collection,
+            "probe": probe,
+            "seed": int(seed),
+            "best_epoch": retriever.model.training_info.get("epoch"),
+            "train_seconds": None,
+            "scores": scores,
+            "ties": tie_groups(codes),
+        }
+        with args.results.open("a") as out:
+            out.write(json.dumps(record) + "\n")
+        print(folder.name, {k: v["p10"] for k, v in scores.items()}, flush=True)
 
 
 # ---------------------------------------------------------------------------- baselines
@@ -391,12 +513,13 @@ def report(args: argparse.Namespace) -> None:
         for probe in dict.fromkeys(r["probe"] for r in group):
             runs = [r for r in group if r["probe"] == probe]
             distinct = ", ".join(f"{r['ties']['distinct']}/{r['ties']['items']}" for r in runs)
+            seconds = [r["train_seconds"] for r in runs if r.get("train_seconds")]
             lines.append(
                 f"| {probe} | {distinct}"
                 f" | {_mean_sd([r['ties']['items_per_code'] for r in runs])}"
                 f" | {', '.join(str(r['ties']['largest_group']) for r in runs)}"
                 f" | {', '.join(str(r['best_epoch']) for r in runs)}"
-                f" | {_mean_sd([r['train_seconds'] for r in runs])} |"
+                f" | {_mean_sd(seconds) if seconds else '-'} |"
             )
         lines.append("")
     text = "\n".join(lines)
@@ -411,7 +534,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("run", "baselines"):
+    for name in ("run", "baselines", "rescore"):
         p = sub.add_parser(name)
         p.add_argument("--data", type=Path, default=Path(".probe/data"))
         p.add_argument("--fm-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"))
@@ -432,7 +555,12 @@ def main() -> None:
     run.add_argument("--deadline", type=float, default=1e9, help="seconds; no job starts later")
     run.add_argument("--results", type=Path, required=True)
     run.add_argument("--logs", type=Path, default=Path(tempfile.gettempdir()))
+    run.add_argument("--keep", type=Path, help="keep every job's run folder here")
     sub.choices["baselines"].add_argument("--out", type=Path, required=True)
+    again = sub.choices["rescore"]
+    again.add_argument("--keep", type=Path, required=True, help="the folder run --keep filled")
+    again.add_argument("--results", type=Path, required=True)
+    again.add_argument("--threads", type=int, default=1)
     rep = sub.add_parser("report")
     rep.add_argument("results", type=Path)
     rep.add_argument("--baselines", type=Path)
@@ -443,6 +571,8 @@ def main() -> None:
         schedule(args)
     elif args.command == "baselines":
         baselines(args)
+    elif args.command == "rescore":
+        rescore(args)
     else:
         report(args)
 

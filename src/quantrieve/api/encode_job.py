@@ -71,8 +71,10 @@ class EncodeJob:
         folder: the job's own folder (created; an existing job folder is continued when it was
             made for the same images and model, and refused otherwise).
         chunk: items per chunk (the unit of memory, progress and resumption).
-        refine: also keep each item's embedding in float16 (``refine.npy``, 2 bytes a
+        refine: also keep each item's finer vector in float16 (``refine.npy``, 2 bytes a
             dimension), for an index that refines its rankings.
+        refine_source: that vector (:meth:`Retriever.encode_with_embeddings`): ``embedding``
+            or ``backbone``.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class EncodeJob:
         folder: str | Path,
         chunk: int = 8192,
         refine: bool = False,
+        refine_source: str = "embedding",
     ):
         if chunk < 1:
             raise EncodeJobError(f"chunk must be >= 1, got {chunk}")
@@ -90,6 +93,7 @@ class EncodeJob:
         self.folder = Path(folder)
         self.chunk = chunk
         self.refine = refine
+        self.refine_source = refine_source
         model = retriever._require_model()
         books = model.quantizer.codebooks.detach().cpu().numpy()
         self.spec = {
@@ -102,6 +106,9 @@ class EncodeJob:
         }
         if refine:  # absent otherwise: a job folder written before refinement still continues
             self.spec["refine_dim"] = int(books.shape[0] * books.shape[2])
+            if refine_source != "embedding":
+                self.spec["refine_source"] = refine_source
+                self.spec["refine_dim"] = int(model.backbone_dim)
         self._prepare()
 
     @property
@@ -172,7 +179,9 @@ class EncodeJob:
                 if fine is None:
                     codes[rows] = self.retriever.encode(pixels)
                 else:
-                    codes[rows], fine[rows] = self.retriever.encode_with_embeddings(pixels)
+                    codes[rows], fine[rows] = self.retriever.encode_with_embeddings(
+                        pixels, refine_source=self.refine_source
+                    )
                     fine.flush()
                 content[rows] = image_fingerprints(pixels)
                 codes.flush()
@@ -201,7 +210,7 @@ class EncodeJob:
         return codes, content
 
     def refine_embeddings(self) -> np.ndarray | None:
-        """The finished job's float16 embeddings (N, M*d), memory-mapped; None without
+        """The finished job's float16 finer vectors (N, D), memory-mapped; None without
         ``refine``."""
         if not self.refine:
             return None

@@ -141,7 +141,9 @@ def _append(
         pixels = np.asarray(decoded.images)
         fine = None
         if live.index.refine is not None:
-            codes, fine = retriever.encode_with_embeddings(pixels)
+            codes, fine = retriever.encode_with_embeddings(
+                pixels, refine_source=live.index.refine_source
+            )
         else:
             codes = retriever.encode(pixels)
         items = NewItems(

@@ -47,8 +47,9 @@ from quantrieve.index.format import IndexFormatError, image_fingerprints
 from quantrieve.index.hits import Hit, make_hits
 from quantrieve.index.model_check import verify_index_model
 from quantrieve.index.pq_index import PQIndex
-from quantrieve.models.retrieval import RetrievalModel, embed_images
+from quantrieve.models.retrieval import RetrievalModel, embed_images, embed_images_with_backbone
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
+from quantrieve.pq.settings import REFINE_SOURCES
 from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import git_commit, package_versions
@@ -280,6 +281,19 @@ class Retriever:
         model = self._require_model().to(self.device)
         return embed_images(model, _as_images(images), self.device, progress=progress)
 
+    def embed_for_index(
+        self, images: Images, index: PQIndex | None = None, progress: Progress | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(f, refine vectors)`` of query images for ``index`` (default: :attr:`index`), the
+        ``queries`` and ``refine_queries`` of :meth:`PQIndex.search`: the refine vectors are
+        the unit backbone representations when the index refines by them, else None (the
+        embeddings themselves serve)."""
+        index = index if index is not None else self._require_index()
+        if index.refine is None or index.refine_source == "embedding":
+            return self._embed(images, progress), None
+        model = self._require_model().to(self.device)
+        return embed_images_with_backbone(model, _as_images(images), self.device, progress=progress)
+
     def encode(
         self, images: Images, progress: Progress | None = None, chunk: int = 8192
     ) -> np.ndarray:
@@ -287,30 +301,42 @@ class Retriever:
 
         Images are embedded and encoded ``chunk`` at a time: only the codes of the whole set
         are held, never its embeddings."""
-        return self._encode(images, progress, chunk, keep_embeddings=False)[0]
+        return self._encode(images, progress, chunk)[0]
 
     def encode_with_embeddings(
-        self, images: Images, progress: Progress | None = None, chunk: int = 8192
+        self,
+        images: Images,
+        progress: Progress | None = None,
+        chunk: int = 8192,
+        refine_source: str = "embedding",
     ) -> tuple[np.ndarray, np.ndarray]:
-        """PQ codes (N, M) uint8 and the embeddings they quantize, (N, M*d) float16: what an
-        index that refines keeps (:meth:`build_index` with ``refine_depth``)."""
-        codes, fine = self._encode(images, progress, chunk, keep_embeddings=True)
+        """PQ codes (N, M) uint8 and each item's finer vector in float16: what an index that
+        refines keeps (:meth:`build_index` with ``refine_depth``). ``refine_source``:
+        ``embedding``, the embeddings the codes quantize (N, M*d); ``backbone``, the unit
+        backbone representations (N, backbone width)."""
+        codes, fine = self._encode(images, progress, chunk, keep=refine_source)
         assert fine is not None
         return codes, fine
 
     def _encode(
-        self, images: Images, progress: Progress | None, chunk: int, keep_embeddings: bool
+        self, images: Images, progress: Progress | None, chunk: int, keep: str | None = None
     ) -> tuple[np.ndarray, np.ndarray | None]:
         model = self._require_model().to(self.device)
         array = _as_images(images)
+        if keep is not None and keep not in REFINE_SOURCES:
+            raise QuantrieveError(f"refine source must be one of {REFINE_SOURCES}, got '{keep}'")
         out = np.empty((len(array), model.quantizer.num_books), dtype=np.uint8)
-        fine = np.empty((len(array), model.quantizer.dim), np.float16) if keep_embeddings else None
+        width = model.backbone_dim if keep == "backbone" else model.quantizer.dim
+        fine = None if keep is None else np.empty((len(array), width), np.float16)
         for start in range(0, len(array), chunk):
             rows = np.arange(start, min(start + chunk, len(array)))
-            f = embed_images(model, array, self.device, indices=rows)
+            if keep == "backbone":
+                f, vectors = embed_images_with_backbone(model, array, self.device, indices=rows)
+            else:
+                f = vectors = embed_images(model, array, self.device, indices=rows)
             out[rows] = model.quantizer.encode(f.to(self.device)).cpu().numpy()
             if fine is not None:
-                fine[rows] = f.float().cpu().numpy().astype(np.float16)
+                fine[rows] = vectors.float().cpu().numpy().astype(np.float16)
             report(progress, int(rows[-1]) + 1, len(array))
         return out, fine
 
@@ -322,21 +348,27 @@ class Retriever:
         source: dict[str, Any] | None = None,
         progress: Progress | None = None,
         refine_depth: int = 0,
+        refine_source: str = "embedding",
     ) -> PQIndex:
         """Encode ``database`` into a new in-memory index (ids, labels and class names from
         an :class:`ImageSet`), kept as :attr:`index` and returned.
 
         Args:
-            refine_depth: R > 0 keeps each item's embedding in float16 (2 bytes a dimension)
-                and re-scores the first R ADC results of every search with it
+            refine_depth: R > 0 keeps a finer vector of each item in float16 (2 bytes a
+                dimension) and re-scores the first R ADC results of every search with it
                 (:mod:`quantrieve.pq.refine`); 0 keeps the codes alone.
+            refine_source: the finer vector: ``embedding`` (the embedding the code quantizes)
+                or ``backbone`` (the backbone's representation before the projection head, at
+                unit length: a better top of the ranking, measured in docs/results.md).
         """
         database = _as_image_set(database)
         if refine_depth < 0:
             raise QuantrieveError(f"refine_depth must be >= 0 (0 = off), got {refine_depth}")
         fine = None
         if refine_depth:
-            codes, fine = self.encode_with_embeddings(database, progress)
+            codes, fine = self.encode_with_embeddings(
+                database, progress, refine_source=refine_source
+            )
         else:
             codes = self.encode(database, progress)
         return self.index_from_codes(
@@ -347,6 +379,7 @@ class Retriever:
             source,
             refine=fine,
             refine_depth=refine_depth or DEFAULT_REFINE_DEPTH,
+            refine_source=refine_source,
         )
 
     def index_from_codes(
@@ -358,12 +391,14 @@ class Retriever:
         source: dict[str, Any] | None = None,
         refine: np.ndarray | None = None,
         refine_depth: int = DEFAULT_REFINE_DEPTH,
+        refine_source: str = "embedding",
     ) -> PQIndex:
         """The index of ``database`` from its codes, already encoded with this model (e.g. by
         an :class:`~quantrieve.api.encode_job.EncodeJob`); kept as :attr:`index`.
 
-        ``refine``: the items' float16 embeddings (N, M*d) for an index that refines its
-        first ``refine_depth`` results; None for codes alone."""
+        ``refine``: the items' float16 finer vectors (:meth:`encode_with_embeddings` with
+        ``refine_source``) for an index that refines its first ``refine_depth`` results; None
+        for codes alone."""
         model = self._require_model()
         usage = check_code_usage(
             codes,
@@ -381,6 +416,7 @@ class Retriever:
             content=content,
             refine=refine,
             refine_depth=refine_depth,
+            refine_source=refine_source,
             meta={
                 "source": source or {},
                 "code_usage": usage.to_dict(),
@@ -436,11 +472,17 @@ class Retriever:
             raise QuantrieveError(f"k must be >= 1, got {k}")
         rows = index.filter_rows(labels, id_prefix)
         embedded = isinstance(queries, torch.Tensor)
-        f = queries.float() if embedded else self._embed(queries, progress)
+        vectors = None
+        if embedded:
+            f = queries.float()
+        else:
+            f, vectors = self.embed_for_index(queries, progress=progress)
         prints = None
         if not embedded and index.content is not None:
             prints = image_fingerprints(_as_images(queries))
-        dists, idx = index.search(f, k, distance, refine_depth, fingerprints=prints, rows=rows)
+        dists, idx = index.search(
+            f, k, distance, refine_depth, fingerprints=prints, rows=rows, refine_queries=vectors
+        )
         hits = make_hits(index, dists.tolist(), idx.tolist())
         return SearchResult(dists.numpy(), idx.numpy(), hits)
 
@@ -473,9 +515,15 @@ class Retriever:
             raise DataError("the queries have no labels; evaluation needs labelled queries")
         labels = align_labels(queries.labels, queries.class_names, index)
         e = self.config.eval
-        f = embeddings if embeddings is not None else self._embed(queries)
-        assert index.labels is not None
         refine = _refinement(index, refine_depth)
+        vectors = None
+        if embeddings is not None:
+            f = embeddings
+            if refine is not None and index.refine_source != "embedding":
+                vectors = self.embed_for_index(queries)[1]
+        else:
+            f, vectors = self.embed_for_index(queries)
+        assert index.labels is not None
         check_code_usage(
             index.codes,
             index.num_codewords,
@@ -507,6 +555,7 @@ class Retriever:
             exclude=selves,
             pr_queries=e.pr_queries if pr_queries is None else pr_queries,
             refine=refine,
+            refine_queries=vectors,
         )
 
     def _self_matches(self, queries: ImageSet, f: torch.Tensor) -> np.ndarray:

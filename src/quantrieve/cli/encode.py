@@ -18,6 +18,7 @@ from quantrieve.cli.options import (
 from quantrieve.cli.terminal import console, progress_bar
 from quantrieve.config import DISTANCES, ConfigError
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
+from quantrieve.pq.settings import REFINE_SOURCES
 
 ModelArg = Annotated[Path, typer.Argument(help="A run directory or its model.pt.")]
 OutOpt = out_option("Index directory to write.")
@@ -37,8 +38,16 @@ ShardOpt = Annotated[
 RefineDepthOpt = Annotated[
     int,
     typer.Option(
-        help="R > 0: keep each item's embedding in float16 (2 bytes a dimension) and "
+        help="R > 0: keep a finer vector of each item in float16 (2 bytes a dimension) and "
         "re-score the first R results of every search with it; 0: codes alone."
+    ),
+]
+RefineSourceOpt = Annotated[
+    str,
+    typer.Option(
+        help="The finer vector of --refine-depth: 'embedding' (the embedding the code "
+        "quantizes) or 'backbone' (the backbone's representation before the projection head, "
+        "at unit length; a better top 10, see docs/results.md)."
     ),
 ]
 
@@ -68,6 +77,7 @@ def encode(
     chunk: ChunkOpt = 8192,
     shard: ShardOpt = None,
     refine_depth: RefineDepthOpt = 0,
+    refine_source: RefineSourceOpt = "embedding",
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels).
 
@@ -85,6 +95,8 @@ def encode(
     check_distance(distance)
     if refine_depth < 0:
         raise ConfigError(f"--refine-depth must be >= 0 (0 = off), got {refine_depth}")
+    if refine_source not in REFINE_SOURCES:
+        raise ConfigError(f"--refine-source must be one of {REFINE_SOURCES}, got '{refine_source}'")
     share = _shard(shard)
     check_index_output(out, overwrite)
     retriever = Retriever.load(model, device=device)
@@ -98,7 +110,12 @@ def encode(
     )
     database = parts.get(part)
     job = EncodeJob(
-        retriever, database, out.with_name(out.name + ".encoding"), chunk, refine=refine_depth > 0
+        retriever,
+        database,
+        out.with_name(out.name + ".encoding"),
+        chunk,
+        refine=refine_depth > 0,
+        refine_source=refine_source,
     )
     job.run(share, progress_bar("encoding database"))
     shutdown(place)  # every rank's chunks are written
@@ -120,12 +137,13 @@ def encode(
         parts.source(part),
         refine=job.refine_embeddings(),
         refine_depth=refine_depth or DEFAULT_REFINE_DEPTH,
+        refine_source=refine_source,
     )
     retriever.save(out, overwrite=overwrite)
     job.remove()
     refined = (
-        f", {index.refine.nbytes / 1e6:.2f} MB of float16 embeddings re-scoring the first "
-        f"{index.refine_depth} results"
+        f", {index.refine.nbytes / 1e6:.2f} MB of float16 {index.refine_source} vectors "
+        f"re-scoring the first {index.refine_depth} results"
         if index.refine is not None
         else ""
     )

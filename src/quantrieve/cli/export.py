@@ -26,6 +26,14 @@ IvfOpt = Annotated[
     typer.Option(help="IndexIVFPQ with this many inverted lists (search with nprobe)."),
 ]
 OverwriteOpt = overwrite_option("faiss index file")
+RefineOpt = Annotated[
+    bool,
+    typer.Option(
+        "--refine/--no-refine",
+        help="An index that refines by its embeddings is exported as IndexRefine (--no-refine: "
+        "the codes alone; required for an index that refines by backbone vectors).",
+    ),
+]
 
 
 def export_faiss(
@@ -34,6 +42,7 @@ def export_faiss(
     fast_scan: FastScanOpt = False,
     ivf: IvfOpt = None,
     overwrite: OverwriteOpt = False,
+    refine: RefineOpt = True,
 ) -> None:
     """Export codebooks and codes to a faiss index (squared-L2 ADC, like --distance sqeuclidean).
 
@@ -57,7 +66,7 @@ def export_faiss(
         write_ivf(build_ivf(index, ivf), out, overwrite)
         console.print(f"faiss IndexIVFPQ (by_residual=False) -> {out}")
         return
-    write_faiss(index, out, fast_scan, overwrite)
+    write_faiss(index, out, fast_scan, overwrite, refine)
     console.print(
         f"faiss {'IndexPQFastScan' if fast_scan else 'IndexPQ'} of {len(index)} items -> {out}"
     )

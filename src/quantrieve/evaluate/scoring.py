@@ -60,6 +60,7 @@ def evaluate_codes(
     exclude: np.ndarray | None = None,
     pr_queries: int = PR_QUERIES,
     refine: tuple[Tensor | np.ndarray, int] | None = None,
+    refine_queries: Tensor | None = None,
 ) -> RetrievalResult:
     """Evaluate continuous query embeddings (Q, M*d) against PQ codes (N, M) by ADC.
 
@@ -75,6 +76,8 @@ def evaluate_codes(
         refine: ``(fine, depth)``: the database's finer copy (N, M*d) and R; the first R
             places of each ADC ranking are re-scored with it, as a search of an index that
             refines (:func:`~quantrieve.pq.refine_ranking`). Excluded pairs stay excluded.
+        refine_queries: the queries' vectors in the space of the finer copy, when it is not
+            the embeddings' (an index that refines by ``backbone``); default ``queries``.
     """
     books = torch.as_tensor(np.asarray(codebooks)).float()
     scorer = ADCScorer(torch.as_tensor(np.asarray(codes)), books.shape[1])
@@ -96,9 +99,10 @@ def evaluate_codes(
     rerank = None
     if refine is not None and refine[1] > 0:
         fine, depth = torch.as_tensor(np.asarray(refine[0])), refine[1]
+        against = queries if refine_queries is None else refine_queries.float().cpu()
 
         def rerank(s: slice, ranked: Tensor) -> Tensor:
-            _, head = refine_head(queries[s], ranked, fine, depth, distance)
+            _, head = refine_head(against[s], ranked, fine, depth, distance)
             head = _keep_excluded_last(head, ranked, pairs, s)
             return torch.cat([head, ranked[:, head.shape[1] :]], dim=1)
 

@@ -35,6 +35,7 @@ from quantrieve.index.format import (
     IndexFormatError,
     codebooks_sha256,
     file_sha256,
+    format_version,
     verify_checksums,
     verify_shape_keys,
 )
@@ -106,6 +107,7 @@ def read_base(path: Path, mmap: bool, verify: bool, build: Callable[..., IndexT]
             content=content,
             refine=refine,
             refine_depth=int(meta.get("refine_depth", DEFAULT_REFINE_DEPTH)),
+            refine_source=str(meta.get("refine_source", "embedding")),
         )
     except IndexFormatError as exc:
         raise IndexFormatError(f"{path}: {exc}") from None
@@ -139,7 +141,7 @@ def write_base(
         model.save(folder / "model.pt", model.training_info)
     meta = {
         "format": INDEX_FORMAT,
-        "version": INDEX_VERSION,
+        "version": format_version(index.refine_source),
         "num_items": len(index),
         "num_books": index.num_books,
         "num_codewords": index.num_codewords,
@@ -149,7 +151,12 @@ def write_base(
         "has_labels": index.labels is not None,
         "has_content": index.content is not None,
         **(
-            {"has_refine": True, "refine_dtype": "float16", "refine_depth": index.refine_depth}
+            {
+                "has_refine": True,
+                "refine_dtype": "float16",
+                "refine_depth": index.refine_depth,
+                "refine_source": index.refine_source,
+            }
             if index.refine is not None
             else {}
         ),

@@ -14,6 +14,13 @@ faiss re-scores ``k_factor * k`` candidates instead of a fixed depth R; the expo
 ``k_factor = R / 10``, so a faiss search for the top 10 re-scores the same R candidates as
 quantrieve (up to the tie order of the first stage, and in squared L2, which orders like
 ``l2``). ``refine=False`` exports the codes alone.
+
+An index that refines with backbone vectors (``refine_source="backbone"``) has no faiss
+equivalent: ``IndexRefine`` re-scores with the query vector the first stage searched with, and
+those queries are the embeddings, not the backbone representations. Its export is refused
+unless ``refine=False`` (the codes alone); the refine vectors can be given to faiss separately
+(an ``IndexFlatL2`` of ``refine.npy`` with ``compute_distance_subset`` on the first stage's
+candidates is the same two-stage search).
 """
 
 from __future__ import annotations
@@ -49,6 +56,12 @@ def to_faiss(index: PQIndex, fast_scan: bool = False, refine: bool = True) -> fa
     first = faiss.IndexPQFastScan(out) if fast_scan else out
     if not refine or index.refine is None:
         return first
+    if index.refine_source != "embedding":
+        raise IndexFormatError(
+            f"this index refines with {index.refine_source} vectors, which faiss's IndexRefine "
+            "cannot re-score (it re-scores with the embeddings the codes were searched with); "
+            "export the codes alone (quantrieve export-faiss --no-refine, refine=False)"
+        )
     flat = faiss.IndexFlatL2(dim)
     flat.add(np.ascontiguousarray(index.refine, dtype=np.float32))
     refined = faiss.IndexRefine(first, flat)

@@ -1,6 +1,7 @@
 """The index directory format: names, versions, hashes and the checks that need no index object.
 
-Format ``quantrieve-pq-index``, version 2. A directory holding::
+Format ``quantrieve-pq-index``, version 2 (3 when it refines with backbone vectors, see
+``refine.npy``). A directory holding::
 
     index.json      metadata: format, version, num_items, num_books (M), num_codewords (K),
                     codeword_dim (d), bits, distance, has_labels, class_names, source,
@@ -12,10 +13,14 @@ Format ``quantrieve-pq-index``, version 2. A directory holding::
     labels.npy      bool (N, C), only when labels are known
     content.npy     uint64 (N,), a fingerprint of each item's pixels, when known (it tells a
                     query that is itself in the index; see :func:`image_fingerprints`)
-    refine.npy      float16 (N, M*d), each item's embedding, when the index refines (the
+    refine.npy      float16 (N, D), each item's finer vector, when the index refines (the
                     first ``refine_depth`` ADC results of a search are re-scored with it:
                     :mod:`quantrieve.pq.refine`); index.json then says ``has_refine``,
-                    ``refine_dtype`` and ``refine_depth``
+                    ``refine_dtype``, ``refine_depth`` and ``refine_source``: ``embedding``
+                    (D = M*d, the embeddings the codes quantize; absent in older indexes) or
+                    ``backbone`` (D = the backbone's width, its unit-length representations).
+                    An index that refines by ``backbone`` is written as version 3, which a
+                    reader of version 2 refuses instead of scoring the wrong vectors
     model.pt        the encoder (optional), to embed query images
     segments/       changes made by a search service (:mod:`quantrieve.index.segment_files`)
 
@@ -50,7 +55,18 @@ from quantrieve.pq import code_bits, is_codeword_count
 from quantrieve.runtime.outputs import OutputKind
 
 INDEX_FORMAT = "quantrieve-pq-index"
-INDEX_VERSION = 2
+INDEX_VERSION = 3
+#: The version written for an index that needs nothing version 3 added.
+PLAIN_INDEX_VERSION = 2
+
+
+def format_version(refine_source: str) -> int:
+    """The version an index is written as: 3 when it refines by vectors other than its
+    embeddings (a version-2 reader would re-score them against the wrong query vectors), else
+    2, which every reader since refinement reads."""
+    return PLAIN_INDEX_VERSION if refine_source == "embedding" else INDEX_VERSION
+
+
 # Every file an index directory may hold: replacing an index removes these names only.
 INDEX_FILES = (
     "index.json",
@@ -90,6 +106,7 @@ RESERVED_META = frozenset(
         "has_refine",
         "refine_dtype",
         "refine_depth",
+        "refine_source",
         "has_model",
         "class_names",
         "created",
@@ -119,6 +136,7 @@ class IndexArrays(Protocol):
     content: np.ndarray | None
     refine: np.ndarray | None
     refine_depth: int
+    refine_source: str
 
     @property
     def num_books(self) -> int: ...

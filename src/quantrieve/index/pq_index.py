@@ -31,7 +31,7 @@ from quantrieve.pq.numpy_search import (
     refine_head_np,
     topk_rows,
 )
-from quantrieve.pq.settings import DEFAULT_REFINE_DEPTH, DISTANCES
+from quantrieve.pq.settings import DEFAULT_REFINE_DEPTH, DISTANCES, REFINE_SOURCES
 
 if TYPE_CHECKING:  # torch is imported where a search needs it: loading an index does not
     import torch
@@ -62,9 +62,14 @@ class PQIndex:
         distance: default ranking distance, ``l2`` or ``sqeuclidean``.
         content: uint64 (N,) pixel fingerprints (:func:`image_fingerprints`) or None.
         meta: free-form metadata saved in index.json (config, versions, source...).
-        refine: float16 (N, M*d) embeddings of the items, or None: a search re-scores its
+        refine: float16 (N, D) finer vectors of the items, or None: a search re-scores its
             first ``refine_depth`` ADC results with them (:mod:`quantrieve.pq.refine`).
         refine_depth: R, the re-scored results per query (used only with ``refine``).
+        refine_source: what ``refine`` holds (:data:`~quantrieve.pq.settings.REFINE_SOURCES`):
+            ``embedding``, the embeddings f (D = M*d) the codes quantize, re-scored against the
+            query's embedding; ``backbone``, the unit-length backbone representations (D = the
+            backbone's width), re-scored against the query's (``refine_queries`` of
+            :meth:`search`).
         items: int64 (N,) the stable item number of each row (:mod:`quantrieve.index.hits`),
             or None when row i is item i (a freshly encoded index). An index loaded with its
             service changes gets them from the manifest.
@@ -86,6 +91,7 @@ class PQIndex:
     content: np.ndarray | None = None
     refine: np.ndarray | None = None
     refine_depth: int = DEFAULT_REFINE_DEPTH
+    refine_source: str = "embedding"
     items: np.ndarray | None = None
     deleted_at: np.ndarray | None = None
     generation: int = 0
@@ -127,11 +133,17 @@ class PQIndex:
             if not isinstance(self.refine, np.memmap):
                 self.refine = np.asarray(self.refine, dtype=np.float16)
             dim = self.codebooks.shape[0] * self.codebooks.shape[2]
+            if self.refine_source == "backbone" and self.refine.ndim == 2:
+                dim = self.refine.shape[1]  # the backbone's width, any
             if self.refine.dtype != np.float16 or self.refine.shape != (len(self.codes), dim):
                 raise IndexFormatError(
-                    f"refine embeddings must be float16 ({len(self.codes)}, {dim}), got "
+                    f"refine vectors must be float16 ({len(self.codes)}, {dim}), got "
                     f"{self.refine.dtype} {self.refine.shape}"
                 )
+        if self.refine_source not in REFINE_SOURCES:
+            raise IndexFormatError(
+                f"refine_source must be one of {REFINE_SOURCES}, got '{self.refine_source}'"
+            )
         if self.items is not None:
             self.items = np.asarray(self.items, dtype=np.int64)
             if self.items.shape != (len(self.codes),):
@@ -262,6 +274,7 @@ class PQIndex:
         refine_depth: int | None = None,
         fingerprints: np.ndarray | None = None,
         rows: np.ndarray | None = None,
+        refine_queries: torch.Tensor | np.ndarray | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k).
 
@@ -275,6 +288,9 @@ class PQIndex:
         (default: the index's) with the items' float16 embeddings and orders them by that
         distance, ties by item number; later results keep their ADC order and distances
         (:func:`~quantrieve.pq.refine_ranking`). ``refine_depth=0`` searches by ADC alone.
+        ``refine_queries``: the queries' vectors in the space of :attr:`refine`, needed when
+        it is not the embeddings' (``refine_source="backbone"``: the queries' unit backbone
+        representations, :meth:`~quantrieve.models.retrieval.RetrievalModel.embed_with_backbone`).
 
         ``fingerprints``: the queries' pixel fingerprints (:func:`image_fingerprints`), for an
         index that keeps them: the items with a query's very pixels come first, at distance 0,
@@ -287,7 +303,9 @@ class PQIndex:
         Without torch installed, this is :meth:`search_numpy` (numpy arrays out).
         """
         if not torch_installed():
-            return self.search_numpy(queries, k, distance, refine_depth, fingerprints, rows)
+            return self.search_numpy(
+                queries, k, distance, refine_depth, fingerprints, rows, refine_queries
+            )
         import torch
 
         from quantrieve.pq import refine_ranking
@@ -302,11 +320,12 @@ class PQIndex:
         if self.refine is None or depth == 0:
             dists, items = self.searcher().search(queries, k, distance, kept, hidden)
         else:
+            against = torch.as_tensor(self.refine_vectors_of(queries, refine_queries))
             dists, items = self.searcher().search(queries, max(k, depth), distance, kept, hidden)
             with warnings.catch_warnings():  # a read-only memory map is only ever read here
                 warnings.simplefilter("ignore", UserWarning)
                 fine = torch.from_numpy(self.refine)
-            dists, items = refine_ranking(queries, dists, items, fine, depth, distance)
+            dists, items = refine_ranking(against, dists, items, fine, depth, distance)
             dists, items = dists[:, :k], items[:, :k]
         if fingerprints is not None and self.content is not None:
             prints = np.asarray(fingerprints, np.uint64)
@@ -322,6 +341,7 @@ class PQIndex:
         refine_depth: int | None = None,
         fingerprints: np.ndarray | None = None,
         rows: np.ndarray | None = None,
+        refine_queries: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` with numpy alone (:mod:`quantrieve.pq.numpy_search`): the same
         arguments and rules (ADC, refinement, copies first, filter, hidden rows), float32
@@ -332,6 +352,9 @@ class PQIndex:
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
         refining = self.refine is not None and depth > 0
+        against = None
+        if refining:
+            against = np.asarray(self.refine_vectors_of(queries, refine_queries), np.float32)
         wanted = max(k, depth) if refining else k
         scorer = self._numpy_adc()
         hidden = None if rows is not None else self.hidden_mask()
@@ -349,8 +372,9 @@ class PQIndex:
                 if hidden is not None:
                     dist[:, hidden] = np.inf
                 d, i = topk_rows(dist, wanted)
-            if refining:
-                head_d, head_i = refine_head_np(chunk, i, self.refine, depth, distance)
+            if against is not None:
+                fine_q = against[start : start + step]
+                head_d, head_i = refine_head_np(fine_q, i, self.refine, depth, distance)
                 width = head_i.shape[1]
                 d = np.concatenate([head_d, d[:, width:]], axis=1)
                 i = np.concatenate([head_i, i[:, width:]], axis=1)
@@ -363,6 +387,25 @@ class PQIndex:
             prints = np.asarray(fingerprints, np.uint64)
             dists, items = self._copies_first(dists, items, prints, rows)
         return dists, items
+
+    def refine_vectors_of(self, queries: Any, refine_queries: Any) -> Any:
+        """The queries' vectors that :attr:`refine` is re-scored against: the embeddings
+        themselves for ``refine_source="embedding"``, else ``refine_queries`` (required)."""
+        if self.refine_source == "embedding":
+            return queries if refine_queries is None else refine_queries
+        if refine_queries is None:
+            raise QuantrieveError(
+                f"this index refines with {self.refine_source} vectors: the search needs the "
+                "queries' own (refine_queries; Retriever.search and the service compute them "
+                "from the query images)"
+            )
+        assert self.refine is not None
+        if len(refine_queries) != len(queries) or refine_queries.shape[1] != self.refine.shape[1]:
+            raise QuantrieveError(
+                f"refine_queries must be ({len(queries)}, {self.refine.shape[1]}), got "
+                f"{tuple(refine_queries.shape)}"
+            )
+        return refine_queries
 
     def prepare_numpy(self) -> None:
         """Build :meth:`search_numpy`'s state now (before this version takes searches)."""
@@ -574,6 +617,7 @@ class PQIndex:
             content=content,
             refine=refine,
             refine_depth=self.refine_depth,
+            refine_source=self.refine_source,
             rows_checked=rows_checked,
         )
 

@@ -88,7 +88,7 @@ class NewItems:
         names: the uploaded file names (shown, never used as paths).
         labels: bool (n, C) in the index's class order, for a labelled index (else None).
         content: uint64 (n,) pixel fingerprints, for an index that keeps them (else None).
-        refine: float16 (n, M*d) embeddings, for an index that refines (else None).
+        refine: float16 (n, D) finer vectors, for an index that refines (else None).
         ids: the items' ids: paths under the index's image folder for items added from its
             files; None gives uploads their ids ``added:<item>``.
     """
@@ -115,7 +115,7 @@ class StoredRows:
         ids: n item ids.
         labels: bool (n, C), or None for an unlabelled index.
         content: uint64 (n,) pixel fingerprints, or None.
-        refine: float16 (n, M*d) embeddings, or None.
+        refine: float16 (n, D) finer vectors, or None.
         keep: bool (n,), False for the rows of deleted items.
     """
 

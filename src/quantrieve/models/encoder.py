@@ -70,6 +70,12 @@ class QuantizationEncoder(nn.Module):
         """Continuous embedding f (B, M*d): the query side of retrieval."""
         return self.head(self.backbone(x.contiguous(memory_format=self.memory_format)))
 
+    def embed_with_backbone(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(f, h): the embedding and the backbone's representation h (B, backbone dim) it is
+        projected from, in one pass."""
+        h = self.backbone(x.contiguous(memory_format=self.memory_format))
+        return self.head(h), h
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (f, z): the embedding and its soft quantization."""
         f = self.embed(x)

@@ -85,6 +85,26 @@ class RetrievalModel(nn.Module):
             f = self.encoder.embed(x)
         return f.float()
 
+    def embed_with_backbone(self, images: Tensor, amp: bool = False) -> tuple[Tensor, Tensor]:
+        """``(f, u)``: the embeddings f (B, M*d) and the backbone's representation (before the
+        projection head) scaled to unit length, u (B, :attr:`backbone_dim`), both float32.
+
+        u is what an index that refines by ``backbone`` re-scores with: in contrastive
+        learning the representation before the projection head keeps more of what tells two
+        images apart than the head's output, which the loss makes invariant to the
+        augmentations (Chen et al., "A Simple Framework for Contrastive Learning of Visual
+        Representations", ICML 2020, section 4.2).
+        """
+        x = self.normalize(images)
+        with autocast(images.device, amp):
+            f, h = self.encoder.embed_with_backbone(x)
+        return f.float(), torch.nn.functional.normalize(h.float(), dim=1)
+
+    @property
+    def backbone_dim(self) -> int:
+        """Dimension of the backbone's representation (:meth:`embed_with_backbone`)."""
+        return int(self.encoder.backbone.out_dim)
+
     def check_images(self, images: np.ndarray | Tensor) -> None:
         """Raise a clear error if a uint8 batch does not match the trained geometry."""
         expected = (self.image_size, self.image_size, self.channels)
@@ -154,22 +174,60 @@ def embed_images(
         indices: embed only ``images[indices]``, gathered batch by batch (a memory-mapped
             array is never copied whole).
     """
+    return _embed_batches(model, images, device, batch_size, amp, progress, indices, False)[0]
+
+
+@torch.no_grad()
+def embed_images_with_backbone(
+    model: RetrievalModel,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int = 1024,
+    amp: bool = True,
+    progress: Progress | None = None,
+    indices: np.ndarray | None = None,
+) -> tuple[Tensor, Tensor]:
+    """``(f, u)`` of uint8 images as :meth:`RetrievalModel.embed_with_backbone`, on the CPU,
+    float32; arguments as :func:`embed_images`."""
+    return _embed_batches(model, images, device, batch_size, amp, progress, indices, True)
+
+
+def _embed_batches(
+    model: RetrievalModel,
+    images: np.ndarray,
+    device: torch.device,
+    batch_size: int,
+    amp: bool,
+    progress: Progress | None,
+    indices: np.ndarray | None,
+    backbone: bool,
+) -> tuple[Tensor, Tensor]:
+    """Embeddings (and unit backbone representations when ``backbone``, else an empty
+    tensor) of ``images[indices]``, batch by batch."""
     model.check_images(images)
     order = np.arange(len(images)) if indices is None else np.asarray(indices)
     was_training = model.training
     model.eval()
-    out = []
+    embeddings, representations = [], []
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         batch = torch.from_numpy(np.ascontiguousarray(images[rows]))
         # Contiguous NCHW: the permuted (channels-last) view takes a slower convolution path,
         # three times slower for a single query image.
-        out.append(model.embed(to_float_images(batch.to(device)).contiguous(), amp).cpu())
+        x = to_float_images(batch.to(device)).contiguous()
+        if backbone:
+            f, u = model.embed_with_backbone(x, amp)
+            representations.append(u.cpu())
+        else:
+            f = model.embed(x, amp)
+        embeddings.append(f.cpu())
         report(progress, start + len(rows), len(order))
     model.train(was_training)
-    if not out:
-        return torch.zeros(0, model.config.embed_dim)
-    return torch.cat(out)
+    width = model.backbone_dim if backbone else 0
+    if not embeddings:
+        return torch.zeros(0, model.config.embed_dim), torch.zeros(0, width)
+    u_all = torch.cat(representations) if backbone else torch.zeros(len(order), 0)
+    return torch.cat(embeddings), u_all
 
 
 def channel_stats(images: np.ndarray, sample: int = 10_000) -> tuple[list[float], list[float]]:

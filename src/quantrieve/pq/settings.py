@@ -6,3 +6,9 @@ DISTANCES = ("l2", "sqeuclidean")
 
 #: R, the ADC results a refining index re-scores per query (:mod:`quantrieve.pq.refine`).
 DEFAULT_REFINE_DEPTH = 100
+
+#: What a refining index keeps per item to re-score with (:mod:`quantrieve.pq.refine`):
+#: ``embedding``, the embedding f the codes quantize; ``backbone``, the backbone's
+#: representation before the projection head, at unit length (re-scored by the distance
+#: between unit vectors, a cosine ranking).
+REFINE_SOURCES = ("embedding", "backbone")

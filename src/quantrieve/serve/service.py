@@ -25,7 +25,7 @@ import numpy as np
 
 from quantrieve.data.images import MAX_UPLOAD_PIXELS, decode_image_bytes
 from quantrieve.errors import QuantrieveError
-from quantrieve.index.format import INDEX_VERSION, codebooks_sha256, image_fingerprints
+from quantrieve.index.format import codebooks_sha256, format_version, image_fingerprints
 from quantrieve.index.hits import Hit, make_hits
 from quantrieve.index.live import LiveIndex, open_live
 from quantrieve.index.pq_index import torch_installed
@@ -179,7 +179,8 @@ class SearchService:
         self.retriever.index = self.live.index
         self.image_size = self.retriever.model.image_size
         self.channels = self.retriever.model.channels
-        self.embed = self.retriever.embed
+        retriever = self.retriever
+        self.embed = lambda pixels: retriever.embed_for_index(pixels, self.live.index)
         self.encoder = "model.pt (torch)"
 
     def _load_onnx(self, path: str) -> None:
@@ -200,8 +201,14 @@ class SearchService:
                 f"{path} embeds into {encoder.embedding_dim} values, this index's codes "
                 f"take {dim}; export this index's encoder"
             )
+        if index.refine is not None and index.refine_source != "embedding":
+            raise QuantrieveError(
+                f"this index refines with {index.refine_source} vectors, which the exported "
+                "encoder does not compute; serve it with its model.pt (without --onnx), or "
+                "encode it with --refine-source embedding"
+            )
         self.image_size, self.channels = encoder.image_size, encoder.channels
-        self.embed = encoder.embed
+        self.embed = lambda pixels: (encoder.embed(pixels), None)
         self.encoder = f"{path} (onnxruntime)"
 
     def _prepare(self, live: LiveIndex) -> None:
@@ -329,20 +336,25 @@ class SearchService:
         if uploads:
             self.check_batch(len(uploads), "query images")
             pixels = self.decode(uploads)
-            f = self.embed(pixels)
+            f, vectors = self.embed(pixels)
             names = [u.name for u in uploads]
         elif items:
             self.check_batch(len(items), "query items")
             pixels = np.stack([self.item_pixels(live, key) for key in items])
-            f = self.embed(pixels)
+            f, vectors = self.embed(pixels)
             names = [f"item {key}" for key in items]
         else:
             self.check_batch(len(embeddings), "query embeddings")
-            f = self._embeddings(embeddings)
+            f, vectors = self._embeddings(embeddings), None
             names = [f"embedding {i}" for i in range(len(f))]
         if (uploads or items) and live.index.content is not None:
             prints = image_fingerprints(pixels)  # a query's own copies rank first
-        dists, found = live.index.search(f, k, distance, fingerprints=prints, rows=rows)
+        try:
+            dists, found = live.index.search(
+                f, k, distance, fingerprints=prints, rows=rows, refine_queries=vectors
+            )
+        except QuantrieveError as exc:  # embeddings given for an index that refines otherwise
+            raise RequestError(422, str(exc)) from None
         hits = self._hits(live, dists.tolist(), found.tolist())
         seconds = time.perf_counter() - start
         self.metrics.search(len(names), seconds)
@@ -440,7 +452,9 @@ class SearchService:
         refines = self.live.index.refine is not None
         fine = None
         if refines:
-            codes, fine = self.retriever.encode_with_embeddings(pixels)
+            codes, fine = self.retriever.encode_with_embeddings(
+                pixels, refine_source=self.live.index.refine_source
+            )
         else:
             codes = self.retriever.encode(pixels)
         with self._change:
@@ -501,7 +515,7 @@ class SearchService:
             "deleted_items": len(live.deleted),
             "segments": len(live.segments),
             "index_version": live.generation,
-            "index_format_version": INDEX_VERSION,
+            "index_format_version": format_version(live.index.refine_source),
             "codebooks_sha256": self.codebooks_sha256,
             "bits": index.bits,
             "num_books": index.num_books,
