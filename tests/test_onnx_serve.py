@@ -138,3 +138,41 @@ def test_the_onnx_service_runs_where_torch_cannot_be_imported(
     assert result["torch"] is False
     with TestClient(create_app(tiny_index, ServeOptions(read_only=True, onnx=str(exported)))) as c:
         assert result["hits"] == _search(c, queries)
+
+
+def test_an_index_refined_by_the_backbone_is_served_by_onnx_too(
+    tiny_index: Path, tiny_fashion: Path, exported: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from quantrieve.cli import app
+    from quantrieve.models.onnx_runtime import OnnxEncoder
+
+    index_dir = tmp_path / "backbone"
+    run = str(tiny_index.parent / "run")
+    args = ["encode", run, "--out", str(index_dir), "--refine-depth", "20"]
+    result = CliRunner().invoke(app, [*args, "--refine-source", "backbone"])
+    assert result.exit_code == 0, result.output
+    # The plain encoder does not output backbone vectors: refused, with the remedy.
+    with pytest.raises(QuantrieveError, match="export-onnx"):
+        create_app(index_dir, ServeOptions(read_only=True, onnx=str(exported)))
+    onnx_file = tmp_path / "backbone.onnx"
+    result = CliRunner().invoke(app, ["export-onnx", str(index_dir), str(onnx_file)])
+    assert result.exit_code == 0, result.output
+    retriever = qr.Retriever.load(index_dir, device="cpu")
+    queries = read_dataset("fashion-mnist", tiny_fashion)["test"].images[:10]
+    encoder = OnnxEncoder(onnx_file)
+    f, u = encoder.embed_with_backbone(queries)
+    import torch
+
+    with torch.no_grad():
+        x = torch.from_numpy(queries).permute(0, 3, 1, 2).float() / 255
+        f32, u32 = retriever.model.embed_with_backbone(x)
+    np.testing.assert_allclose(u, u32.numpy(), atol=1e-4)
+    np.testing.assert_allclose(f, f32.numpy(), atol=1e-4 * float(np.abs(f).max()))
+    with TestClient(create_app(index_dir, ServeOptions(read_only=True, onnx=str(onnx_file)))) as c:
+        got = _search(c, queries)
+    index = qr.PQIndex.load(index_dir)
+    prints = None if index.content is None else image_fingerprints(queries)
+    want = index.search_numpy(f, 10, fingerprints=prints, refine_queries=u)[1]
+    assert got == want.tolist()

@@ -94,7 +94,9 @@ def export_onnx(
     check_new_file(out, overwrite, "ONNX file")
     retriever = Retriever.load(index_dir, device="cpu", need_index=True)
     assert retriever.model is not None and retriever.index is not None
-    done = write_onnx(retriever.model, out, codebooks_sha256(retriever.index.codebooks))
+    index = retriever.index
+    backbone = index.refine is not None and index.refine_source == "backbone"
+    done = write_onnx(retriever.model, out, codebooks_sha256(index.codebooks), backbone=backbone)
     if done.max_difference is None:
         checked = "not checked (pip install onnxruntime to compare it with torch)"
     else:

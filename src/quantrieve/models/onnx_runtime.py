@@ -28,6 +28,8 @@ class OnnxEncoder:
         image_size, channels: the images the encoder takes (H = W = image_size).
         embedding_dim: M * d.
         codebooks_sha256: the codebooks of the index it was exported from, or None.
+        backbone_dim: the width of the unit backbone vectors it also outputs (exported for an
+            index that refines by them), or None.
 
     Raises:
         ConfigError: onnxruntime is not installed, or the file does not load or was not
@@ -63,18 +65,40 @@ class OnnxEncoder:
                 "quantrieve export-onnx INDEX OUT.onnx"
             ) from None
         self.codebooks_sha256: str | None = meta.get("quantrieve.codebooks_sha256")
+        width = meta.get("quantrieve.backbone_dim")
+        self.backbone_dim: int | None = None if width is None else int(width)
 
     def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """float32 (N, M*d) embeddings of uint8 images (N, H, W, C)."""
+        return self._run(images, batch_size, ["embeddings"])[0]
+
+    def embed_with_backbone(
+        self, images: np.ndarray, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings, unit backbone vectors)`` of uint8 images, from a file exported for an
+        index that refines by the backbone."""
+        if self.backbone_dim is None:
+            raise ConfigError(
+                f"{self.path} does not output backbone vectors; export it again from the index "
+                "that refines by them (quantrieve export-onnx INDEX OUT.onnx)"
+            )
+        f, u = self._run(images, batch_size, ["embeddings", "backbone"])
+        return f, u
+
+    def _run(self, images: np.ndarray, batch_size: int, names: list[str]) -> list[np.ndarray]:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         expected = (self.image_size, self.image_size, self.channels)
         if images.ndim != 4 or images.shape[1:] != expected:
             shape = ", ".join(map(str, expected))
             raise ValueError(f"images must be (N, {shape}), got {images.shape}")
-        out = [
-            self.session.run(None, {"images": images[start : start + batch_size]})[0]
+        batches = [
+            self.session.run(names, {"images": images[start : start + batch_size]})
             for start in range(0, len(images), batch_size)
         ]
-        if not out:
-            return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        return np.concatenate(out).astype(np.float32, copy=False)
+        widths = {"embeddings": self.embedding_dim, "backbone": self.backbone_dim or 0}
+        return [
+            np.concatenate([b[j] for b in batches]).astype(np.float32, copy=False)
+            if batches
+            else np.zeros((0, widths[name]), dtype=np.float32)
+            for j, name in enumerate(names)
+        ]

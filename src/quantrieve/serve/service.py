@@ -201,14 +201,16 @@ class SearchService:
                 f"{path} embeds into {encoder.embedding_dim} values, this index's codes "
                 f"take {dim}; export this index's encoder"
             )
-        if index.refine is not None and index.refine_source != "embedding":
-            raise QuantrieveError(
-                f"this index refines with {index.refine_source} vectors, which the exported "
-                "encoder does not compute; serve it with its model.pt (without --onnx), or "
-                "encode it with --refine-source embedding"
-            )
         self.image_size, self.channels = encoder.image_size, encoder.channels
-        self.embed = lambda pixels: (encoder.embed(pixels), None)
+        if index.refine is not None and index.refine_source == "backbone":
+            if encoder.backbone_dim != index.refine.shape[1]:
+                raise QuantrieveError(
+                    f"this index refines with backbone vectors, which {path} does not output; "
+                    "export this index's encoder again: quantrieve export-onnx INDEX OUT.onnx"
+                )
+            self.embed = encoder.embed_with_backbone
+        else:
+            self.embed = lambda pixels: (encoder.embed(pixels), None)
         self.encoder = f"{path} (onnxruntime)"
 
     def _prepare(self, live: LiveIndex) -> None:
