@@ -7,8 +7,11 @@ and P@10 / mAP@1000 of a trained index at several R.
 
 ``latency``: random codes (M = 8, K = 16, 32 bits) and random float16 embeddings of 128
 dimensions, ``PQIndex.search`` for k = 10, one query and a batch of 100, median of repeats, on
-``--threads`` torch threads. ``quality``: an index encoded with ``--refine-depth`` (any R; the
-depth is set per evaluation) evaluated on labelled queries at R = 0 (ADC alone), 10, 100, 1000.
+``--threads`` torch threads. ``--backbone-widths 256,512``: also an index refining by unit
+backbone vectors of these widths (the small CNN's 256, ResNet-18's 512), re-scored against the
+query's own (``--refine-source backbone``). ``quality``: an index encoded with
+``--refine-depth`` (any R; the depth is set per evaluation) evaluated on labelled queries at
+R = 0 (ADC alone), 10, 100, 1000.
 """
 
 from __future__ import annotations
@@ -34,29 +37,42 @@ def latency(args: argparse.Namespace) -> dict:
     rows = []
     for n in args.sizes:
         codes = rng.integers(0, K, (n, M), dtype=np.uint8)
-        fine = rng.normal(size=(n, M * D_SUB)).astype(np.float16)
-        index = PQIndex(books, codes, [str(i) for i in range(n)], refine=fine)
-        index.searcher().prepare()
-        for batch in (1, 100):
-            queries = torch.from_numpy(rng.normal(size=(batch, M * D_SUB)).astype(np.float32))
-            for depth in args.depths:
-                index.search(queries, 10, refine_depth=depth)  # warm
-                times = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    index.search(queries, 10, refine_depth=depth)
-                    times.append(time.perf_counter() - start)
-                ms = statistics.median(times) * 1e3
-                row = {
-                    "items": n,
-                    "batch": batch,
-                    "refine_depth": depth,
-                    "ms_per_batch": round(ms, 3),
-                    "ms_per_query": round(ms / batch, 4),
-                    "bytes_per_item": M + (2 * M * D_SUB if depth else 0),
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        ids = [str(i) for i in range(n)]
+        kinds = [("embedding", M * D_SUB)] + [("backbone", w) for w in args.backbone_widths]
+        for source, width in kinds:
+            fine = rng.normal(size=(n, width)).astype(np.float32)
+            if source == "backbone":
+                fine /= np.linalg.norm(fine, axis=1, keepdims=True)
+            index = PQIndex(books, codes, ids, refine=fine.astype(np.float16), refine_source=source)
+            index.searcher().prepare()
+            for batch in (1, 100):
+                queries = torch.from_numpy(rng.normal(size=(batch, M * D_SUB)).astype(np.float32))
+                vectors = None
+                if source == "backbone":
+                    vectors = torch.nn.functional.normalize(torch.randn(batch, width), dim=1)
+                for depth in args.depths:
+                    if depth == 0 and source != "embedding":
+                        continue  # ADC alone: the first kind's rows
+
+                    index.search(queries, 10, refine_depth=depth, refine_queries=vectors)
+                    times = []  # after one warm-up search
+                    for _ in range(args.repeats):
+                        begin = time.perf_counter()
+                        index.search(queries, 10, refine_depth=depth, refine_queries=vectors)
+                        times.append(time.perf_counter() - begin)
+                    ms = statistics.median(times) * 1e3
+                    row = {
+                        "items": n,
+                        "batch": batch,
+                        "refine_depth": depth,
+                        "refine_source": source if depth else None,
+                        "refine_width": width if depth else 0,
+                        "ms_per_batch": round(ms, 3),
+                        "ms_per_query": round(ms / batch, 4),
+                        "bytes_per_item": M + (2 * width if depth else 0),
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
     return {"threads": args.threads, "repeats": args.repeats, "k": 10, "rows": rows}
 
 
@@ -106,6 +122,9 @@ def main() -> None:
         "--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 100, 1000]
     )
     lat.add_argument("--repeats", type=int, default=7)
+    lat.add_argument(
+        "--backbone-widths", type=lambda s: [int(x) for x in s.split(",") if x], default=[]
+    )
     qual = sub.add_parser("quality")
     qual.add_argument("index", type=Path)
     qual.add_argument("--dataset", default="fashion-mnist")
