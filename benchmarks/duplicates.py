@@ -121,8 +121,15 @@ def main() -> None:
     parser.add_argument("--bounds", default="0.9,0.95,0.97,0.98,0.99")
     parser.add_argument("--scale", type=int, default=0, help="items of the timing run (0: none)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--refine-source",
+        default="embedding",
+        help="the vectors compared: embedding, or backbone (unit backbone representations)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.scale and args.refine_source != "embedding":
+        parser.error("--scale resamples embeddings: use it with --refine-source embedding")
     torch.set_num_threads(2)
     rng = np.random.default_rng(args.seed)
     test = read_dataset("fashion-mnist", args.data_dir)["test"]
@@ -141,7 +148,9 @@ def main() -> None:
         )["all"]
     ids = collection.ids
     start = time.perf_counter()
-    codes, fine = retriever.encode_with_embeddings(collection.images)
+    codes, fine = retriever.encode_with_embeddings(
+        collection.images, refine_source=args.refine_source
+    )
     record["encode_seconds"] = round(time.perf_counter() - start, 1)
     fingerprints = image_fingerprints(np.asarray(collection.images))
     record["items"] = len(ids)
