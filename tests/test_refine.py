@@ -1,4 +1,4 @@
-"""Refinement (the head of a ranking re-scored with stored embeddings), copies first, and the
+"""Refinement (the head of a ranking re-scored with stored float16 vectors), copies first, and the
 coarse-codes warning."""
 
 from __future__ import annotations

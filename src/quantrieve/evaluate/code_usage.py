@@ -155,13 +155,13 @@ class CodeUsage:
         )
         if refine_depth:
             return (
-                f"{ties}; this index re-scores its first {refine_depth} results with stored "
-                "embeddings, which orders them (more bits or longer training would make the "
-                "codes themselves finer)"
+                f"{ties}; this index re-scores its first {refine_depth} results with its "
+                "stored float16 vectors, which orders them (more bits or longer training would "
+                "make the codes themselves finer)"
             )
         return (
-            f"{ties}; encode with --refine-depth 100 (the first 100 results re-scored with "
-            "stored float16 embeddings, 2 bytes a dimension per item), use more bits (--bits "
+            f"{ties}; encode with --refine-depth 100 (the first 100 results re-scored with a "
+            "stored float16 vector of each item, 2 bytes a dimension), use more bits (--bits "
             "64), or train longer"
         )
 
