@@ -266,10 +266,20 @@ def test_encode_with_refinement_through_the_command_line(tiny_index: Path, tmp_p
     run = tiny_index.parent / "run"
     out = tmp_path / "refined"
     result = CliRunner().invoke(
-        app, ["encode", str(run), "--out", str(out), "--refine-depth", "30"], catch_exceptions=False
+        app,
+        [
+            "encode",
+            str(run),
+            "--out",
+            str(out),
+            "--refine-depth",
+            "30",
+            "--refine-source=embedding",
+        ],
+        catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
-    assert "re-scoring the first 30 results" in result.output
+    assert "embedding vectors re-scoring the first 30 results" in result.output
     refined = PQIndex.load(out)
     plain = PQIndex.load(tiny_index)
     assert np.array_equal(refined.codes, plain.codes) and refined.refine_depth == 30

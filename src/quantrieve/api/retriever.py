@@ -49,7 +49,7 @@ from quantrieve.index.model_check import verify_index_model
 from quantrieve.index.pq_index import PQIndex
 from quantrieve.models.retrieval import RetrievalModel, embed_images, embed_images_with_backbone
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
-from quantrieve.pq.settings import REFINE_SOURCES
+from quantrieve.pq.settings import DEFAULT_REFINE_SOURCE, REFINE_SOURCES
 from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import git_commit, package_versions
@@ -348,7 +348,7 @@ class Retriever:
         source: dict[str, Any] | None = None,
         progress: Progress | None = None,
         refine_depth: int = 0,
-        refine_source: str = "embedding",
+        refine_source: str = DEFAULT_REFINE_SOURCE,
     ) -> PQIndex:
         """Encode ``database`` into a new in-memory index (ids, labels and class names from
         an :class:`ImageSet`), kept as :attr:`index` and returned.
@@ -357,9 +357,9 @@ class Retriever:
             refine_depth: R > 0 keeps a finer vector of each item in float16 (2 bytes a
                 dimension) and re-scores the first R ADC results of every search with it
                 (:mod:`quantrieve.pq.refine`); 0 keeps the codes alone.
-            refine_source: the finer vector: ``embedding`` (the embedding the code quantizes)
-                or ``backbone`` (the backbone's representation before the projection head, at
-                unit length: a better top of the ranking, measured in docs/results.md).
+            refine_source: the finer vector: ``backbone`` (the backbone's representation before
+                the projection head, at unit length: the better top of the ranking, measured in
+                docs/results.md) or ``embedding`` (the embedding the code quantizes).
         """
         database = _as_image_set(database)
         if refine_depth < 0:

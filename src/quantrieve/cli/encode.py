@@ -18,7 +18,7 @@ from quantrieve.cli.options import (
 from quantrieve.cli.terminal import console, progress_bar
 from quantrieve.config import DISTANCES, ConfigError
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
-from quantrieve.pq.settings import REFINE_SOURCES
+from quantrieve.pq.settings import DEFAULT_REFINE_SOURCE, REFINE_SOURCES
 
 ModelArg = Annotated[Path, typer.Argument(help="A run directory or its model.pt.")]
 OutOpt = out_option("Index directory to write.")
@@ -45,9 +45,10 @@ RefineDepthOpt = Annotated[
 RefineSourceOpt = Annotated[
     str,
     typer.Option(
-        help="The finer vector of --refine-depth: 'embedding' (the embedding the code "
-        "quantizes) or 'backbone' (the backbone's representation before the projection head, "
-        "at unit length; a better top 10, see docs/results.md)."
+        help="The finer vector of --refine-depth: 'backbone' (the backbone's representation "
+        "before the projection head, at unit length; the better top 10, see docs/results.md) "
+        "or 'embedding' (the embedding the code quantizes; half the bytes for the small CNN, "
+        "and exportable to faiss as IndexRefine)."
     ),
 ]
 
@@ -77,7 +78,7 @@ def encode(
     chunk: ChunkOpt = 8192,
     shard: ShardOpt = None,
     refine_depth: RefineDepthOpt = 0,
-    refine_source: RefineSourceOpt = "embedding",
+    refine_source: RefineSourceOpt = DEFAULT_REFINE_SOURCE,
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels).
 

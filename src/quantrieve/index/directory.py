@@ -141,7 +141,7 @@ def write_base(
         model.save(folder / "model.pt", model.training_info)
     meta = {
         "format": INDEX_FORMAT,
-        "version": format_version(index.refine_source),
+        "version": format_version(index.refine, index.refine_source),
         "num_items": len(index),
         "num_books": index.num_books,
         "num_codewords": index.num_codewords,

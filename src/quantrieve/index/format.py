@@ -60,11 +60,13 @@ INDEX_VERSION = 3
 PLAIN_INDEX_VERSION = 2
 
 
-def format_version(refine_source: str) -> int:
-    """The version an index is written as: 3 when it refines by vectors other than its
-    embeddings (a version-2 reader would re-score them against the wrong query vectors), else
-    2, which every reader since refinement reads."""
-    return PLAIN_INDEX_VERSION if refine_source == "embedding" else INDEX_VERSION
+def format_version(refine: object, refine_source: str) -> int:
+    """The version an index is written as: 3 when it refines (``refine`` is not None) by
+    vectors other than its embeddings (a version-2 reader would re-score them against the
+    wrong query vectors), else 2, which every reader since refinement reads."""
+    if refine is None or refine_source == "embedding":
+        return PLAIN_INDEX_VERSION
+    return INDEX_VERSION
 
 
 # Every file an index directory may hold: replacing an index removes these names only.

@@ -517,7 +517,7 @@ class SearchService:
             "deleted_items": len(live.deleted),
             "segments": len(live.segments),
             "index_version": live.generation,
-            "index_format_version": format_version(live.index.refine_source),
+            "index_format_version": format_version(live.index.refine, live.index.refine_source),
             "codebooks_sha256": self.codebooks_sha256,
             "bits": index.bits,
             "num_books": index.num_books,
