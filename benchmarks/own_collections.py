@@ -8,14 +8,18 @@ quality on data no preset was tuned on.
 - ``textures``: 32x32 RGB crops of the 16 photographs and micrographs that scikit-image ships in
   its package (astronaut, brick, camera, ...), each crop of a random side (40 to 128 pixels) at a
   random place. A class is the source picture: a near-duplicate search of parts of photos.
+- ``digits``: the 1,797 handwritten 8x8 digits that scikit-learn ships, scaled from 0-16 to
+  0-255 and enlarged to 32x32 (bilinear, as the image-folder reader enlarges a small file). A
+  class is a digit; train with ``augment.hflip_p=0``.
 
-Both are deterministic for a seed. Written as ``NAME.npz`` (``images`` uint8 (N, H, W, C),
+All are deterministic for a seed. Written as ``NAME.npz`` (``images`` uint8 (N, H, W, C),
 ``labels`` int64 (N,), ``class_names``); ``--folders`` also writes class folders of PNGs, which
 ``quantrieve train --data-dir`` reads as a user's own images.
 
     python benchmarks/own_collections.py --out runs/collections [--folders]
 
-Needs matplotlib (a dependency of quantrieve) and scikit-image (``pip install scikit-image``).
+Needs matplotlib (a dependency of quantrieve), scikit-image and scikit-learn (``pip install
+scikit-image scikit-learn``).
 """
 
 from __future__ import annotations
@@ -119,7 +123,25 @@ def textures(per_class: int = 225, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     return np.stack(images), np.array(labels, dtype=np.int64), list(TEXTURE_SOURCES)
 
 
-BUILDERS = {"glyphs": glyphs, "textures": textures}
+def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """scikit-learn's handwritten digits: images (1797, 32, 32, 1), labels (N,), class names.
+    ``seed`` is unused: the set is fixed."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    images = [
+        np.asarray(
+            Image.fromarray((image * (255 / 16)).round().astype(np.uint8), "L").resize(
+                (SIDE, SIDE), Image.BILINEAR
+            )
+        )
+        for image in data.images
+    ]
+    classes = [str(d) for d in range(10)]
+    return np.stack(images)[..., None], data.target.astype(np.int64), classes
+
+
+BUILDERS = {"glyphs": glyphs, "textures": textures, "digits": digits}
 
 
 def write(name: str, out: Path, folders: bool = False, seed: int = 0) -> Path:

@@ -57,6 +57,10 @@ PROBES: dict[str, list[str]] = {
 SMALL_PRESET = "small-collection-cpu"
 FM_PRESET = "fashion-mnist-cpu"
 RERANK = (("fp16", 100), ("int8", 100), ("rpq8", 100), ("fp16", 1000))
+#: Held-out queries of a collection too small for ``--queries`` (the 1,797 digits).
+QUERIES = {"digits": 300}
+#: Collections of symbols whose mirror images are other symbols: trained without flips.
+NO_FLIPS = ("glyphs", "digits")
 
 
 # ---------------------------------------------------------------------------- collections
@@ -78,6 +82,7 @@ def load_collection(name: str, data: Path, fm_dir: Path, queries: int, fm_querie
         ids=[f"{name}:{i}" for i in range(len(images))],
         class_names=classes,
     )
+    queries = QUERIES.get(name, queries)
     order = np.random.default_rng(12345).permutation(len(images))
     return whole.subset(np.sort(order[queries:])), whole.subset(np.sort(order[:queries]))
 
@@ -95,7 +100,7 @@ def job_overrides(
         extra.insert(0, f"train.epochs={epochs}")
     if collection == "fashion-mnist":
         return FM_PRESET, [f"train.epochs={fm_epochs}", *extra]
-    if collection == "glyphs":
+    if collection in NO_FLIPS:
         extra.insert(0, "augment.hflip_p=0")
     return SMALL_PRESET, extra
 
