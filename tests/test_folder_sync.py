@@ -252,3 +252,35 @@ def test_a_sync_killed_before_its_commit_loses_nothing(folder_index: Path, tmp_p
     finally:
         for path in new:
             path.unlink(missing_ok=True)
+
+
+def test_sync_of_an_index_refined_by_the_backbone_keeps_its_vectors(
+    folder_index: Path, tmp_path: Path
+) -> None:
+    """A folder index encoded with --refine-depth (backbone vectors by default): synced files
+    carry their unit backbone vectors, and a synced file, as a query, finds itself first."""
+    index_dir = tmp_path / "refined"
+    run = folder_index.parent / "run"
+    result = CliRunner().invoke(
+        app, ["encode", str(run), "--out", str(index_dir), "--refine-depth", "20"]
+    )
+    assert result.exit_code == 0, result.output
+    live = open_live(index_dir)
+    assert live.index.refine_source == "backbone"
+    root = Path(live.index.meta["source"]["root"])
+    copy = tmp_path / "photos"
+    shutil.copytree(root, copy)
+    CliRunner().invoke(app, ["sync", str(index_dir), str(copy)], catch_exceptions=False)
+    photo(copy / "high" / "new.png", 1, 9001)
+    assert sync_folder(index_dir, workers=1).added
+    live = open_live(index_dir)
+    row = live.index.ids.index("high/new.png")
+    retriever = Retriever.load(index_dir, device="cpu")
+    pixels = live.read_added(row)[0][None]
+    _, vectors = retriever.embed_for_index(pixels)
+    assert vectors is not None
+    np.testing.assert_allclose(
+        live.index.refine[row].astype(np.float32), vectors[0].numpy(), atol=1e-3
+    )
+    hit = retriever.search(pixels, k=1).hits[0][0]
+    assert hit.id == "high/new.png"
