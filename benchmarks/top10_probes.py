@@ -53,6 +53,8 @@ PROBES: dict[str, list[str]] = {
     "tau05": ["model.tau_sq=0.05"],
     # 32 bits as 4 books of 256 codewords (same embedding size, 32 dims per book).
     "m4k256": ["model.num_books=4", "model.num_codewords=256", "model.codeword_dim=32"],
+    # Codewords started at k-means centroids of the untrained network's embeddings.
+    "kmeans": ["model.codebook_init=kmeans"],
 }
 SMALL_PRESET = "small-collection-cpu"
 FM_PRESET = "fashion-mnist-cpu"

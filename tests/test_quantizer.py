@@ -235,3 +235,23 @@ def test_code_length_is_books_times_log2_of_codewords() -> None:
         assert not is_codeword_count(bad)
         with pytest.raises(ValueError, match="power of two"):
             bits_per_book(bad)
+
+
+def test_init_from_embeddings_places_codewords_at_cluster_centres() -> None:
+    """Four well-separated clusters per book: k-means (K = 4) finds their centres, and every
+    codeword is used by the codes of the data it was fitted on."""
+    gen = torch.Generator().manual_seed(0)
+    q = ProductQuantizer(num_books=2, num_codewords=4, codeword_dim=3)
+    centres = torch.tensor([[0.0, 0, 0], [10, 0, 0], [0, 10, 0], [0, 0, 10]])
+    labels = torch.arange(400) % 4
+    f = torch.cat([centres[labels], centres[(labels + 1) % 4]], dim=1)
+    f = f + 0.1 * torch.randn(400, 6, generator=gen)
+    q.init_from_embeddings(f, torch.Generator().manual_seed(1))
+    for m in range(2):
+        found = q.codebooks[m].detach()
+        nearest = torch.cdist(found, centres).min(1)
+        assert nearest.values.max() < 0.1 and sorted(nearest.indices.tolist()) == [0, 1, 2, 3]
+    codes = q.encode(f)
+    assert all(len(torch.unique(codes[:, m])) == 4 for m in range(2))
+    with pytest.raises(ValueError, match="k-means needs >= 4"):
+        q.init_from_embeddings(f[:3], torch.Generator())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -422,3 +423,31 @@ def test_a_tiny_model_learns_the_bar_rows(tmp_path: Path) -> None:
     assert pixels < 0.8
     assert learned > chance + 0.5
     assert learned > pixels + 0.15, (learned, pixels)
+
+
+def test_kmeans_codebook_init_starts_with_spread_codes(tiny_fashion: Path) -> None:
+    """``model.codebook_init=kmeans`` places the codewords among the untrained embeddings before
+    the first step: the codes of the training images use more codewords than a random start,
+    the batch norm's running statistics are untouched, and the same seed repeats it exactly."""
+    from quantrieve.evaluate.code_usage import code_usage
+
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+
+    def start(init: str) -> tuple[float, Trainer]:
+        trainer = Trainer(tiny_config(tiny_fashion, f"model.codebook_init={init}"), train)
+        model = copy.deepcopy(trainer.model).train()  # batch statistics, as the first steps
+        with torch.no_grad():
+            x = torch.from_numpy(np.asarray(train.images)).permute(0, 3, 1, 2).float() / 255
+            codes = model.quantizer.encode(model.embed(x)).numpy()
+        return code_usage(codes, model.config.num_codewords).mean_perplexity, trainer
+
+    random_usage, plain = start("random")
+    kmeans_usage, fitted = start("kmeans")
+    assert kmeans_usage > random_usage
+    for (name, a), (_, b) in zip(
+        plain.model.named_buffers(), fitted.model.named_buffers(), strict=True
+    ):
+        assert torch.equal(a, b), name  # running statistics as a fresh model has them
+    again = start("kmeans")[1]
+    assert torch.equal(again.model.quantizer.codebooks, fitted.model.quantizer.codebooks)
+    assert not torch.equal(plain.model.quantizer.codebooks, fitted.model.quantizer.codebooks)

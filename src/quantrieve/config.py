@@ -225,6 +225,7 @@ class AugmentConfig:
 
 BACKBONES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")
 INITS = ("pytorch", "reference")
+CODEBOOK_INITS = ("random", "kmeans")
 
 
 @dataclass
@@ -238,6 +239,9 @@ class ModelConfig:
     (PyTorch's defaults; Xavier over the (M, K, d) codebooks) or ``reference`` (as the HQC
     authors' code: Xavier over codebooks shaped (K, M*d), codewords about 1.6x larger at
     M = 8, K = 16, d = 16, and the head's first layer drawn from N(0, 0.01^2)).
+    ``codebook_init``: ``random`` (as ``init`` draws them) or ``kmeans`` (a probe against codes
+    that start collapsed: before the first step, each book's codewords are set to k-means
+    centroids of the untrained network's embeddings of up to 4,096 training images).
     """
 
     backbone: str = "small_cnn"
@@ -251,6 +255,7 @@ class ModelConfig:
     channels_last: bool = True
     pretrained: str = ""
     init: str = "pytorch"
+    codebook_init: str = "random"
 
     @property
     def bits(self) -> int:
@@ -274,6 +279,11 @@ class ModelConfig:
         _check(self.codeword_dim >= 1, "model.codeword_dim", "must be >= 1")
         _check(self.tau_sq > 0, "model.tau_sq", "must be > 0")
         _check(self.init in INITS, "model.init", f"one of {INITS}")
+        _check(
+            self.codebook_init in CODEBOOK_INITS,
+            "model.codebook_init",
+            f"one of {CODEBOOK_INITS}",
+        )
         _check(
             not self.pretrained or self.backbone in ("resnet18", "resnet50"),
             "model.pretrained",

@@ -47,6 +47,30 @@ class ProductQuantizer(nn.Module):
         self.codebooks = nn.Parameter(torch.empty(num_books, num_codewords, codeword_dim))
         nn.init.xavier_uniform_(self.codebooks)
 
+    @torch.no_grad()
+    def init_from_embeddings(
+        self, f: Tensor, generator: torch.Generator, iterations: int = 20
+    ) -> None:
+        """Set each book's codewords to k-means centroids of the sub-vectors f_m (Lloyd's
+        algorithm from k-means++ starting points, Arthur and Vassilvitskii, SODA 2007; an empty
+        cluster keeps its centroid).
+
+        Args:
+            f: (N, M*d) embeddings, N >= K.
+            generator: draws the starting points (seeded by the caller).
+        """
+        parts = self.split(f.float()).transpose(0, 1)  # (M, N, d)
+        if parts.shape[1] < self.num_codewords:
+            raise ValueError(f"k-means needs >= {self.num_codewords} embeddings, got {len(f)}")
+        for m, points in enumerate(parts):
+            centroids = _kmeans_plus_plus(points, self.num_codewords, generator)
+            for _ in range(iterations):
+                assign = torch.cdist(points, centroids).argmin(1)
+                sums = torch.zeros_like(centroids).index_add_(0, assign, points)
+                counts = torch.bincount(assign, minlength=self.num_codewords).unsqueeze(1)
+                centroids = torch.where(counts > 0, sums / counts.clamp_min(1), centroids)
+            self.codebooks[m].copy_(centroids.to(self.codebooks.dtype))
+
     @property
     def bits(self) -> int:
         """Code length: M * log2(K)."""
@@ -98,3 +122,19 @@ class ProductQuantizer(nn.Module):
         idx = codes.long()
         books = torch.arange(self.num_books, device=codes.device)
         return self.codebooks[books, idx].reshape(*codes.shape[:-1], self.dim)
+
+
+def _kmeans_plus_plus(points: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    """k starting centroids: the first a random point, each next one a point drawn with
+    probability proportional to its squared distance from the nearest centroid so far."""
+    first = torch.randint(len(points), (1,), generator=generator)
+    chosen = [points[first.to(points.device)]]
+    nearest = torch.cdist(points, chosen[0]).squeeze(1) ** 2
+    for _ in range(k - 1):
+        weights = nearest.cpu().double()
+        if float(weights.sum()) <= 0:  # every point is a centroid already: take any
+            weights = torch.ones_like(weights)
+        pick = torch.multinomial(weights, 1, generator=generator)
+        chosen.append(points[pick.to(points.device)])
+        nearest = torch.minimum(nearest, torch.cdist(points, chosen[-1]).squeeze(1) ** 2)
+    return torch.cat(chosen).clone()

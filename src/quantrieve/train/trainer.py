@@ -194,6 +194,8 @@ class Trainer:
             self._restore(self.run.load_checkpoint())
         else:
             self._record_start(side, channels)
+            if config.model.codebook_init == "kmeans":
+                self._init_codebooks()
         self.forward = self._forward_module()
         # 6. Optionally, the log mirrored for TensorBoard (rebuilt from log.jsonl on resume).
         if config.train.tensorboard:
@@ -266,6 +268,26 @@ class Trainer:
         self.best_val_map = -math.inf
         self.best_val_self = -math.inf  # unlabelled runs choosing by the label-free signal
         self.best_epoch = 0
+
+    @torch.no_grad()
+    def _init_codebooks(self, sample: int = 4096) -> None:
+        """``model.codebook_init = kmeans``: the codewords start at k-means centroids of the
+        untrained network's embeddings of up to ``sample`` training images (unaugmented, in
+        training-size batches with batch statistics, as the first steps see them; the batch
+        norm's running statistics are left as they were). The same on every rank."""
+        g = torch.Generator().manual_seed(self.config.train.seed)
+        rows = torch.randperm(len(self.images), generator=g)[:sample].sort().values.numpy()
+        buffers = {name: b.clone() for name, b in self.model.named_buffers()}
+        embeddings = []
+        self.model.train()
+        for start in range(0, len(rows), self.local_batch):
+            picked = rows[start : start + self.local_batch]
+            batch = torch.from_numpy(np.ascontiguousarray(self.images[picked]))
+            x = to_float_images(batch.to(self.device)).contiguous()
+            embeddings.append(self.model.embed(x, self.config.train.amp))
+        for name, value in self.model.named_buffers():
+            value.copy_(buffers[name])
+        self.model.quantizer.init_from_embeddings(torch.cat(embeddings), g)
 
     def _record_start(self, side: int, channels: int) -> None:
         """Write ``config.json`` and ``run.json`` (seed, versions, device, data) of a new run."""
