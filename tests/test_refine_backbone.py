@@ -210,6 +210,9 @@ def test_the_service_searches_and_adds_by_the_backbone(
     image = np.random.default_rng(7).integers(0, 255, (TINY.size, TINY.size), np.uint8)
     upload = [("images", ("q.png", _png(image), "image/png"))]
     with TestClient(create_app(index_dir, ServeOptions(api_key="k" * 12))) as client:
+        stats = client.get("/stats").json()
+        assert (stats["refine_depth"], stats["refine_source"]) == (30, "backbone")
+        assert stats["index_format_version"] == 3
         body = client.post("/search", files=upload, data={"k": "8"}).json()
         expected = qr.Retriever.load(index_dir).search(image[None, :, :, None], k=8)
         assert [h["item"] for h in body["queries"][0]["hits"]] == expected.indices[0].tolist()

@@ -198,6 +198,12 @@ class StatsResponse(BaseModel):
     num_books: int
     num_codewords: int
     distance: str
+    refine_depth: int = Field(
+        description="Results re-scored with the index's finer vectors (0: ADC alone)."
+    )
+    refine_source: str | None = Field(
+        description="What re-scores them: 'backbone' or 'embedding' (null: no refinement)."
+    )
     labels: list[str]
     image_size: int
     channels: int

@@ -241,10 +241,16 @@ class SearchService:
             f"{self.path}: {len(live)} items ({live.base_items} base rows, "
             f"{live.added_items} added, {len(live.deleted)} deleted), index version "
             f"{live.generation}, {index.bits} bits ({index.num_books} x {index.num_codewords} "
-            f"codewords), distance {index.distance}, codebooks sha256 "
+            f"codewords), distance {index.distance}, {self._refinement(index)}, codebooks sha256 "
             f"{self.codebooks_sha256[:16]}..., checksums verified; queries embedded by "
             f"{self.encoder}; {writes}"
         )
+
+    @staticmethod
+    def _refinement(index: Any) -> str:
+        if index.refine is None:
+            return "ADC alone"
+        return f"first {index.refine_depth} re-scored by {index.refine_source} vectors"
 
     # ------------------------------------------------------------------ queries
     def check_k(self, k: int) -> int:
@@ -523,6 +529,8 @@ class SearchService:
             "num_books": index.num_books,
             "num_codewords": index.num_codewords,
             "distance": index.distance,
+            "refine_depth": 0 if index.refine is None else index.refine_depth,
+            "refine_source": None if index.refine is None else index.refine_source,
             "labels": list(index.class_names),
             "image_size": self.image_size,
             "channels": self.channels,
