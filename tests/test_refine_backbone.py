@@ -10,6 +10,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ import quantrieve as qr
 from quantrieve.cli import app
 from quantrieve.errors import QuantrieveError
 from quantrieve.index.compaction import compact
-from quantrieve.index.faiss_export import to_faiss
+from quantrieve.index.faiss_export import export_faiss, faiss_query_width, to_faiss
 from quantrieve.index.format import IndexFormatError
 from quantrieve.index.live import open_live
 from quantrieve.index.pq_index import PQIndex
@@ -113,12 +114,27 @@ def test_saved_as_version_3_stated_and_read_back(tmp_path: Path) -> None:
         PQIndex(index.codebooks, index.codes, index.ids, refine=index.refine)
 
 
-def test_faiss_export_refuses_what_it_cannot_rescore() -> None:
-    index, _ = _index()
-    with pytest.raises(IndexFormatError, match="--no-refine"):
-        to_faiss(index)
-    exported = to_faiss(index, refine=False)
-    assert exported.ntotal == len(index)
+def test_faiss_export_is_the_same_two_stage_search_in_plain_faiss(tmp_path: Path) -> None:
+    index, f = _index(depth=40)
+    rng = np.random.default_rng(7)
+    queries = f[:25] + 0.05 * rng.normal(size=f[:25].shape).astype(np.float32)
+    vectors = _unit(rng.normal(size=(25, WIDTH)))
+    assert faiss_query_width(index) == M * D_SUB + WIDTH
+    assert faiss_query_width(index, refine=False) == M * D_SUB
+    path = export_faiss(index, tmp_path / "ix.faiss")
+    exported = faiss.read_index(str(path))  # plain faiss, nothing of quantrieve at query time
+    assert exported.d == M * D_SUB + WIDTH and exported.k_factor == 4
+    _, faiss_items = exported.search(np.concatenate([queries, vectors], 1), 10)
+    _, ours = index.search(
+        torch.from_numpy(queries), 10, "sqeuclidean", refine_queries=torch.from_numpy(vectors)
+    )
+    assert (faiss_items == ours.numpy()).all()
+    _, adc = index.search(torch.from_numpy(queries), 10, "sqeuclidean", refine_depth=0)
+    assert not (faiss_items == adc.numpy()).all()  # the backbone did re-order the head
+    plain = to_faiss(index, refine=False)
+    assert isinstance(plain, faiss.IndexPQ) and plain.ntotal == len(index)
+    fast = to_faiss(index, fast_scan=True)  # the FastScan first stage takes the same queries
+    assert fast.d == M * D_SUB + WIDTH and fast.ntotal == len(index)
 
 
 def test_added_deleted_and_compacted_items_keep_their_vectors(tmp_path: Path) -> None:
@@ -195,6 +211,33 @@ def test_encode_search_and_evaluate_by_the_backbone(backbone_index: Path, tiny_i
     assert on["extra"]["refine_depth"] == 30
     assert off["map_at_k"] == base["map_at_k"] and off["precision_at"] == base["precision_at"]
     assert on["map_at_k"] != off["map_at_k"]  # the refinement changed the rankings
+
+
+def test_embed_and_export_faiss_give_plain_faiss_the_same_search(
+    backbone_index: Path, tmp_path: Path
+) -> None:
+    images = np.random.default_rng(3).integers(0, 255, (5, TINY.size, TINY.size, 1), np.uint8)
+    files = []
+    for i, pixels in enumerate(images):
+        files.append(tmp_path / f"q{i}.png")
+        Image.fromarray(pixels[..., 0]).save(files[-1])
+    runner = CliRunner()
+    out = runner.invoke(app, ["export-faiss", str(backbone_index), str(tmp_path / "ix.faiss")])
+    assert out.exit_code == 0, out.output
+    assert "IndexRefine" in out.output and "unit backbone vector" in out.output
+    args = ["embed", str(backbone_index), *map(str, files), "--out"]
+    out = runner.invoke(app, [*args, str(tmp_path / "q.npy")], catch_exceptions=False)
+    assert "embeddings | backbone vectors" in out.output
+    queries = np.load(tmp_path / "q.npy")
+    exported = faiss.read_index(str(tmp_path / "ix.faiss"))
+    assert queries.shape == (5, exported.d)
+    _, faiss_items = exported.search(queries, 10)
+    retriever = qr.Retriever.load(backbone_index)
+    f, u = retriever.embed_for_index(images)
+    _, ours = retriever.index.search(f, 10, "sqeuclidean", refine_queries=u)
+    assert (faiss_items == ours.numpy()).all()
+    runner.invoke(app, [*args, str(tmp_path / "e.npy"), "--no-refine"], catch_exceptions=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), queries[:, : f.shape[1]])
 
 
 def _png(pixels: np.ndarray) -> bytes:

@@ -47,8 +47,7 @@ RefineSourceOpt = Annotated[
     typer.Option(
         help="The finer vector of --refine-depth: 'backbone' (the backbone's representation "
         "before the projection head, at unit length; the better top 10, see docs/results.md) "
-        "or 'embedding' (the embedding the code quantizes; half the bytes for the small CNN, "
-        "and exportable to faiss as IndexRefine)."
+        "or 'embedding' (the embedding the code quantizes; half the bytes for the small CNN)."
     ),
 ]
 

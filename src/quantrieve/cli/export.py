@@ -30,8 +30,8 @@ RefineOpt = Annotated[
     bool,
     typer.Option(
         "--refine/--no-refine",
-        help="An index that refines by its embeddings is exported as IndexRefine (--no-refine: "
-        "the codes alone; required for an index that refines by backbone vectors).",
+        help="A refining index is exported as IndexRefine (by backbone vectors: queries are "
+        "the embedding and the backbone vector side by side); --no-refine: the codes alone.",
     ),
 ]
 
@@ -50,7 +50,11 @@ def export_faiss(
     index over the same codes (exact at nprobe = N, faster and approximate below); --fast-scan
     quantizes the look-up tables to 8 bits (approximate)."""
     from quantrieve.index import PQIndex
-    from quantrieve.index.faiss_export import check_faiss_output
+    from quantrieve.index.faiss_export import (
+        REFINE_EXPORT_K,
+        check_faiss_output,
+        faiss_query_width,
+    )
     from quantrieve.index.faiss_export import export_faiss as write_faiss
 
     if fast_scan and ivf is not None:
@@ -67,8 +71,19 @@ def export_faiss(
         console.print(f"faiss IndexIVFPQ (by_residual=False) -> {out}")
         return
     write_faiss(index, out, fast_scan, overwrite, refine)
+    first = "IndexPQFastScan" if fast_scan else "IndexPQ"
+    if not refine or index.refine is None:
+        console.print(f"faiss {first} of {len(index)} items -> {out}")
+        return
+    width = faiss_query_width(index, refine)
+    dim = index.codebooks.shape[0] * index.codebooks.shape[2]
+    if index.refine_source == "backbone":
+        queries = f"embedding ({dim}) then unit backbone vector ({width - dim}), {width} floats"
+    else:
+        queries = f"the embedding, {width} floats"
     console.print(
-        f"faiss {'IndexPQFastScan' if fast_scan else 'IndexPQ'} of {len(index)} items -> {out}"
+        f"faiss IndexRefine ({first}, re-scoring k_factor x k = {index.refine_depth} for k = "
+        f"{REFINE_EXPORT_K}) of {len(index)} items -> {out}; queries: {queries}"
     )
 
 

@@ -15,12 +15,15 @@ faiss re-scores ``k_factor * k`` candidates instead of a fixed depth R; the expo
 quantrieve (up to the tie order of the first stage, and in squared L2, which orders like
 ``l2``). ``refine=False`` exports the codes alone.
 
-An index that refines with backbone vectors (``refine_source="backbone"``) has no faiss
-equivalent: ``IndexRefine`` re-scores with the query vector the first stage searched with, and
-those queries are the embeddings, not the backbone representations. Its export is refused
-unless ``refine=False`` (the codes alone); the refine vectors can be given to faiss separately
-(an ``IndexFlatL2`` of ``refine.npy`` with ``compute_distance_subset`` on the first stage's
-candidates is the same two-stage search).
+An index that refines with backbone vectors (``refine_source="backbone"``) re-scores with a
+second query vector, the query's unit backbone representation, which ``IndexRefine`` alone
+cannot take: it hands both stages the one query it was given. The export therefore takes the
+two query vectors side by side, ``[embedding | backbone]`` (``M * d + W`` floats, the ONNX
+encoder's two outputs concatenated): the first stage is ``IndexPreTransform`` of a
+``RemapDimensionsTransform`` keeping the first ``M * d`` dimensions over the PQ index above,
+the refine stage the same over an ``IndexFlatL2`` of the unit backbone vectors keeping the last
+``W``. Squared L2 between unit vectors orders like quantrieve's re-scoring (cosine), so the
+faiss search is the same two-stage search, in plain faiss, with no custom code at query time.
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ REFINE_EXPORT_K = 10
 
 def to_faiss(index: PQIndex, fast_scan: bool = False, refine: bool = True) -> faiss.Index:
     """A faiss index holding the same codebooks and codes (item i is faiss id i); for an
-    index that refines (and ``refine``), wrapped in ``IndexRefineFlat`` (module docstring)."""
+    index that refines (and ``refine``), wrapped in ``IndexRefine``; one refining by backbone
+    vectors takes ``[embedding | backbone]`` queries (module docstring)."""
     m, k, dsub = index.codebooks.shape
     nbits = bits_per_book(k)
     dim = m * dsub
@@ -56,18 +60,32 @@ def to_faiss(index: PQIndex, fast_scan: bool = False, refine: bool = True) -> fa
     first = faiss.IndexPQFastScan(out) if fast_scan else out
     if not refine or index.refine is None:
         return first
-    if index.refine_source != "embedding":
-        raise IndexFormatError(
-            f"this index refines with {index.refine_source} vectors, which faiss's IndexRefine "
-            "cannot re-score (it re-scores with the embeddings the codes were searched with); "
-            "export the codes alone (quantrieve export-faiss --no-refine, refine=False)"
-        )
-    flat = faiss.IndexFlatL2(dim)
+    flat = faiss.IndexFlatL2(index.refine.shape[1])
     flat.add(np.ascontiguousarray(index.refine, dtype=np.float32))
+    if index.refine_source == "backbone":
+        width = index.refine.shape[1]
+        first = faiss.IndexPreTransform(_keep_dimensions(dim + width, range(dim)), first)
+        flat = faiss.IndexPreTransform(_keep_dimensions(dim + width, range(dim, dim + width)), flat)
     refined = faiss.IndexRefine(first, flat)
     refined.referenced_objects = [first, flat]  # the Python objects outlive the C++ view
     refined.k_factor = index.refine_depth / REFINE_EXPORT_K
     return refined
+
+
+def faiss_query_width(index: PQIndex, refine: bool = True) -> int:
+    """How many floats a query to the exported index has: ``M * d``, plus the backbone width
+    for an index exported with its backbone refinement (module docstring)."""
+    m, _, dsub = index.codebooks.shape
+    if refine and index.refine is not None and index.refine_source == "backbone":
+        return m * dsub + index.refine.shape[1]
+    return m * dsub
+
+
+def _keep_dimensions(d_in: int, keep: range) -> faiss.RemapDimensionsTransform:
+    """A transform from ``d_in`` floats to the dimensions in ``keep``, in order."""
+    transform = faiss.RemapDimensionsTransform(d_in, len(keep), True)
+    faiss.copy_array_to_vector(np.asarray(keep, dtype=np.int32), transform.map)
+    return transform
 
 
 def pack_codes(codes: np.ndarray, nbits: int) -> np.ndarray:
