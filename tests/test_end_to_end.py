@@ -145,6 +145,23 @@ def test_embeddings_are_reproducible(trained: dict[str, Path]) -> None:
     np.testing.assert_array_equal(a, b)
 
 
+def test_images_are_embedded_in_the_precision_the_run_trained_in(trained: dict[str, Path]) -> None:
+    images = np.random.default_rng(0).integers(0, 255, (4, TINY.size, TINY.size, 1), np.uint8)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    retriever = Retriever.load(trained["index"])
+    assert retriever.amp  # the tiny run trained with train.amp (the default)
+    with torch.no_grad():
+        mixed, exact = retriever.model.embed(x, amp=True), retriever.model.embed(x)
+    assert not torch.equal(mixed, exact)  # bfloat16 autocast changes the numbers
+    np.testing.assert_array_equal(retriever.embed(images), mixed.numpy())
+    retriever.config.train.amp = False  # a run trained in float32 is embedded in float32
+    np.testing.assert_array_equal(retriever.embed(images), exact.numpy())
+    f, _ = retriever.embed_for_index(images)
+    np.testing.assert_array_equal(f.numpy(), exact.numpy())
+    codes = retriever.encode(images)
+    np.testing.assert_array_equal(codes, retriever.model.quantizer.encode(exact).numpy())
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -162,6 +162,13 @@ class Retriever:
         self.run_dir: Path | None = None
         self.trainer: Trainer | None = None
 
+    @property
+    def amp(self) -> bool:
+        """Whether images are embedded under autocast: as the model was trained and validated
+        (``train.amp``), so that encoding and search see the numbers validation saw, and a run
+        trained in float32 is not slowed by bfloat16 emulation on CPUs without it."""
+        return self.config.train.amp
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_preset(
@@ -279,7 +286,7 @@ class Retriever:
 
     def _embed(self, images: Images, progress: Progress | None = None) -> torch.Tensor:
         model = self._require_model().to(self.device)
-        return embed_images(model, _as_images(images), self.device, progress=progress)
+        return embed_images(model, _as_images(images), self.device, amp=self.amp, progress=progress)
 
     def embed_for_index(
         self, images: Images, index: PQIndex | None = None, progress: Progress | None = None
@@ -292,7 +299,9 @@ class Retriever:
         if index.refine is None or index.refine_source == "embedding":
             return self._embed(images, progress), None
         model = self._require_model().to(self.device)
-        return embed_images_with_backbone(model, _as_images(images), self.device, progress=progress)
+        return embed_images_with_backbone(
+            model, _as_images(images), self.device, amp=self.amp, progress=progress
+        )
 
     def encode(
         self, images: Images, progress: Progress | None = None, chunk: int = 8192
@@ -331,9 +340,11 @@ class Retriever:
         for start in range(0, len(array), chunk):
             rows = np.arange(start, min(start + chunk, len(array)))
             if keep == "backbone":
-                f, vectors = embed_images_with_backbone(model, array, self.device, indices=rows)
+                f, vectors = embed_images_with_backbone(
+                    model, array, self.device, amp=self.amp, indices=rows
+                )
             else:
-                f = vectors = embed_images(model, array, self.device, indices=rows)
+                f = vectors = embed_images(model, array, self.device, amp=self.amp, indices=rows)
             out[rows] = model.quantizer.encode(f.to(self.device)).cpu().numpy()
             if fine is not None:
                 fine[rows] = vectors.float().cpu().numpy().astype(np.float16)
