@@ -35,7 +35,7 @@ def test_onnx_embeddings_search_like_torch(
     assert done.max_difference <= ONNX_TOLERANCE * done.scale
     queries = read_dataset("fashion-mnist", tiny_fashion)["test"].images
     assert queries.shape[1:] == (TINY.size, TINY.size, 1)
-    # torch in float32 (the export's arithmetic; encode and search use autocast when the run trained with it)
+    # torch in float32 (the export's arithmetic; encode uses autocast only for amp-trained runs)
     want = embed_images(retriever.model, queries, torch.device("cpu"), amp=False).numpy()
     got = onnx_embeddings(done.path, queries)
     assert got is not None and got.shape == want.shape == (TINY.test, TINY.dim)
