@@ -11,7 +11,12 @@ dimensions, ``PQIndex.search`` for k = 10, one query and a batch of 100, median 
 backbone vectors of these widths (the small CNN's 256, ResNet-18's 512), re-scored against the
 query's own (``--refine-source backbone``). ``quality``: an index encoded with
 ``--refine-depth`` (any R; the depth is set per evaluation) evaluated on labelled queries at
-R = 0 (ADC alone), 10, 100, 1000.
+R = 0 (ADC alone), 10, 100, 1000. ``index-latency INDEX``: a trained index searched one query
+at a time (ADC alone and refined), with the share of queries whose ADC ranking ends inside the
+tie group at place R, which the refined head takes in (``quantrieve.pq.refine``).
+
+    python benchmarks/refine_search.py index-latency INDEX --depths 0,100 --queries 300 \
+        --json benchmarks/results/refine/index_latency.json
 """
 
 from __future__ import annotations
@@ -111,6 +116,49 @@ def quality(args: argparse.Namespace) -> dict:
     }
 
 
+def index_latency(args: argparse.Namespace) -> dict:
+    """One query at a time against a trained index: ADC alone against the refined search,
+    and how often the tie group at place R goes on past it (the queries whose head grows)."""
+    import quantrieve as qr
+
+    torch.set_num_threads(args.threads)
+    retriever = qr.Retriever.load(args.index, need_index=True)
+    index = retriever.index
+    if index.refine is None:
+        raise SystemExit(f"{args.index}: encoded without --refine-depth (no refine.npy)")
+    images = qr.read_dataset(args.dataset, args.data_dir)[args.part].images[: args.queries]
+    f, vectors = retriever.embed_for_index(images)
+    index.searcher().prepare()
+    rows = []
+    for depth in args.depths:
+        opened = 0.0
+        if depth and depth < len(index):
+            adc_d, _ = index.search(f, depth + 1, refine_depth=0)
+            opened = float((adc_d[:, depth] == adc_d[:, depth - 1]).float().mean())
+        times = []
+        for q in range(len(f)):
+            one = None if vectors is None else vectors[q : q + 1]
+            begin = time.perf_counter()
+            index.search(f[q : q + 1], 10, refine_depth=depth, refine_queries=one)
+            times.append(time.perf_counter() - begin)
+        row = {
+            "refine_depth": depth,
+            "ms_median": round(statistics.median(times) * 1e3, 3),
+            "ms_p95": round(sorted(times)[int(0.95 * (len(times) - 1))] * 1e3, 3),
+            "tie_goes_past_r_share": round(opened, 4),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {
+        "index": str(args.index),
+        "items": len(index),
+        "queries": len(f),
+        "refine_source": index.refine_source,
+        "threads": args.threads,
+        "rows": rows,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,11 +181,19 @@ def main() -> None:
     qual.add_argument(
         "--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 10, 100, 1000]
     )
-    for p in (lat, qual):
+    idx = sub.add_parser("index-latency")
+    idx.add_argument("index", type=Path)
+    idx.add_argument("--dataset", default="fashion-mnist")
+    idx.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+    idx.add_argument("--part", default="test")
+    idx.add_argument("--queries", type=int, default=300)
+    idx.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 100])
+    for p in (lat, qual, idx):
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
-    out = latency(args) if args.command == "latency" else quality(args)
+    run = {"latency": latency, "quality": quality, "index-latency": index_latency}
+    out = run[args.command](args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1) + "\n")
 

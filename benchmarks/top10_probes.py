@@ -20,7 +20,9 @@ distances between float embeddings (no quantization at all). The distance the lo
 with (cosine) against the one search uses (``l2``): ADC and exact rankings by cosine. The
 backbone's representation (before the projection head, fp32) as the finer copy: exact rankings
 by it, and re-ranking the top R of the ADC scan by it (``backbone_cos``: cosine, i.e. L2 between
-unit vectors; ``backbone_l2``).
+unit vectors; ``backbone_l2``); ``index_backbone_R*``: the library's own refinement (what
+``quantrieve evaluate`` scores on an index encoded with ``--refine-depth``), which also re-scores
+the rest of a tie group straddling place R.
 
 ``--keep DIR`` keeps every job's run folder (model, config, log) as ``DIR/COLLECTION-PROBE-SEED``;
 ``rescore`` scores kept runs again with the current variants, without training them again.
@@ -229,6 +231,28 @@ def score_model(
             return out.scatter_(1, cand, exact)
 
         results[f"rerank_{kind}_R{depth}"] = _score(reranked_by, q_labels, db_labels)
+    # What `quantrieve encode --refine-depth 100` and `evaluate` do: the library's refinement by
+    # the unit backbone vectors (float16), which takes in the tie group straddling place R.
+    from quantrieve.evaluate.scoring import evaluate_codes
+
+    for depth in (100, 300):
+        result = evaluate_codes(
+            f_q,
+            codebooks,
+            codes,
+            q_labels,
+            db_labels,
+            k=1000,
+            precision_at=(10,),
+            pr_queries=1,
+            refine=(_unit(h_db).half(), depth),
+            refine_queries=_unit(h_q),
+        )
+        results[f"index_backbone_R{depth}"] = {
+            "map": round(result.map_at_k, 5),
+            "p10": round(result.precision_at[10], 5),
+            "k": result.k,
+        }
     return results
 
 

@@ -109,14 +109,26 @@ def test_refinement_reorders_a_known_tie_and_off_is_adc_bit_for_bit() -> None:
     _, adc = plain.search(query, 6)
     assert adc.tolist() == [[0, 1, 2, 3, 4, 5]]  # ties by position
     d, items = refined.search(query, 6)
-    # The first R = 4 ADC results (0-3) re-scored: 3 (0.1), 2 (0.5), 1 (0.7), 0 (0.9); then 4, 5.
-    assert items.tolist() == [[3, 2, 1, 0, 4, 5]]
-    assert d[0, :4].tolist() == pytest.approx([0.1, 0.5, 0.7, 0.9], abs=1e-3)
+    # The first R = 4 ADC results (0-3) and the rest of their tie group (4) re-scored:
+    # 3 (0.1), 4 (0.3), 2 (0.5), 1 (0.7), 0 (0.9); then 5, which has another code.
+    assert items.tolist() == [[3, 4, 2, 1, 0, 5]]
+    assert d[0, :5].tolist() == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9], abs=1e-3)
+    assert d[0, 5] == plain.search(query, 6)[0][0, 5]  # an ADC distance, as ranked by ADC
     d0, items0 = refined.search(query, 6, refine_depth=0)
     d_plain, _ = plain.search(query, 6)
     assert torch.equal(items0, adc) and torch.equal(d0, d_plain)
     _, deeper = refined.search(query, 3, refine_depth=6)
     assert deeper.tolist() == [[3, 4, 2]]
+    # A top 2 at R = 2: the ranking is fetched 4 * R wide, so the head takes in the tie group
+    # and item 4 (the second closest) is not lost to its position.
+    assert refined.search(query, 2, refine_depth=2)[1].tolist() == [[3, 4]]
+    # The head grows to TIE_SPAN * R at most: at R = 1 the first four of the group (0-3).
+    assert refined.search(query, 6, refine_depth=1)[1].tolist() == [[3, 2, 1, 0, 4, 5]]
+    for depth, k in ((4, 6), (2, 2), (1, 6)):  # numpy (the torch-free service) does the same
+        want = refined.search(query, k, refine_depth=depth)
+        got = refined.search_numpy(query.numpy(), k, refine_depth=depth)
+        assert got[1].tolist() == want[1].tolist()
+        np.testing.assert_allclose(got[0], want[0].numpy(), atol=1e-6)
     with pytest.raises(qr.QuantrieveError, match=">= 0"):
         refined.search(query, 3, refine_depth=-1)
 

@@ -29,6 +29,7 @@ from quantrieve.index.pq_index import PQIndex
 from quantrieve.index.segment_files import NewItems
 from quantrieve.index.writer import IndexWriter
 from quantrieve.pq import refine_head
+from quantrieve.pq.settings import TIE_SPAN
 
 with warnings.catch_warnings():  # starlette asks for httpx2; httpx is what FastAPI documents
     warnings.simplefilter("ignore")
@@ -193,12 +194,18 @@ def test_encode_search_and_evaluate_by_the_backbone(backbone_index: Path, tiny_i
     f, u = retriever.embed_for_index(images)  # what search uses (autocast, as encode did)
     assert u is not None
     torch.testing.assert_close(u, u32, atol=0.02, rtol=0)
-    # The library's search: ADC's first 30, re-ordered by |u - stored|, then ADC's rest.
+    # The library's search: ADC's first 30 and the rest of the tie group at place 30 (up to
+    # TIE_SPAN * 30), re-ordered by |u - stored|, then ADC's rest.
     found = retriever.search(images, k=40)
-    _, adc = index.search(f, 40, refine_depth=0)
-    _, head = refine_head(u, adc, torch.from_numpy(index.refine), 30, "l2")
-    assert found.indices[:, :30].tolist() == head.tolist()
-    assert found.indices[:, 30:].tolist() == adc[:, 30:].tolist()
+    adc_d, adc = index.search(f, len(index), refine_depth=0)
+    stored = torch.from_numpy(index.refine).float()
+    for q in range(len(images)):
+        head = adc[q][adc_d[q] <= adc_d[q, 29]][: TIE_SPAN * 30]
+        by_fine = (stored[head] - u[q]).norm(dim=1)
+        want = head[torch.sort(by_fine, stable=True).indices]  # the head is in item order
+        assert found.indices[q, : min(40, len(head))].tolist() == want[:40].tolist()
+        rest = [i for i in adc[q].tolist() if i not in set(head.tolist())]
+        assert found.indices[q, len(head) :].tolist() == rest[: max(0, 40 - len(head))]
     # evaluate: off equals the plain index bit for bit; on is stated
     args = ["evaluate", str(backbone_index), "--json", "--precision-at", "10"]
     on = json.loads(CliRunner().invoke(app, args, catch_exceptions=False).stdout)
@@ -234,8 +241,12 @@ def test_embed_and_export_faiss_give_plain_faiss_the_same_search(
     _, faiss_items = exported.search(queries, 10)
     retriever = qr.Retriever.load(backbone_index)
     f, u = retriever.embed_for_index(images)
-    _, ours = retriever.index.search(f, 10, "sqeuclidean", refine_queries=u)
-    assert (faiss_items == ours.numpy()).all()
+    # faiss re-scores exactly R = 30 (k_factor 3 at k = 10) where quantrieve also takes in the
+    # rest of a tie group straddling place R (the tiny codes tie everywhere): the same as a
+    # fixed-depth re-scoring of the ADC ranking.
+    _, adc = retriever.index.search(f, 30, "sqeuclidean", refine_depth=0)
+    _, fixed = refine_head(u, adc, torch.from_numpy(retriever.index.refine), 30, "sqeuclidean")
+    assert (faiss_items == fixed[:, :10].numpy()).all()
     runner.invoke(app, [*args, str(tmp_path / "e.npy"), "--no-refine"], catch_exceptions=False)
     np.testing.assert_array_equal(np.load(tmp_path / "e.npy"), queries[:, : f.shape[1]])
 

@@ -131,7 +131,7 @@ def evaluate_retrieval(
     pr_queries: int = PR_QUERIES,
     chunk_budget: int = 2**24,
     progress: Progress | None = None,
-    rerank: Callable[[slice, Tensor], Tensor] | None = None,
+    rerank: Callable[[slice, Tensor, Tensor, Tensor], Tensor] | None = None,
 ) -> RetrievalResult:
     """Rank the database for every query and score the rankings.
 
@@ -149,9 +149,10 @@ def evaluate_retrieval(
             ``extra["pr_queries_without_relevant"]``.
         chunk_budget: about how many (query, item) distances are held at once.
         progress: ``progress(queries_done, num_queries)`` after every chunk.
-        rerank: re-orders the head of each ranking: maps a slice of queries and their
-            (q, depth) ranked database indices to the final (q, depth) ranking (e.g. an index's
-            refinement, :func:`quantrieve.pq.refine_ranking`). mAP@K and precision@N score the
+        rerank: re-orders the head of each ranking: maps a slice of queries, their (q, N)
+            distances and their (q, depth) ranking (distances, database indices) to the final
+            (q, depth) ranked indices (e.g. an index's refinement,
+            :func:`quantrieve.pq.refine_ranking`). mAP@K and precision@N score the
             re-ordered ranking; the PR curve, which ranks the whole database, stays on
             ``distances``.
     """
@@ -187,9 +188,9 @@ def evaluate_retrieval(
         if dist.shape != (chunk.stop - chunk.start, num_db):
             raise ValueError(f"distance function returned {tuple(dist.shape)} for {chunk}")
         queries = torch.arange(chunk.start, chunk.stop)
-        _, idx = topk_smallest(dist, depth)
+        ranked_d, idx = topk_smallest(dist, depth)
         if rerank is not None:
-            idx = rerank(chunk, idx)
+            idx = rerank(chunk, dist, ranked_d, idx)
         rel = relevance(queries, idx)
         ap_sum += average_precision_at_k(rel[:, :k]).sum().item()
         for n in precision_at:

@@ -15,7 +15,14 @@ import torch
 from torch import Tensor
 
 from quantrieve.evaluate.retrieval import PR_QUERIES, RetrievalResult, evaluate_retrieval
-from quantrieve.pq import ADCScorer, code_bits, lookup_tables, refine_head
+from quantrieve.pq import (
+    ADCScorer,
+    code_bits,
+    lookup_tables,
+    refine_ranking,
+    topk_smallest,
+)
+from quantrieve.pq.settings import tie_width
 from quantrieve.runtime.progress import Progress
 
 
@@ -75,7 +82,8 @@ def evaluate_codes(
             the whole database, the largest cost of an evaluation at millions of items.
         refine: ``(fine, depth)``: the database's finer copy (N, M*d) and R; the first R
             places of each ADC ranking are re-scored with it, as a search of an index that
-            refines (:func:`~quantrieve.pq.refine_ranking`). Excluded pairs stay excluded.
+            refines (:func:`~quantrieve.pq.refine_ranking`, the tie group at place R taken
+            in as a search does). Excluded pairs stay excluded.
         refine_queries: the queries' vectors in the space of the finer copy, when it is not
             the embeddings' (an index that refines by ``backbone``); default ``queries``.
     """
@@ -101,10 +109,14 @@ def evaluate_codes(
         fine, depth = torch.as_tensor(np.asarray(refine[0])), refine[1]
         against = queries if refine_queries is None else refine_queries.float().cpu()
 
-        def rerank(s: slice, ranked: Tensor) -> Tensor:
-            _, head = refine_head(against[s], ranked, fine, depth, distance)
-            head = _keep_excluded_last(head, ranked, pairs, s)
-            return torch.cat([head, ranked[:, head.shape[1] :]], dim=1)
+        def rerank(s: slice, dist: Tensor, ranked_d: Tensor, ranked: Tensor) -> Tensor:
+            width = ranked.shape[1]
+            wide = min(tie_width(depth, width), dist.shape[1])
+            if wide > width:  # as a search fetches it: wide enough for R's tie group
+                ranked_d, ranked = topk_smallest(dist, wide)
+            # Excluded pairs (distance +inf) are never re-scored: they stay last.
+            _, items = refine_ranking(against[s], ranked_d, ranked, fine, depth, distance)
+            return items[:, :width]
 
     result = evaluate_distances(
         distances,
@@ -121,16 +133,3 @@ def evaluate_codes(
     if rerank is not None:
         result.extra["refine_depth"] = refine[1]  # type: ignore[index]
     return result
-
-
-def _keep_excluded_last(head: Tensor, ranked: Tensor, pairs: Tensor, s: slice) -> Tensor:
-    """An excluded (query, item) pair that the ADC ranking put in the head (only when fewer
-    than R items are not excluded) stays behind the others after re-scoring."""
-    inside = (pairs[:, 0] >= s.start) & (pairs[:, 0] < s.stop)
-    if not inside.any():
-        return head
-    excluded = torch.zeros_like(head, dtype=torch.bool)
-    for q, item in pairs[inside].tolist():
-        excluded[q - s.start] |= head[q - s.start] == item
-    order = torch.sort(excluded.to(torch.int8), dim=1, stable=True).indices
-    return head.gather(1, order)

@@ -28,10 +28,10 @@ from quantrieve.pq.numpy_search import (
     CHUNK_BUDGET,
     NumpyADC,
     lookup_tables_np,
-    refine_head_np,
+    refine_ranking_np,
     topk_rows,
 )
-from quantrieve.pq.settings import DEFAULT_REFINE_DEPTH, DISTANCES, REFINE_SOURCES
+from quantrieve.pq.settings import DEFAULT_REFINE_DEPTH, DISTANCES, REFINE_SOURCES, tie_width
 
 if TYPE_CHECKING:  # torch is imported where a search needs it: loading an index does not
     import torch
@@ -321,10 +321,13 @@ class PQIndex:
             dists, items = self.searcher().search(queries, k, distance, kept, hidden)
         else:
             against = torch.as_tensor(self.refine_vectors_of(queries, refine_queries))
-            dists, items = self.searcher().search(queries, max(k, depth), distance, kept, hidden)
             with warnings.catch_warnings():  # a read-only memory map is only ever read here
                 warnings.simplefilter("ignore", UserWarning)
                 fine = torch.from_numpy(self.refine)
+            # R's tie group may go on past place R: the ranking is fetched TIE_SPAN * R wide
+            # (as fast as R wide: one scan, a wider top-k) and the head takes it in.
+            wanted = tie_width(depth, k)
+            dists, items = self.searcher().search(queries, wanted, distance, kept, hidden)
             dists, items = refine_ranking(against, dists, items, fine, depth, distance)
             dists, items = dists[:, :k], items[:, :k]
         if fingerprints is not None and self.content is not None:
@@ -355,7 +358,7 @@ class PQIndex:
         against = None
         if refining:
             against = np.asarray(self.refine_vectors_of(queries, refine_queries), np.float32)
-        wanted = max(k, depth) if refining else k
+        wanted = tie_width(depth, k) if refining else k  # R's tie group, as search fetches it
         scorer = self._numpy_adc()
         hidden = None if rows is not None else self.hidden_mask()
         step = max(1, CHUNK_BUDGET // max(1, len(self.codes)))
@@ -374,10 +377,7 @@ class PQIndex:
                 d, i = topk_rows(dist, wanted)
             if against is not None:
                 fine_q = against[start : start + step]
-                head_d, head_i = refine_head_np(fine_q, i, self.refine, depth, distance)
-                width = head_i.shape[1]
-                d = np.concatenate([head_d, d[:, width:]], axis=1)
-                i = np.concatenate([head_i, i[:, width:]], axis=1)
+                d, i = refine_ranking_np(fine_q, d, i, self.refine, depth, distance)
             out_d.append(d[:, :k])
             out_i.append(i[:, :k])
         width = min(k, len(self.codes) if rows is None else len(rows))

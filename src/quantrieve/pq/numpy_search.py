@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantrieve.pq.settings import DISTANCES
+from quantrieve.pq.settings import DISTANCES, TIE_SPAN
 
 #: Distances held at once per chunk of queries (float32 values).
 CHUNK_BUDGET = 2**24
@@ -134,3 +134,38 @@ def refine_head_np(
         scores = np.sqrt(scores)
     order = np.argsort(scores, axis=1, kind="stable")
     return np.take_along_axis(scores, order, 1), np.take_along_axis(head, order, 1)
+
+
+def refine_ranking_np(
+    queries: np.ndarray,
+    distances: np.ndarray,
+    candidates: np.ndarray,
+    fine: np.ndarray,
+    depth: int,
+    distance: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """An ADC ranking (Q, C) with its tie-completed head re-scored by the finer copy: as
+    :func:`~quantrieve.pq.refine.refine_ranking`, float32 distances."""
+    num_q, width = candidates.shape
+    depth = min(depth, width)
+    adc = np.asarray(distances, dtype=np.float32)
+    if depth <= 0 or num_q == 0:
+        return adc, candidates
+    span = adc[:, : min(width, TIE_SPAN * depth)]
+    in_head = (span <= span[:, depth - 1 : depth]) & np.isfinite(span)
+    head = int(in_head.sum(1).max())
+    items, in_head, adc_head = candidates[:, :head], in_head[:, :head], adc[:, :head]
+    key = np.where(in_head, items, int(candidates.max()) + 1 + np.arange(head))
+    first = np.argsort(key, axis=1, kind="stable")
+    items, in_head, adc_head = (np.take_along_axis(t, first, 1) for t in (items, in_head, adc_head))
+    vectors = np.asarray(fine[items.reshape(-1)], dtype=np.float32).reshape(num_q, head, -1)
+    diff = np.asarray(queries, dtype=np.float32)[:, None, :] - vectors
+    scores = (diff * diff).sum(-1)
+    if distance == "l2":
+        scores = np.sqrt(scores)
+    order = np.argsort(np.where(in_head, scores, np.inf), axis=1, kind="stable")
+    head_d = np.take_along_axis(np.where(in_head, scores, adc_head), order, 1)
+    return (
+        np.concatenate([head_d, adc[:, head:]], axis=1),
+        np.concatenate([np.take_along_axis(items, order, 1), candidates[:, head:]], axis=1),
+    )

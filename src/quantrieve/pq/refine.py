@@ -2,19 +2,28 @@
 
 PQ codes of 32 bits tie often: every item that shares a query's best code gets the same ADC
 distance, and the top 10 of a ranking is then decided by the items' positions, not by what they
-show. An index may keep a finer copy of each item's embedding (``float16``, 2 bytes a
-dimension); a search takes the first R items of the ADC ranking (ties by index, as every
-ranking in quantrieve), computes their distances to the query embedding from the finer copy,
-and orders those R by (fine distance, item index). Items after the first R keep their ADC order
-and distances. The refined distance uses the same metric as the ADC ranking: ``l2`` (not
-squared) or ``sqeuclidean``. This is the re-ranking stage of faiss's ``IndexRefine`` with
-R = k_factor * k fixed as a depth instead.
+show. An index may keep a finer copy of each item (``float16``, 2 bytes a dimension: the
+embedding, or the backbone's representation); a search takes the first R items of the ADC
+ranking, computes their distances to the query's own vector from the finer copy, and orders
+them by (fine distance, item index). Items after the head keep their ADC order and distances.
+The refined distance uses the same metric as the ADC ranking: ``l2`` (not squared) or
+``sqeuclidean``. This is the re-ranking stage of faiss's ``IndexRefine`` with R = k_factor * k
+fixed as a depth instead.
+
+One difference from a fixed depth: when the R-th result shares its ADC distance with results
+after it (one tie group straddles place R, typically items with one code), the head takes in
+the rest of that group, up to ``TIE_SPAN * R`` results (:func:`refine_ranking`; the callers
+fetch the ADC ranking that wide, :func:`~quantrieve.pq.settings.tie_width`). Which of a tie
+group's items are re-scored is then not decided by their positions in the folder, unless the
+group is larger than the span (collapsed codes, which ``encode`` warns of).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from quantrieve.pq.settings import TIE_SPAN
 
 #: Storage types of the finer copy, by name (index.json ``refine_dtype``).
 REFINE_DTYPES = {"float16": torch.float16}
@@ -64,18 +73,51 @@ def refine_ranking(
     depth: int,
     distance: str = "l2",
 ) -> tuple[Tensor, Tensor]:
-    """An ADC ranking with its first ``depth`` places refined (:func:`refine_head`).
+    """An ADC ranking with its head re-scored and re-ordered by the finer copy.
+
+    The head of a row is its first ``depth`` results and every later result at the same ADC
+    distance as the R-th (the rest of a tie group straddling place R), at most ``TIE_SPAN *
+    depth`` results and only among the given candidates; infinite ADC distances (excluded
+    items) are never in it. The head is ordered by (fine distance, item number); the rest of
+    the row keeps its ADC order and distances.
 
     Args:
-        distances, candidates: (Q, C) the ADC ranking (distances and item numbers).
+        queries: (Q, D) the queries' vectors in the space of ``fine``.
+        distances, candidates: (Q, C) the ADC ranking (ascending distances, item numbers).
+        fine: (N, D) the finer copy of every item (any float dtype).
+        depth: R.
+        distance: ``l2`` (non-squared) or ``sqeuclidean``.
 
     Returns:
-        ``(distances, items)``, (Q, C): the refined head (fine distances), then the rest of
-        the ADC ranking unchanged (ADC distances).
+        ``(distances, items)``, (Q, C): the refined head (fine distances), then the rest.
     """
-    head_d, head_i = refine_head(queries, candidates, fine, depth, distance)
-    width = head_i.shape[1]
+    if distance not in ("l2", "sqeuclidean"):
+        raise ValueError(f"distance must be 'l2' or 'sqeuclidean', got '{distance}'")
+    num_q, width = candidates.shape
+    depth = min(depth, width)
+    adc = distances.float()
+    if depth <= 0 or num_q == 0:
+        return adc, candidates
+    span = adc[:, : min(width, TIE_SPAN * depth)]
+    in_head = (span <= span[:, depth - 1 : depth]) & torch.isfinite(span)
+    head = int(in_head.sum(1).max())  # in_head is a prefix of each row: ADC is ascending
+    items, in_head, adc_head = candidates[:, :head], in_head[:, :head], adc[:, :head]
+    # The head by item number (fine ties fall back to it), then the rest in ADC order.
+    key = torch.where(in_head, items, int(candidates.max()) + 1 + torch.arange(head))
+    first = key.argsort(dim=1)
+    items, in_head, adc_head = (t.gather(1, first) for t in (items, in_head, adc_head))
+    vectors = fine.index_select(0, items.reshape(-1)).float().reshape(num_q, head, -1)
+    if queries.ndim != 2 or queries.shape[1] != vectors.shape[2]:
+        raise ValueError(
+            f"queries (Q, D) and the fine copy (N, D) must agree, got {tuple(queries.shape)} "
+            f"and {tuple(fine.shape)}"
+        )
+    scores = (queries.float().unsqueeze(1) - vectors).pow(2).sum(-1)
+    if distance == "l2":
+        scores = scores.sqrt()
+    order = torch.where(in_head, scores, float("inf")).sort(dim=1, stable=True).indices
+    head_d = torch.where(in_head, scores, adc_head).gather(1, order)
     return (
-        torch.cat([head_d, distances[:, width:].float()], dim=1),
-        torch.cat([head_i, candidates[:, width:]], dim=1),
+        torch.cat([head_d, adc[:, head:]], dim=1),
+        torch.cat([items.gather(1, order), candidates[:, head:]], dim=1),
     )

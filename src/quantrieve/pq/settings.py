@@ -7,6 +7,17 @@ DISTANCES = ("l2", "sqeuclidean")
 #: R, the ADC results a refining index re-scores per query (:mod:`quantrieve.pq.refine`).
 DEFAULT_REFINE_DEPTH = 100
 
+#: The head of a refined ranking grows to at most this many times R to take in the rest of a
+#: tie group straddling place R (:mod:`quantrieve.pq.refine`).
+TIE_SPAN = 4
+
+
+def tie_width(depth: int, k: int) -> int:
+    """How many ADC results a refined search of depth R fetches for a top k: enough for the
+    head to take in a tie group straddling place R (:func:`quantrieve.pq.refine.refine_ranking`)."""
+    return max(k, TIE_SPAN * depth)
+
+
 #: What a refining index keeps per item to re-score with (:mod:`quantrieve.pq.refine`):
 #: ``embedding``, the embedding f the codes quantize; ``backbone``, the backbone's
 #: representation before the projection head, at unit length (re-scored by the distance
