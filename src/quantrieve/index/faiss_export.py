@@ -11,9 +11,11 @@ FastScan ranks with 8-bit quantized look-up tables: approximate, measured in
 An index that refines (``refine.npy``) is exported as ``IndexRefine``: the PQ index above as
 the first stage, the float16 embeddings, widened to float32, in an ``IndexFlatL2`` refine stage.
 faiss re-scores ``k_factor * k`` candidates instead of a fixed depth R; the export sets
-``k_factor = R / 10``, so a faiss search for the top 10 re-scores the same R candidates as
-quantrieve (up to the tie order of the first stage, and in squared L2, which orders like
-``l2``). ``refine=False`` exports the codes alone.
+``k_factor = R / 10``, so a faiss search for the top 10 re-scores the first R candidates, as
+quantrieve does (in squared L2, which orders like ``l2``), but for one thing: where a tie group
+of the first stage straddles place R, faiss cuts it there, by its own tie order, while
+quantrieve's head takes in the rest of the group (:mod:`quantrieve.pq.refine`). The two
+agree wherever no tie group straddles place R. ``refine=False`` exports the codes alone.
 
 An index that refines with backbone vectors (``refine_source="backbone"``) re-scores with a
 second query vector, the query's unit backbone representation, which ``IndexRefine`` alone
