@@ -91,11 +91,17 @@ def quality(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{args.index}: encoded without --refine-depth (no refine.npy)")
     parts = qr.read_dataset(args.dataset, args.data_dir)
     queries = parts[args.part]
-    f = torch.from_numpy(retriever.embed(queries))
+    f, vectors = retriever.embed_for_index(queries)
     rows = []
     for depth in args.depths:
         result = retriever.evaluate(
-            queries, 1000, (10, 100), embeddings=f, refine_depth=depth, pr_queries=1
+            queries,
+            1000,
+            (10, 100),
+            embeddings=f,
+            refine_depth=depth,
+            pr_queries=1,
+            refine_queries=vectors,
         )
         row = {
             "refine_depth": depth,

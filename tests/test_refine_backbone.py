@@ -282,3 +282,20 @@ def test_the_service_searches_and_adds_by_the_backbone(
     _, u = retriever.embed_for_index(image[None, :, :, None])
     assert u is not None and stored.refine.shape[1] == u.shape[1]
     np.testing.assert_allclose(stored.refine[-1].astype(np.float32), u[0].numpy(), atol=1e-3)
+
+
+def test_evaluate_takes_the_query_vectors_already_computed(
+    backbone_index: Path, tiny_fashion: Path
+) -> None:
+    retriever = qr.Retriever.load(backbone_index)
+    queries = qr.read_dataset("fashion-mnist", tiny_fashion)["test"]
+    f, u = retriever.embed_for_index(queries)
+    whole = retriever.evaluate(queries, pr_queries=0)
+    embedded = []
+    embed = retriever.embed_for_index
+    retriever.embed_for_index = lambda *a, **kw: embedded.append(1) or embed(*a, **kw)  # type: ignore[method-assign]
+    given = retriever.evaluate(queries, embeddings=f, refine_queries=u, pr_queries=0)
+    assert not embedded  # nothing embedded again
+    assert given.map_at_k == whole.map_at_k and given.precision_at == whole.precision_at
+    again = retriever.evaluate(queries, embeddings=f, pr_queries=0)  # the vectors are embedded
+    assert embedded and again.map_at_k == whole.map_at_k

@@ -507,6 +507,7 @@ class Retriever:
         embeddings: torch.Tensor | None = None,
         pr_queries: int | None = None,
         refine_depth: int | None = None,
+        refine_queries: torch.Tensor | None = None,
     ) -> RetrievalResult:
         """mAP@K, precision@N and the PR curve of labelled queries against the index.
 
@@ -520,6 +521,9 @@ class Retriever:
                 the config's ``eval.pr_queries``).
             refine_depth: for an index that refines, the re-scored head of each ranking
                 (default: the index's; 0 = ADC alone), as :meth:`search` ranks.
+            refine_queries: with ``embeddings``, the queries' unit backbone vectors for an
+                index that refines by them, if already computed (both come from
+                :meth:`embed_for_index`); without them such an index embeds the queries again.
         """
         index = self._require_index()
         if queries.labels is None:
@@ -527,13 +531,12 @@ class Retriever:
         labels = align_labels(queries.labels, queries.class_names, index)
         e = self.config.eval
         refine = _refinement(index, refine_depth)
-        vectors = None
-        if embeddings is not None:
-            f = embeddings
-            if refine is not None and index.refine_source != "embedding":
-                vectors = self.embed_for_index(queries)[1]
-        else:
+        if embeddings is None:
             f, vectors = self.embed_for_index(queries)
+        else:
+            f, vectors = embeddings, refine_queries
+            if refine is not None and index.refine_source != "embedding" and vectors is None:
+                vectors = self.embed_for_index(queries)[1]
         assert index.labels is not None
         check_code_usage(
             index.codes,
