@@ -11,6 +11,10 @@ quality on data no preset was tuned on.
 - ``digits``: the 1,797 handwritten 8x8 digits that scikit-learn ships, scaled from 0-16 to
   0-255 and enlarged to 32x32 (bilinear, as the image-folder reader enlarges a small file). A
   class is a digit; train with ``augment.hflip_p=0``.
+- ``solar``: the 2,624 electroluminescence images of solar cells that the ``elpv-dataset``
+  package ships (Deitsch et al., 2019; ``pip install elpv-dataset``), 300x300 grayscale, kept at
+  that size. A class is the experts' defect probability (0, 1/3, 2/3, 1): 1,508 / 295 / 106 /
+  715 images. Industrial inspection images, unlike anything a preset was tuned on.
 
 All are deterministic for a seed. Written as ``NAME.npz`` (``images`` uint8 (N, H, W, C),
 ``labels`` int64 (N,), ``class_names``); ``--folders`` also writes class folders of PNGs, which
@@ -19,7 +23,7 @@ All are deterministic for a seed. Written as ``NAME.npz`` (``images`` uint8 (N, 
     python benchmarks/own_collections.py --out runs/collections [--folders]
 
 Needs matplotlib (a dependency of quantrieve), scikit-image and scikit-learn (``pip install
-scikit-image scikit-learn``).
+scikit-image scikit-learn``), and ``elpv-dataset`` for ``solar``. ``--names`` picks some.
 """
 
 from __future__ import annotations
@@ -141,7 +145,18 @@ def digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.stack(images)[..., None], data.target.astype(np.int64), classes
 
 
-BUILDERS = {"glyphs": glyphs, "textures": textures, "digits": digits}
+def solar(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The ``elpv-dataset`` package's solar cells: images (2624, 300, 300, 1), labels (N,) by
+    defect probability, class names. ``seed`` is unused: the set is fixed."""
+    from elpv_dataset.utils import load_dataset
+
+    images, probabilities, _ = load_dataset()
+    levels = np.round(np.asarray(probabilities) * 3).astype(np.int64)  # 0, 1/3, 2/3, 1
+    classes = ["defect-0", "defect-33", "defect-67", "defect-100"]
+    return np.asarray(images, dtype=np.uint8)[..., None], levels, classes
+
+
+BUILDERS = {"glyphs": glyphs, "textures": textures, "digits": digits, "solar": solar}
 
 
 def write(name: str, out: Path, folders: bool = False, seed: int = 0) -> Path:

@@ -7,12 +7,21 @@ import pytest
 import torch
 
 from quantrieve.evaluate import average_precision_at_k, evaluate_retrieval, relevance_matrix
+from quantrieve.evaluate.retrieval import tie_order
 
 
 def _fn(dist: np.ndarray):
     """Distance callback over a fixed (Q, N) matrix."""
     table = torch.from_numpy(np.asarray(dist, dtype=np.float32))
     return lambda chunk: table[chunk]
+
+
+def _by_row(distances, query_labels, db_labels, *args, **kwargs):
+    """evaluate_retrieval with ties ranked by database row, the order of the hand-made
+    references below (the default tie order is tested on its own)."""
+    return evaluate_retrieval(
+        distances, query_labels, db_labels, *args, ties=torch.arange(len(db_labels)), **kwargs
+    )
 
 
 def _onehot(classes: list[int] | np.ndarray, num_classes: int) -> torch.Tensor:
@@ -69,7 +78,7 @@ def test_evaluate_ties_broken_by_database_index(budget: int) -> None:
     q1: top-2 (0, 1) -> AP 1/2 (reversed tie (1, 0) would give 1).
     q2: no relevant item -> AP 0, still counted: mAP = 1/3.
     """
-    result = evaluate_retrieval(
+    result = _by_row(
         _fn(_DIST),
         _onehot([0, 1, 2], 3),
         _onehot(_DB, 3),
@@ -88,8 +97,8 @@ def test_evaluate_ties_broken_by_database_index(budget: int) -> None:
 def test_evaluate_query_without_relevant_items_counts_as_zero() -> None:
     """Dropping the unmatched query raises the mean from 1/3 to 1/2."""
     db = _onehot(_DB, 3)
-    with_empty = evaluate_retrieval(_fn(_DIST), _onehot([0, 1, 2], 3), db, k=2, precision_at=(2,))
-    without = evaluate_retrieval(_fn(_DIST[:2]), _onehot([0, 1], 3), db, k=2, precision_at=(2,))
+    with_empty = _by_row(_fn(_DIST), _onehot([0, 1, 2], 3), db, k=2, precision_at=(2,))
+    without = _by_row(_fn(_DIST[:2]), _onehot([0, 1], 3), db, k=2, precision_at=(2,))
     assert with_empty.map_at_k == pytest.approx(1 / 3, abs=1e-6)
     assert without.map_at_k == pytest.approx(1 / 2, abs=1e-6)
 
@@ -104,7 +113,7 @@ def test_evaluate_multi_label() -> None:
     db = torch.tensor([[0, 1, 1], [0, 0, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
     queries = torch.tensor([[1, 1, 0], [0, 0, 1]])
     dist = [[0.3, 0.1, 0.5, 0.4, 0.2]] * 2
-    result = evaluate_retrieval(_fn(dist), queries, db, k=5, precision_at=(1, 3))
+    result = _by_row(_fn(dist), queries, db, k=5, precision_at=(1, 3))
     ap0 = (1 / 3 + 2 / 4 + 3 / 5) / 3
     ap1 = (1 + 2 / 3 + 3 / 4) / 3
     assert result.map_at_k == pytest.approx((ap0 + ap1) / 2, abs=1e-6)
@@ -147,7 +156,7 @@ def test_evaluate_matches_numpy_reference(k: int, budget: int) -> None:
     dist, q_cls, db_cls = _random_problem(seed=k)
     relevant = q_cls[:, None] == db_cls[None, :]
     cutoffs = (1, 10, 50)
-    result = evaluate_retrieval(
+    result = _by_row(
         _fn(dist),
         _onehot(q_cls, 5),
         _onehot(db_cls, 5),
@@ -168,7 +177,7 @@ def test_evaluate_matches_numpy_reference_multi_label() -> None:
     db_lab = (rng.random((200, 5)) < 0.25).astype(np.int64)
     dist = (rng.integers(0, 30, (30, 200)) / 7).astype(np.float32)
     relevant = (q_lab @ db_lab.T) > 0
-    result = evaluate_retrieval(
+    result = _by_row(
         _fn(dist), torch.from_numpy(q_lab), torch.from_numpy(db_lab), k=50, precision_at=(5, 20)
     )
     ref_map, ref_prec = reference_metrics(dist, relevant, 50, (5, 20))
@@ -187,8 +196,8 @@ def test_evaluate_chunking_invariance() -> None:
         calls.append(chunk)
         return args[0](chunk)
 
-    small = evaluate_retrieval(counting, *args[1:], k=15, precision_at=(3, 10), chunk_budget=7)
-    large = evaluate_retrieval(args[0], *args[1:], k=15, precision_at=(3, 10))
+    small = _by_row(counting, *args[1:], k=15, precision_at=(3, 10), chunk_budget=7)
+    large = _by_row(args[0], *args[1:], k=15, precision_at=(3, 10))
     assert len(calls) == 20  # budget 7 < 40 items: one query per chunk
     assert small.map_at_k == pytest.approx(large.map_at_k, abs=1e-6)
     for n in (3, 10):
@@ -227,7 +236,7 @@ def test_pr_curve_matches_numpy_reference(levels: int, budget: int) -> None:
     random data (budget 500: several queries per chunk, one per PR block)."""
     dist, q_cls, db_cls = _random_problem(seed=levels, queries=40, items=120)
     relevant = q_cls[:, None] == db_cls[None, :]
-    result = evaluate_retrieval(
+    result = _by_row(
         _fn(dist),
         _onehot(q_cls, 5),
         _onehot(db_cls, 5),
@@ -255,7 +264,7 @@ def test_pr_curve_through_small_buckets(monkeypatch: pytest.MonkeyPatch) -> None
     dist, q_cls, db_cls = _random_problem(seed=3, queries=12, items=400)
     dist[0] = 0.0  # one row of nothing but ties
     relevant = q_cls[:, None] == db_cls[None, :]
-    result = evaluate_retrieval(
+    result = _by_row(
         _fn(dist), _onehot(q_cls, 5), _onehot(db_cls, 5), k=10, precision_at=(5,), pr_queries=0
     )
     ref, _ = reference_pr(dist, relevant, 21)
@@ -333,12 +342,12 @@ def test_pr_curve_matches_numpy_reference_multi_label_and_subset() -> None:
     dist = (rng.integers(0, 30, (30, 200)) / 7).astype(np.float32)
     relevant = (q_lab @ db_lab.T) > 0
     args = (_fn(dist), torch.from_numpy(q_lab), torch.from_numpy(db_lab))
-    every = evaluate_retrieval(*args, k=50, precision_at=(5,), pr_queries=0)
+    every = _by_row(*args, k=50, precision_at=(5,), pr_queries=0)
     ref, empty = reference_pr(dist, relevant, 21)
     assert empty > 0  # the case is exercised
     np.testing.assert_allclose(every.pr_precision, ref, atol=1e-6)
     assert every.extra == {"pr_queries": 30 - empty, "pr_queries_without_relevant": empty}
-    subset = evaluate_retrieval(*args, k=50, precision_at=(5,), pr_queries=10)
+    subset = _by_row(*args, k=50, precision_at=(5,), pr_queries=10)
     ref, empty = reference_pr(dist[::3], relevant[::3], 21)
     np.testing.assert_allclose(subset.pr_precision, ref, atol=1e-6)
     assert subset.extra == {"pr_queries": 10 - empty, "pr_queries_without_relevant": empty}
@@ -354,7 +363,7 @@ def test_pr_curve_by_hand_multi_label() -> None:
     db = torch.tensor([[0, 1, 1], [0, 0, 1], [1, 0, 0], [1, 1, 1], [0, 0, 0]])
     queries = torch.tensor([[1, 1, 0], [0, 0, 1]])
     dist = [[0.3, 0.1, 0.5, 0.4, 0.2]] * 2
-    result = evaluate_retrieval(_fn(dist), queries, db, k=5, precision_at=(1,), pr_levels=3)
+    result = _by_row(_fn(dist), queries, db, k=5, precision_at=(1,), pr_levels=3)
     assert result.pr_recall == [0.0, 0.5, 1.0]
     np.testing.assert_allclose(result.pr_precision, [0.8, 0.675, 0.675], atol=1e-6)
 
@@ -368,13 +377,13 @@ def test_pr_curve_leaves_out_queries_without_relevant_items() -> None:
     """
     db = _onehot(_DB, 3)
     kwargs = {"k": 2, "precision_at": (2,), "pr_levels": 5}
-    with_empty = evaluate_retrieval(_fn(_DIST), _onehot([0, 1, 2], 3), db, **kwargs)
-    without = evaluate_retrieval(_fn(_DIST[:2]), _onehot([0, 1], 3), db, **kwargs)
+    with_empty = _by_row(_fn(_DIST), _onehot([0, 1, 2], 3), db, **kwargs)
+    without = _by_row(_fn(_DIST[:2]), _onehot([0, 1], 3), db, **kwargs)
     assert with_empty.pr_precision == without.pr_precision
     np.testing.assert_allclose(with_empty.pr_precision, [(1 / 2 + 2 / 3) / 2] * 5, atol=1e-6)
     assert with_empty.extra == {"pr_queries": 2, "pr_queries_without_relevant": 1}
     assert without.extra == {"pr_queries": 2, "pr_queries_without_relevant": 0}
-    nothing = evaluate_retrieval(_fn(_DIST[2:]), _onehot([2], 3), db, **kwargs)
+    nothing = _by_row(_fn(_DIST[2:]), _onehot([2], 3), db, **kwargs)
     assert nothing.pr_precision == nothing.pr_recall == []
     assert nothing.extra == {"pr_queries": 0, "pr_queries_without_relevant": 1}
 
@@ -409,8 +418,8 @@ def test_pr_curve_higher_ap_at_every_query_gives_higher_curve() -> None:
         dist_a[i, order_a[i]] = place * scales[i]
         dist_b[i, order_b[i]] = place
     labels = (_onehot(q_cls, 4), _onehot(db_cls, 4))
-    a = evaluate_retrieval(_fn(dist_a), *labels, k=num_db, precision_at=(10,))
-    b = evaluate_retrieval(_fn(dist_b), *labels, k=num_db, precision_at=(10,))
+    a = _by_row(_fn(dist_a), *labels, k=num_db, precision_at=(10,))
+    b = _by_row(_fn(dist_b), *labels, k=num_db, precision_at=(10,))
     rows = np.arange(num_q)[:, None]
     ap_a = average_precision_at_k(torch.from_numpy(relevant[rows, order_a]))
     ap_b = average_precision_at_k(torch.from_numpy(relevant[rows, order_b]))
@@ -421,7 +430,7 @@ def test_pr_curve_higher_ap_at_every_query_gives_higher_curve() -> None:
     assert (prec_a >= prec_b - 1e-9).all()
     assert (prec_a > prec_b + 0.02).any()
     # a ranking metric: rescaling each query's distances changes nothing
-    unscaled = evaluate_retrieval(_fn(dist_a / scales[:, None]), *labels, k=num_db)
+    unscaled = _by_row(_fn(dist_a / scales[:, None]), *labels, k=num_db)
     np.testing.assert_allclose(unscaled.pr_precision, a.pr_precision, atol=1e-12)
 
 
@@ -438,8 +447,37 @@ def test_evaluate_invalid_inputs() -> None:
 
 def test_evaluate_without_precision_cutoffs() -> None:
     """An empty precision_at still gives mAP@K (and no precision entries)."""
-    result = evaluate_retrieval(
-        _fn(_DIST), _onehot([0, 1, 2], 3), _onehot(_DB, 3), k=2, precision_at=()
-    )
+    result = _by_row(_fn(_DIST), _onehot([0, 1, 2], 3), _onehot(_DB, 3), k=2, precision_at=())
     assert result.map_at_k == pytest.approx(1 / 3, abs=1e-6)
     assert result.precision_at == {}
+
+
+def test_default_tie_order_is_a_fixed_permutation_of_the_database() -> None:
+    """By default ties are ranked in tie_order(N): the same as ranking the permuted
+    database by row; fixed from call to call, whatever the labels."""
+    dist, q_cls, db_cls = _random_problem(seed=5)
+    perm = tie_order(dist.shape[1])
+    assert sorted(perm.tolist()) == list(range(dist.shape[1]))
+    assert torch.equal(perm, tie_order(dist.shape[1]))
+    default = evaluate_retrieval(_fn(dist), _onehot(q_cls, 5), _onehot(db_cls, 5), k=50)
+    permuted = _by_row(
+        _fn(dist[:, perm.numpy()]), _onehot(q_cls, 5), _onehot(db_cls[perm], 5), k=50
+    )
+    assert default.map_at_k == pytest.approx(permuted.map_at_k, abs=1e-6)
+    assert default.precision_at == pytest.approx(permuted.precision_at, abs=1e-6)
+    assert default.pr_precision == pytest.approx(permuted.pr_precision, abs=1e-6)
+
+
+def test_a_class_sorted_database_of_tied_items_scores_chance_not_its_order() -> None:
+    """Collapsed codes (every distance equal) on a database stored class by class, as an image
+    folder is read: ties by row would put the queries' majority class first."""
+    db_cls = np.repeat([0, 1], [700, 300])  # sorted by class
+    q_cls = np.repeat([0, 1], [70, 30])
+    dist = np.zeros((100, 1000), np.float32)
+    labels = (_onehot(q_cls, 2), _onehot(db_cls, 2))
+    by_row = _by_row(_fn(dist), *labels, k=100, precision_at=(100,))
+    assert by_row.precision_at[100] == pytest.approx(0.7)  # class-0 queries: all hits
+    fair = evaluate_retrieval(_fn(dist), *labels, k=100, precision_at=(100,))
+    chance = 0.7 * 0.7 + 0.3 * 0.3  # a query's class share of the database, on average
+    assert fair.precision_at[100] == pytest.approx(chance, abs=0.05)
+    assert fair.map_at_k < by_row.map_at_k - 0.05  # 0.62 against 0.70

@@ -211,6 +211,7 @@ def test_evaluation_with_refinement_scores_the_rankings_search_returns() -> None
         k=50,
         precision_at=(10,),
         refine=(index.refine, 20),
+        ties=torch.arange(300),  # ties by row, as a search ranks them
     )
     _, ranked = index.search(queries, 50)
     rel = (q_labels[:, None, :] & labels[ranked.numpy()]).any(-1)
@@ -222,6 +223,19 @@ def test_evaluation_with_refinement_scores_the_rankings_search_returns() -> None
     assert result.map_at_k == pytest.approx(float(np.mean(ap)), abs=1e-6)  # float32 sums
     assert result.precision_at[10] == pytest.approx(rel[:, :10].mean(), abs=1e-6)
     assert result.extra["refine_depth"] == 20
+    # By default ties are ranked in a fixed order that ignores the rows' order: the same
+    # refined head (its tie groups are taken in whole), a different order of tied items after.
+    fair = evaluate_codes(
+        queries,
+        index.codebooks,
+        index.codes,
+        q_labels,
+        labels,
+        50,
+        (10,),
+        refine=(index.refine, 20),
+    )
+    assert fair.precision_at[10] == pytest.approx(result.precision_at[10], abs=1e-6)
     off = evaluate_codes(
         queries, index.codebooks, index.codes, q_labels, labels, k=50, precision_at=(10,)
     )

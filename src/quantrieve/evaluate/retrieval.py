@@ -4,7 +4,11 @@ Definitions (docs/method.md, protocol):
 
 - Relevance: a database item is relevant to a query when they share at least one label
   (single-label data is the special case of one-hot labels).
-- Ranking: ascending distance; ties are broken by database index (lower index first).
+- Ranking: ascending distance; ties are broken by a fixed pseudo-random order of the database
+  (:func:`tie_order`), not by database index: an image folder is read class by class, and
+  ties broken by index would rank the items of a tie group (items sharing a code) class by
+  class, which flatters coarse codes. A search ranks ties by index; an evaluation scores what
+  a ranking is worth whatever the order the database was added in.
 - AP@K = (1/R_K) * sum_{j<=K} rel_j * P@j, where R_K is the number of relevant items in the top
   K (the literature's normaliser); a query with no relevant item in its top K scores 0 and still
   counts. mAP@K is the mean over all queries.
@@ -41,6 +45,15 @@ from torch import Tensor
 
 from quantrieve.pq import query_chunks, topk_smallest
 from quantrieve.runtime.progress import Progress, report
+
+#: Seed of the evaluation's tie order (:func:`tie_order`).
+TIE_ORDER_SEED = 0
+
+
+def tie_order(num_items: int, seed: int = TIE_ORDER_SEED) -> Tensor:
+    """The order in which an evaluation ranks items at equal distance: a permutation of the
+    database rows, fixed for a database size, independent of the labels (module docstring)."""
+    return torch.from_numpy(np.random.default_rng(seed).permutation(num_items))
 
 
 def relevance_matrix(query_labels: Tensor, db_labels: Tensor) -> Tensor:
@@ -131,7 +144,9 @@ def evaluate_retrieval(
     pr_queries: int = PR_QUERIES,
     chunk_budget: int = 2**24,
     progress: Progress | None = None,
-    rerank: Callable[[slice, Tensor, Tensor, Tensor], Tensor] | None = None,
+    rerank: Callable[[slice, Tensor, Tensor], Tensor] | None = None,
+    rerank_width: int = 0,
+    ties: Tensor | None = None,
 ) -> RetrievalResult:
     """Rank the database for every query and score the rankings.
 
@@ -149,12 +164,15 @@ def evaluate_retrieval(
             ``extra["pr_queries_without_relevant"]``.
         chunk_budget: about how many (query, item) distances are held at once.
         progress: ``progress(queries_done, num_queries)`` after every chunk.
-        rerank: re-orders the head of each ranking: maps a slice of queries, their (q, N)
-            distances and their (q, depth) ranking (distances, database indices) to the final
-            (q, depth) ranked indices (e.g. an index's refinement,
-            :func:`quantrieve.pq.refine_ranking`). mAP@K and precision@N score the
-            re-ordered ranking; the PR curve, which ranks the whole database, stays on
-            ``distances``.
+        rerank: re-orders the head of each ranking: maps a slice of queries and their
+            ranking, (q, w) distances and database indices, to the re-ordered (q, w) indices
+            (e.g. an index's refinement, :func:`quantrieve.pq.refine_ranking`). mAP@K and
+            precision@N score the re-ordered ranking; the PR curve, which ranks the whole
+            database, stays on ``distances``.
+        rerank_width: the w given to ``rerank`` when it needs a ranking wider than the
+            deepest cut-off (the head of a refinement takes in tie groups, up to 4 R).
+        ties: the order in which items at equal distance are ranked, a permutation of the
+            database rows (default: :func:`tie_order`; ``torch.arange(N)``: by row).
     """
     start = time.perf_counter()
     num_q, num_db = len(query_labels), len(db_labels)
@@ -183,21 +201,30 @@ def evaluate_retrieval(
     # a time keeps them near the chunk's own footprint, and one row per thread at least keeps
     # every thread busy when rows hold millions of items.
     pr_rows = max(torch.get_num_threads(), chunk_budget // 4 // num_db)
+    order = tie_order(num_db) if ties is None else torch.as_tensor(ties, dtype=torch.int64)
+    if order.shape != (num_db,):
+        raise ValueError(f"ties must be a permutation of the {num_db} database rows")
+    width = min(max(depth, rerank_width if rerank is not None else 0), num_db)
     for chunk in query_chunks(num_q, num_db, chunk_budget):
         dist = distances(chunk).float()
         if dist.shape != (chunk.stop - chunk.start, num_db):
             raise ValueError(f"distance function returned {tuple(dist.shape)} for {chunk}")
         queries = torch.arange(chunk.start, chunk.stop)
-        ranked_d, idx = topk_smallest(dist, depth)
+        # Columns in tie order: top-k's ties by column are then ties by that order.
+        dist = dist.index_select(1, order)
+        ranked_d, idx = topk_smallest(dist, width)
+        idx = order[idx]
         if rerank is not None:
-            idx = rerank(chunk, dist, ranked_d, idx)
+            idx = rerank(chunk, ranked_d, idx)
+        idx = idx[:, :depth]
         rel = relevance(queries, idx)
         ap_sum += average_precision_at_k(rel[:, :k]).sum().item()
         for n in precision_at:
             prec_sum[n] += rel[:, :n].float().mean(1).sum().item()
         rows = queries[queries % stride == 0] - chunk.start
         for part in rows.split(pr_rows):
-            interp = interpolated_precision(dist[part], relevance(part + chunk.start, None), steps)
+            relevant = relevance(part + chunk.start, None).index_select(1, order)
+            interp = interpolated_precision(dist[part], relevant, steps)
             pr_sum += interp.sum(0)
             pr_used += len(interp)
             pr_empty += len(part) - len(interp)

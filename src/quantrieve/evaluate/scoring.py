@@ -20,7 +20,6 @@ from quantrieve.pq import (
     code_bits,
     lookup_tables,
     refine_ranking,
-    topk_smallest,
 )
 from quantrieve.pq.settings import tie_width
 from quantrieve.runtime.progress import Progress
@@ -34,11 +33,15 @@ def evaluate_distances(
     precision_at: Sequence[int] = (10, 100, 1000),
     progress: Progress | None = None,
     pr_queries: int = PR_QUERIES,
-    rerank: Callable[[slice, Tensor], Tensor] | None = None,
+    rerank: Callable[[slice, Tensor, Tensor], Tensor] | None = None,
+    rerank_width: int = 0,
+    ties: Tensor | None = None,
 ) -> RetrievalResult:
     """mAP@K, precision@N and PR curve of any distance function, K and N capped at the
     database size (mAP@1000 of a 500-item database is mAP@500; the result says which K).
-    ``pr_queries``: evenly spaced queries the PR curve is estimated on (0 = all)."""
+    ``pr_queries``: evenly spaced queries the PR curve is estimated on (0 = all); ``ties``:
+    the order of items at equal distance (default: a fixed pseudo-random one,
+    :func:`~quantrieve.evaluate.retrieval.tie_order`)."""
     query_labels = torch.as_tensor(np.asarray(query_labels))
     db_labels = torch.as_tensor(np.asarray(db_labels))
     num_db = len(db_labels)
@@ -51,6 +54,8 @@ def evaluate_distances(
         pr_queries=pr_queries,
         progress=progress,
         rerank=rerank,
+        rerank_width=rerank_width,
+        ties=ties,
     )
 
 
@@ -68,6 +73,7 @@ def evaluate_codes(
     pr_queries: int = PR_QUERIES,
     refine: tuple[Tensor | np.ndarray, int] | None = None,
     refine_queries: Tensor | None = None,
+    ties: Tensor | None = None,
 ) -> RetrievalResult:
     """Evaluate continuous query embeddings (Q, M*d) against PQ codes (N, M) by ADC.
 
@@ -86,6 +92,10 @@ def evaluate_codes(
             in as a search does). Excluded pairs stay excluded.
         refine_queries: the queries' vectors in the space of the finer copy, when it is not
             the embeddings' (an index that refines by ``backbone``); default ``queries``.
+        ties: the order of items at equal distance, a permutation of the database rows
+            (default: :func:`~quantrieve.evaluate.retrieval.tie_order`, not the rows' order:
+            an image folder is stored class by class). ``torch.arange(N)`` ranks ties as a
+            search does.
     """
     books = torch.as_tensor(np.asarray(codebooks)).float()
     scorer = ADCScorer(torch.as_tensor(np.asarray(codes)), books.shape[1])
@@ -109,14 +119,9 @@ def evaluate_codes(
         fine, depth = torch.as_tensor(np.asarray(refine[0])), refine[1]
         against = queries if refine_queries is None else refine_queries.float().cpu()
 
-        def rerank(s: slice, dist: Tensor, ranked_d: Tensor, ranked: Tensor) -> Tensor:
-            width = ranked.shape[1]
-            wide = min(tie_width(depth, width), dist.shape[1])
-            if wide > width:  # as a search fetches it: wide enough for R's tie group
-                ranked_d, ranked = topk_smallest(dist, wide)
+        def rerank(s: slice, ranked_d: Tensor, ranked: Tensor) -> Tensor:
             # Excluded pairs (distance +inf) are never re-scored: they stay last.
-            _, items = refine_ranking(against[s], ranked_d, ranked, fine, depth, distance)
-            return items[:, :width]
+            return refine_ranking(against[s], ranked_d, ranked, fine, depth, distance)[1]
 
     result = evaluate_distances(
         distances,
@@ -127,6 +132,8 @@ def evaluate_codes(
         progress,
         pr_queries,
         rerank,
+        rerank_width=0 if rerank is None else tie_width(refine[1], 0),  # type: ignore[index]
+        ties=ties,
     )
     result.extra["bits"] = code_bits(books.shape[0], books.shape[1])
     result.extra["distance"] = distance  # type: ignore[assignment]

@@ -1,0 +1,120 @@
+"""A user's own folder, scored the way the README's "Your own images" tells a user to: the
+command line only, several training seeds.
+
+For each seed: ``quantrieve train --preset PRESET --data-dir FOLDER --holdout N``, ``encode
+--refine-depth R``, ``evaluate --json`` (refined, and ``--refine-depth 0``: ADC alone), and the
+pixel baselines ``baseline exact|pq --run --json`` on the same held-out queries and database.
+Each seed appends one JSON line to ``--results`` (the numbers, the code usage ``encode`` saved,
+and the warnings it printed); a seed already in the file is skipped, so a stopped run resumes.
+
+    python benchmarks/own_collections.py --out .probe/data --names solar --folders
+    python benchmarks/folder_cli.py .probe/data/solar --name solar --seeds 0,1,2 \
+        --results benchmarks/results/own-folders/solar.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _quantrieve(*args: str) -> subprocess.CompletedProcess:
+    """Run the ``quantrieve`` command of this interpreter; fail loudly with its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "quantrieve", *args], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"quantrieve {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def _scores(result: dict) -> dict:
+    return {
+        "map": round(result["map_at_k"], 4),
+        "p10": round(result["precision_at"]["10"], 4),
+    }
+
+
+def run_seed(args: argparse.Namespace, seed: int) -> dict:
+    run = args.runs / f"{args.name}-s{seed}"
+    index = run / "index"
+    sets = [f"train.seed={seed}", *args.set]
+    started = time.perf_counter()
+    if not (run / "model.pt").is_file():
+        train = ["train", "--preset", args.preset, "--data-dir", str(args.folder)]
+        train += ["--holdout", str(args.holdout), "--out", str(run)]
+        for item in sets:
+            train += ["--set", item]
+        _quantrieve(*train)
+    trained = time.perf_counter() - started
+    if not index.is_dir():
+        encode = _quantrieve(
+            "encode", str(run), "--out", str(index), "--refine-depth", str(args.refine)
+        )
+        warnings = [line for line in encode.stderr.splitlines() if line.strip()]
+    else:
+        warnings = ["(index encoded before; its warnings were not kept)"]
+    refined = json.loads(_quantrieve("evaluate", str(index), "--json").stdout)
+    adc = json.loads(_quantrieve("evaluate", str(index), "--json", "--refine-depth", "0").stdout)
+    baselines = {
+        method: _scores(
+            json.loads(_quantrieve("baseline", method, "--run", str(run), "--json").stdout)
+        )
+        for method in ("exact", "pq")
+    }
+    meta = json.loads((index / "index.json").read_text())
+    return {
+        "collection": args.name,
+        "seed": seed,
+        "preset": args.preset,
+        "set": sets,
+        "holdout": args.holdout,
+        "refine_depth": args.refine,
+        "train_seconds": round(trained, 1),
+        "queries": refined["num_queries"],
+        "database": refined["num_database"],
+        "adc": _scores(adc),
+        "refined": _scores(refined),
+        "pixels_exact": baselines["exact"],
+        "pixels_pq": baselines["pq"],
+        "code_usage": meta.get("code_usage"),
+        "encode_warnings": warnings,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path, help="a folder of class sub-folders of images")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--preset", default="small-collection-cpu")
+    parser.add_argument("--holdout", type=int, default=500)
+    parser.add_argument("--refine", type=int, default=100)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--set", action="append", default=[], help="a config override")
+    parser.add_argument("--runs", type=Path, default=Path(".probe/folders"))
+    parser.add_argument("--results", type=Path, required=True)
+    args = parser.parse_args()
+    done = set()
+    if args.results.exists():
+        done = {json.loads(line)["seed"] for line in args.results.open() if line.strip()}
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    for seed in (int(s) for s in args.seeds.split(",")):
+        if seed in done:
+            continue
+        record = run_seed(args, seed)
+        with args.results.open("a") as out:
+            out.write(json.dumps(record) + "\n")
+        print(
+            json.dumps(
+                {k: record[k] for k in ("seed", "adc", "refined", "pixels_exact", "pixels_pq")}
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
