@@ -10,8 +10,8 @@ nor its 1 GB: this module ranks by the rules of :mod:`quantrieve.pq.adc` and
   :class:`~quantrieve.pq.adc.GatherADC` pairs them (K * K <= 256) and added in the same order;
 - the ranking is ascending by (distance, row); hidden rows (:mod:`quantrieve.pq.hidden`) and
   rows outside a filter are left out;
-- refinement re-scores the first R results with the float16 copies, ordered by (fine distance,
-  row).
+- refinement re-scores the first R results, and the rest of a tie group straddling place R,
+  with the float16 copies, ordered by (fine distance, row).
 
 The float32 arithmetic is that of the torch path, but BLAS may sum a table's dot products in
 another order, so two items whose distances differ in the last bits can swap places
@@ -116,24 +116,6 @@ def topk_rows(dist: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         out_i[q] = cand[order]
         out_d[q] = dist[q, cand[order]]
     return out_d, out_i
-
-
-def refine_head_np(
-    queries: np.ndarray, candidates: np.ndarray, fine: np.ndarray, depth: int, distance: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``depth`` candidates (Q, C) re-scored with the finer copies ``fine`` (N, D)
-    and ordered by (fine distance, row): as :func:`~quantrieve.pq.refine.refine_head`."""
-    head = np.sort(candidates[:, : max(0, depth)], axis=1)
-    num_q, width = head.shape
-    if width == 0:
-        return np.zeros((num_q, 0), dtype=np.float32), head
-    vectors = np.asarray(fine[head.reshape(-1)], dtype=np.float32).reshape(num_q, width, -1)
-    diff = np.asarray(queries, dtype=np.float32)[:, None, :] - vectors
-    scores = (diff * diff).sum(-1)
-    if distance == "l2":
-        scores = np.sqrt(scores)
-    order = np.argsort(scores, axis=1, kind="stable")
-    return np.take_along_axis(scores, order, 1), np.take_along_axis(head, order, 1)
 
 
 def refine_ranking_np(
