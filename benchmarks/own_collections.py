@@ -11,6 +11,9 @@ quality on data no preset was tuned on.
 - ``digits``: the 1,797 handwritten 8x8 digits that scikit-learn ships, scaled from 0-16 to
   0-255 and enlarged to 32x32 (bilinear, as the image-folder reader enlarges a small file). A
   class is a digit; train with ``augment.hflip_p=0``.
+- ``fashion``: 3,600 Fashion-MNIST training images (360 per class, drawn with the seed) from the
+  Debian files (``/usr/share/datasets/fashion-mnist``), enlarged to 32x32 (bilinear): Fashion-MNIST
+  as a small collection, for judging ``small-collection-cpu`` on it.
 - ``solar``: the 2,624 electroluminescence images of solar cells that the ``elpv-dataset``
   package ships (Deitsch et al., 2019; ``pip install elpv-dataset``), 300x300 grayscale, kept at
   that size. A class is the experts' defect probability (0, 1/3, 2/3, 1): 1,508 / 295 / 106 /
@@ -36,6 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 SIDE = 32
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 GLYPH_CLASSES = tuple(string.ascii_uppercase)
 TEXTURE_SOURCES = (
     "astronaut",
@@ -156,7 +160,32 @@ def solar(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return np.asarray(images, dtype=np.uint8)[..., None], levels, classes
 
 
-BUILDERS = {"glyphs": glyphs, "textures": textures, "digits": digits, "solar": solar}
+def fashion(seed: int = 0, per_class: int = 360) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``per_class`` Fashion-MNIST training images of each class: images (N, 32, 32, 1)."""
+    from quantrieve.data import read_dataset
+
+    train = read_dataset("fashion-mnist", FASHION_MNIST)["train"]
+    labels = np.asarray(train.labels).argmax(1)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(
+        np.concatenate(
+            [rng.choice(np.flatnonzero(labels == c), per_class, replace=False) for c in range(10)]
+        )
+    )
+    images = [
+        np.asarray(Image.fromarray(train.images[r][..., 0]).resize((SIDE, SIDE), Image.BILINEAR))
+        for r in rows
+    ]
+    return np.stack(images)[..., None], labels[rows].astype(np.int64), list(train.class_names)
+
+
+BUILDERS = {
+    "glyphs": glyphs,
+    "textures": textures,
+    "digits": digits,
+    "fashion": fashion,
+    "solar": solar,
+}
 
 
 def write(name: str, out: Path, folders: bool = False, seed: int = 0) -> Path:
