@@ -459,6 +459,8 @@ def test_default_tie_order_is_a_fixed_permutation_of_the_database() -> None:
     perm = tie_order(dist.shape[1])
     assert sorted(perm.tolist()) == list(range(dist.shape[1]))
     assert torch.equal(perm, tie_order(dist.shape[1]))
+    with pytest.raises(ValueError, match="permutation"):
+        evaluate_retrieval(_fn(dist), _onehot(q_cls, 5), _onehot(db_cls, 5), ties=perm.clamp(1))
     default = evaluate_retrieval(_fn(dist), _onehot(q_cls, 5), _onehot(db_cls, 5), k=50)
     permuted = _by_row(
         _fn(dist[:, perm.numpy()]), _onehot(q_cls, 5), _onehot(db_cls[perm], 5), k=50

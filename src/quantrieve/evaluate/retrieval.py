@@ -202,7 +202,7 @@ def evaluate_retrieval(
     # every thread busy when rows hold millions of items.
     pr_rows = max(torch.get_num_threads(), chunk_budget // 4 // num_db)
     order = tie_order(num_db) if ties is None else torch.as_tensor(ties, dtype=torch.int64)
-    if order.shape != (num_db,):
+    if order.shape != (num_db,) or not bool(torch.bincount(order, minlength=num_db).eq(1).all()):
         raise ValueError(f"ties must be a permutation of the {num_db} database rows")
     width = min(max(depth, rerank_width if rerank is not None else 0), num_db)
     for chunk in query_chunks(num_q, num_db, chunk_budget):
