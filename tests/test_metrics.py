@@ -483,3 +483,18 @@ def test_a_class_sorted_database_of_tied_items_scores_chance_not_its_order() -> 
     chance = 0.7 * 0.7 + 0.3 * 0.3  # a query's class share of the database, on average
     assert fair.precision_at[100] == pytest.approx(chance, abs=0.05)
     assert fair.map_at_k < by_row.map_at_k - 0.05  # 0.62 against 0.70
+
+
+@pytest.mark.parametrize("width", [50, 5000])  # the direct and the sampled top-k
+def test_top_k_with_a_tie_rank_is_the_top_k_of_the_permuted_row(width: int) -> None:
+    from quantrieve.pq import topk_smallest
+
+    rng = np.random.default_rng(width)
+    dist = torch.from_numpy((rng.integers(0, 6, (7, width)) / 3).astype(np.float32))
+    order = tie_order(width, seed=3)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(width)
+    d, ranks = topk_smallest(dist, 20, rank)
+    want_d, want = topk_smallest(dist.index_select(1, order), 20)
+    assert torch.equal(d, want_d) and torch.equal(ranks, want)
+    assert torch.equal(dist.gather(1, order[ranks]), d)  # the ranks map back to the columns

@@ -204,15 +204,15 @@ def evaluate_retrieval(
     order = tie_order(num_db) if ties is None else torch.as_tensor(ties, dtype=torch.int64)
     if order.shape != (num_db,) or not bool(torch.bincount(order, minlength=num_db).eq(1).all()):
         raise ValueError(f"ties must be a permutation of the {num_db} database rows")
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(num_db)
     width = min(max(depth, rerank_width if rerank is not None else 0), num_db)
     for chunk in query_chunks(num_q, num_db, chunk_budget):
         dist = distances(chunk).float()
         if dist.shape != (chunk.stop - chunk.start, num_db):
             raise ValueError(f"distance function returned {tuple(dist.shape)} for {chunk}")
         queries = torch.arange(chunk.start, chunk.stop)
-        # Columns in tie order: top-k's ties by column are then ties by that order.
-        dist = dist.index_select(1, order)
-        ranked_d, idx = topk_smallest(dist, width)
+        ranked_d, idx = topk_smallest(dist, width, rank)  # ties by rank in the tie order
         idx = order[idx]
         if rerank is not None:
             idx = rerank(chunk, ranked_d, idx)
@@ -223,8 +223,9 @@ def evaluate_retrieval(
             prec_sum[n] += rel[:, :n].float().mean(1).sum().item()
         rows = queries[queries % stride == 0] - chunk.start
         for part in rows.split(pr_rows):
+            # Columns in tie order: the curve's ties by column are then ties by that order.
             relevant = relevance(part + chunk.start, None).index_select(1, order)
-            interp = interpolated_precision(dist[part], relevant, steps)
+            interp = interpolated_precision(dist[part].index_select(1, order), relevant, steps)
             pr_sum += interp.sum(0)
             pr_used += len(interp)
             pr_empty += len(part) - len(interp)
