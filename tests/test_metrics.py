@@ -249,7 +249,11 @@ def test_pr_curve_matches_numpy_reference(levels: int, budget: int) -> None:
     ref, empty = reference_pr(dist, relevant, levels)
     np.testing.assert_allclose(result.pr_precision, ref, atol=1e-6)
     np.testing.assert_allclose(result.pr_recall, np.linspace(0, 1, levels), atol=1e-12)
-    assert result.extra == {"pr_queries": 40 - empty, "pr_queries_without_relevant": empty}
+    assert result.extra == {
+        "pr_queries": 40 - empty,
+        "pr_queries_without_relevant": empty,
+        "ties": "given",
+    }
     assert result.pr_method == "rank-interpolated"
     assert (np.diff(result.pr_precision) <= 1e-12).all()  # interpolated: never rises
 
@@ -346,11 +350,19 @@ def test_pr_curve_matches_numpy_reference_multi_label_and_subset() -> None:
     ref, empty = reference_pr(dist, relevant, 21)
     assert empty > 0  # the case is exercised
     np.testing.assert_allclose(every.pr_precision, ref, atol=1e-6)
-    assert every.extra == {"pr_queries": 30 - empty, "pr_queries_without_relevant": empty}
+    assert every.extra == {
+        "pr_queries": 30 - empty,
+        "pr_queries_without_relevant": empty,
+        "ties": "given",
+    }
     subset = _by_row(*args, k=50, precision_at=(5,), pr_queries=10)
     ref, empty = reference_pr(dist[::3], relevant[::3], 21)
     np.testing.assert_allclose(subset.pr_precision, ref, atol=1e-6)
-    assert subset.extra == {"pr_queries": 10 - empty, "pr_queries_without_relevant": empty}
+    assert subset.extra == {
+        "pr_queries": 10 - empty,
+        "pr_queries_without_relevant": empty,
+        "ties": "given",
+    }
 
 
 def test_pr_curve_by_hand_multi_label() -> None:
@@ -381,11 +393,11 @@ def test_pr_curve_leaves_out_queries_without_relevant_items() -> None:
     without = _by_row(_fn(_DIST[:2]), _onehot([0, 1], 3), db, **kwargs)
     assert with_empty.pr_precision == without.pr_precision
     np.testing.assert_allclose(with_empty.pr_precision, [(1 / 2 + 2 / 3) / 2] * 5, atol=1e-6)
-    assert with_empty.extra == {"pr_queries": 2, "pr_queries_without_relevant": 1}
-    assert without.extra == {"pr_queries": 2, "pr_queries_without_relevant": 0}
+    assert with_empty.extra == {"pr_queries": 2, "pr_queries_without_relevant": 1, "ties": "given"}
+    assert without.extra == {"pr_queries": 2, "pr_queries_without_relevant": 0, "ties": "given"}
     nothing = _by_row(_fn(_DIST[2:]), _onehot([2], 3), db, **kwargs)
     assert nothing.pr_precision == nothing.pr_recall == []
-    assert nothing.extra == {"pr_queries": 0, "pr_queries_without_relevant": 1}
+    assert nothing.extra == {"pr_queries": 0, "pr_queries_without_relevant": 1, "ties": "given"}
 
 
 def test_pr_curve_higher_ap_at_every_query_gives_higher_curve() -> None:
@@ -468,6 +480,7 @@ def test_default_tie_order_is_a_fixed_permutation_of_the_database() -> None:
     assert default.map_at_k == pytest.approx(permuted.map_at_k, abs=1e-6)
     assert default.precision_at == pytest.approx(permuted.precision_at, abs=1e-6)
     assert default.pr_precision == pytest.approx(permuted.pr_precision, abs=1e-6)
+    assert default.extra["ties"] == "tie_order(seed=0)" and permuted.extra["ties"] == "given"
 
 
 def test_a_class_sorted_database_of_tied_items_scores_chance_not_its_order() -> None:

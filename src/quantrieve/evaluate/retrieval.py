@@ -239,7 +239,12 @@ def evaluate_retrieval(
         num_queries=num_q,
         num_database=num_db,
         seconds=time.perf_counter() - start,
-        extra={"pr_queries": pr_used, "pr_queries_without_relevant": pr_empty},
+        extra={
+            "pr_queries": pr_used,
+            "pr_queries_without_relevant": pr_empty,
+            # How ties were ranked: the fixed pseudo-random order, or the caller's.
+            "ties": f"tie_order(seed={TIE_ORDER_SEED})" if ties is None else "given",
+        },
         pr_method=PR_METHOD,
     )
 
