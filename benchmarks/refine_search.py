@@ -180,20 +180,17 @@ def main() -> None:
         "--backbone-widths", type=lambda s: [int(x) for x in s.split(",") if x], default=[]
     )
     qual = sub.add_parser("quality")
-    qual.add_argument("index", type=Path)
-    qual.add_argument("--dataset", default="fashion-mnist")
-    qual.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    qual.add_argument("--part", default="test")
+    idx = sub.add_parser("index-latency")
     qual.add_argument(
         "--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 10, 100, 1000]
     )
-    idx = sub.add_parser("index-latency")
-    idx.add_argument("index", type=Path)
-    idx.add_argument("--dataset", default="fashion-mnist")
-    idx.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
-    idx.add_argument("--part", default="test")
     idx.add_argument("--queries", type=int, default=300)
     idx.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 100])
+    for p in (qual, idx):  # a trained index and labelled queries
+        p.add_argument("index", type=Path)
+        p.add_argument("--dataset", default="fashion-mnist")
+        p.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
+        p.add_argument("--part", default="test")
     for p in (lat, qual, idx):
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--json", type=Path, required=True)
