@@ -57,6 +57,8 @@ PROBES: dict[str, list[str]] = {
     "m4k256": ["model.num_books=4", "model.num_codewords=256", "model.codeword_dim=32"],
     # Codewords started at k-means centroids of the untrained network's embeddings.
     "kmeans": ["model.codebook_init=kmeans"],
+    # Validation scores and the run keeps a moving average of the weights (decay 0.99).
+    "ema": ["train.ema_decay=0.99"],
 }
 SMALL_PRESET = "small-collection-cpu"
 FM_PRESET = "fashion-mnist-cpu"

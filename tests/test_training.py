@@ -451,3 +451,71 @@ def test_kmeans_codebook_init_starts_with_spread_codes(tiny_fashion: Path) -> No
     again = start("kmeans")[1]
     assert torch.equal(again.model.quantizer.codebooks, fitted.model.quantizer.codebooks)
     assert not torch.equal(plain.model.quantizer.codebooks, fitted.model.quantizer.codebooks)
+
+
+def test_averaged_weights_are_what_validation_scores_and_the_run_keeps(
+    tiny_fashion: Path, tmp_path: Path
+) -> None:
+    """``train.ema_decay``: the trained weights are the same as without it, step for step; the
+    weights validated and kept are their moving average (first step copied, then
+    ``decay * average + (1 - decay) * weights`` after each step, batch norm statistics too);
+    and a resumed run continues the average exactly; the decay warms up as in TensorFlow."""
+    from quantrieve.models.retrieval import RetrievalModel
+    from quantrieve.train.trainer import ema_decay_at
+
+    assert ema_decay_at(0.99, 1) == 2 / 11 and ema_decay_at(0.99, 10_000) == 0.99
+
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    short = ["train.epochs=2", "train.max_steps_per_epoch=2"]
+    decay = 0.3  # the warm-up is below it at the first update, above it from the third
+    plain = Trainer(tiny_config(tiny_fashion, *short), train, tmp_path / "plain")
+    # Without validation the last epoch is kept: model.pt must then hold the average.
+    averaged = Trainer(
+        tiny_config(tiny_fashion, *short, f"train.ema_decay={decay}", "train.eval_every=0"),
+        train,
+        tmp_path / "ema",
+    )
+    expected: dict[str, torch.Tensor] = {}
+
+    class Follow:  # the moving average recomputed by hand after every step
+        def __call__(self, done: int, total: int) -> None:
+            weights = averaged.model.state_dict()
+            d = ema_decay_at(decay, done - 1)  # the first update copies, the next are number 1..
+            for name, value in weights.items():
+                if not value.is_floating_point():
+                    continue
+                if name not in expected:
+                    expected[name] = value.clone()
+                else:
+                    expected[name] = d * expected[name] + (1 - d) * value
+
+    averaged.progress = Follow()
+    plain.fit()
+    averaged.fit()
+    for name, value in plain.model.state_dict().items():  # training itself is unchanged
+        torch.testing.assert_close(value, averaged.model.state_dict()[name], rtol=0, atol=0)
+    scored = averaged.scored_model.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(scored[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    codebooks = "encoder.quantizer.codebooks"
+    assert not torch.equal(scored[codebooks], averaged.model.quantizer.codebooks)
+    kept = RetrievalModel.load(tmp_path / "ema" / "model.pt").state_dict()
+    for name, value in scored.items():
+        torch.testing.assert_close(kept[name], value, rtol=0, atol=0, msg=name)
+    assert not torch.equal(kept[codebooks], averaged.model.quantizer.codebooks)
+
+    # Resumed after epoch 1 (validating, this time), the average goes on as uninterrupted.
+    config = tiny_config(tiny_fashion, *short, f"train.ema_decay={decay}")
+    first = Trainer(config, train, tmp_path / "resumed")
+    first.fit(stop_after_epochs=1)
+    resumed = Trainer(config, train, tmp_path / "resumed", resume=True)
+    resumed.fit()
+    for name, value in averaged.scored_model.state_dict().items():
+        torch.testing.assert_close(resumed.scored_model.state_dict()[name], value, rtol=0, atol=0)
+
+
+def test_ema_decay_out_of_range_is_refused(tiny_fashion: Path) -> None:
+    from quantrieve.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
+        tiny_config(tiny_fashion, "train.ema_decay=1").validate()

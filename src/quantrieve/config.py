@@ -454,6 +454,9 @@ class TrainConfig:
     docs/method.md, "Choosing an epoch without labels"). Labelled runs choose by validation mAP.
     ``tensorboard``: also write the log as TensorBoard scalars in the run's ``tensorboard/``
     folder (needs ``pip install 'quantrieve[tensorboard]'``; ``log.jsonl`` is written anyway).
+    ``ema_decay``: above 0, an exponential moving average of the weights (parameters and batch
+    norm statistics), updated after every step with this decay, is what validation scores and
+    the run keeps (docs/method.md, "Averaged weights"); 0 keeps the trained weights themselves.
     """
 
     epochs: int = 20
@@ -472,9 +475,11 @@ class TrainConfig:
     separate_views: bool = False
     unlabelled_select: str = "last"
     tensorboard: bool = False
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 = off)")
         _check(
             self.unlabelled_select in UNLABELLED_SELECT,
             "train.unlabelled_select",

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from quantrieve.augment import TwoViewAugment, small_view_augment, small_view_side
 from quantrieve.config import RunConfig, config_differences
@@ -99,6 +100,32 @@ def _square_side(images: ImageSet) -> tuple[int, int]:
     if h != w:
         raise TrainingError(f"training images must be square, got {h}x{w}")
     return h, c
+
+
+def ema_decay_at(decay: float, updates: int) -> float:
+    """The decay of the weights' moving average at its ``updates``-th update (``train.ema_decay``):
+    ``min(decay, (1 + updates) / (10 + updates))``, the warm-up of TensorFlow's
+    ``ExponentialMovingAverage(num_updates=...)``, so the first steps' weights, drawn at random,
+    fade from the average within tens of steps instead of lingering ``1 / (1 - decay)`` of them."""
+    return min(decay, (1 + updates) / (10 + updates))
+
+
+def _moving_average(decay: float) -> Callable[..., None]:
+    """``AveragedModel``'s ``multi_avg_fn``: ``average <- d * average + (1 - d) * weights``
+    with ``d = ema_decay_at(decay, updates)``, for every parameter and buffer."""
+
+    @torch.no_grad()
+    def update(
+        averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor
+    ) -> None:
+        d = ema_decay_at(decay, int(updates))
+        for a, c in zip(averaged, current, strict=True):
+            if a.is_floating_point():
+                a.lerp_(c, 1 - d)
+            else:  # counters (batch norm's num_batches_tracked)
+                a.copy_(c)
+
+    return update
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -188,6 +215,7 @@ class Trainer:
         self.augment, self.small_augment = self._augmentations(side, channels)
         self.objective = Objective(config.loss, config.model.num_books)
         self.optimizer, self.scaler = self._optimizer()
+        self.ema = self._averaged_weights()
         # 5. Where training starts: epoch 0 (recorded in the folder) or the checkpoint.
         self._start_fresh()
         if resume:
@@ -256,6 +284,25 @@ class Trainer:
         optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(self.device, t.amp))
         return optimizer, scaler
+
+    def _averaged_weights(self) -> AveragedModel | None:
+        """``train.ema_decay`` > 0: the moving average of the weights and batch norm statistics
+        (torch's :class:`~torch.optim.swa_utils.AveragedModel`; its first update copies the
+        weights, later ones follow :func:`ema_decay_at`), else None."""
+        decay = self.config.train.ema_decay
+        if not decay:
+            return None
+        return AveragedModel(self.model, multi_avg_fn=_moving_average(decay), use_buffers=True)
+
+    @property
+    def scored_model(self) -> RetrievalModel:
+        """The weights validation scores and the run keeps: the moving average with
+        ``train.ema_decay`` > 0, else the trained model itself."""
+        if self.ema is None:
+            return self.model
+        module = self.ema.module
+        assert isinstance(module, RetrievalModel)
+        return module
 
     def _start_fresh(self) -> None:
         """The training state before the first epoch (what a checkpoint replaces)."""
@@ -373,7 +420,7 @@ class Trainer:
             "best_val_self": self.best_val_self,
             "best_epoch": self.best_epoch,
             "config": self.config.to_dict(),
-        }
+        } | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved = state.get("config")
@@ -392,6 +439,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.epoch = state["epoch"]
         self.best_val_map = state["best_val_map"]
         self.best_val_self = state.get("best_val_self", -math.inf)  # older checkpoints
@@ -475,6 +524,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return {"lr": lr, **{k: float(v.detach()) for k, v in terms.items()}}
 
     def fit(self, stop_after_epochs: int | None = None) -> list[EpochSummary]:
@@ -532,7 +583,7 @@ class Trainer:
             val_self = self._last_val_self
             if val_map > self.best_val_map:
                 self.best_val_map, self.best_epoch = val_map, epoch
-                self.run.keep(self.model, {"epoch": epoch, "val_map": val_map})
+                self.run.keep(self.scored_model, {"epoch": epoch, "val_map": val_map})
         elif (
             self.place.is_main
             and self.split is None
@@ -544,11 +595,11 @@ class Trainer:
             val_self = self.validate_without_labels()
             if val_self > self.best_val_self:
                 self.best_val_self, self.best_epoch = val_self, epoch
-                self.run.keep(self.model, {"epoch": epoch, "val_self": val_self})
+                self.run.keep(self.scored_model, {"epoch": epoch, "val_self": val_self})
         elif self.place.is_main and (self.split is None or not t.eval_every):
             # No validation (unlabelled data or eval_every = 0): keep the latest weights.
             self.best_epoch = epoch
-            self.run.keep(self.model, {"epoch": epoch})
+            self.run.keep(self.scored_model, {"epoch": epoch})
         summary = EpochSummary(
             epoch=epoch,
             loss=running / self.steps_per_epoch,
@@ -569,7 +620,7 @@ class Trainer:
     def best_model(self) -> RetrievalModel:
         """The kept model (best validation epoch, or the last one without validation), on the
         CPU in eval mode; the live model is left as it is."""
-        return self.run.kept_model(self.model)
+        return self.run.kept_model(self.scored_model)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -578,11 +629,11 @@ class Trainer:
         e = self.config.eval
         images, labels = self.train_set.images, torch.from_numpy(self.train_set.labels)
         q_idx, db_idx = self.split["val_query"], self.split["val_database"]
-        amp = self.config.train.amp
-        queries = embed_images(self.model, images, self.device, amp=amp, indices=q_idx)
-        db = embed_images(self.model, images, self.device, amp=amp, indices=db_idx)
-        codebooks = self.model.quantizer.codebooks.detach().float().cpu()
-        codes = self.model.quantizer.encode(db.to(self.device)).cpu()
+        amp, model = self.config.train.amp, self.scored_model
+        queries = embed_images(model, images, self.device, amp=amp, indices=q_idx)
+        db = embed_images(model, images, self.device, amp=amp, indices=db_idx)
+        codebooks = model.quantizer.codebooks.detach().float().cpu()
+        codes = model.quantizer.encode(db.to(self.device)).cpu()
         result = evaluate_codes(
             queries,
             codebooks,
@@ -619,10 +670,10 @@ class Trainer:
         db_idx = np.sort(
             np.random.default_rng(seed).choice(n, min(SELF_DATABASE, n), replace=False)
         )
-        amp = self.config.train.amp
-        db = embed_images(self.model, self.train_set.images, self.device, amp=amp, indices=db_idx)
-        codebooks = self.model.quantizer.codebooks.detach().float().cpu()
-        codes = self.model.quantizer.encode(db.to(self.device)).cpu()
+        amp, model = self.config.train.amp, self.scored_model
+        db = embed_images(model, self.train_set.images, self.device, amp=amp, indices=db_idx)
+        codebooks = model.quantizer.codebooks.detach().float().cpu()
+        codes = model.quantizer.encode(db.to(self.device)).cpu()
         found = self.self_retrieval(db_idx, codes, codebooks)
         usage = code_usage(codes, self.config.model.num_codewords)
         self._last_usage["validation sample"] = (self.epoch, usage)
@@ -645,15 +696,15 @@ class Trainer:
                 len(db_idx), min(SELF_QUERIES, len(db_idx)), replace=False
             )
         )
-        images, copies = self.train_set.images, []
-        was_training = self.model.training
-        self.model.eval()
+        images, copies, model = self.train_set.images, [], self.scored_model
+        was_training = model.training
+        model.eval()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             for start in range(0, len(pick), 256):
                 rows = db_idx[pick[start : start + 256]]
                 batch = torch.from_numpy(np.ascontiguousarray(images[rows]))
                 x = self.augment(to_float_images(batch.to(self.device)))
-                copies.append(self.model.embed(x, amp=self.config.train.amp).float().cpu())
-        self.model.train(was_training)
+                copies.append(model.embed(x, amp=self.config.train.amp).float().cpu())
+        model.train(was_training)
         return self_retrieval(torch.cat(copies), codebooks, codes, pick)

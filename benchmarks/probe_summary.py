@@ -1,0 +1,84 @@
+"""Probes of ``small-collection-cpu`` against each other over every collection the preset is
+judged on: mean of three seeds per collection, and the mean over collections, for ADC and the
+refined index (mAP@1000, P@10), with the fair tie order.
+
+Probes: ``base`` (the preset's earlier random codewords), ``kmeans`` (codewords started at
+k-means centroids, the preset since then), ``ema`` (``kmeans`` and ``train.ema_decay=0.99``).
+
+    python benchmarks/probe_summary.py --json benchmarks/results/top10-probes/probe_summary.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path("benchmarks/results")
+PROBE_FILES = (
+    RESULTS / "top10-probes/cpu_fair_ties_rescored.jsonl",  # letters, crops, digits
+    RESULTS / "top10-probes/cpu_fashion_small.jsonl",  # Fashion-MNIST, 3,600 images
+    RESULTS / "top10-probes/cpu_ema.jsonl",  # the four above with averaged weights
+)
+FOLDER_FILES = {  # solar cells through the command line
+    "base": RESULTS / "own-folders/solar.jsonl",
+    "kmeans": RESULTS / "own-folders/solar_kmeans.jsonl",
+    "ema": RESULTS / "own-folders/solar_ema.jsonl",
+}
+NAMES = ("adc_map", "adc_p10", "refined_map", "refined_p10")
+
+
+def collect() -> dict:
+    """{collection: {probe: [(adc map, adc p10, refined map, refined p10), ...]}}"""
+    runs: dict = defaultdict(lambda: defaultdict(list))
+    for path in PROBE_FILES:
+        for line in path.open():
+            r = json.loads(line)
+            s = r["scores"]
+            adc, refined = s["adc_l2"], s["index_backbone_R100"]
+            runs[r["collection"]][r["probe"]].append(
+                (adc["map"], adc["p10"], refined["map"], refined["p10"])
+            )
+    for probe, path in FOLDER_FILES.items():
+        for line in path.open():
+            r = json.loads(line)
+            runs["solar"][probe].append(
+                (r["adc"]["map"], r["adc"]["p10"], r["refined"]["map"], r["refined"]["p10"])
+            )
+    return runs
+
+
+def summarise(runs: dict, probes: list[str]) -> dict:
+    """Per-collection means of each probe, and the mean over the collections every probe has."""
+    table = {
+        collection: {
+            probe: {n: round(sum(v[i] for v in rows) / len(rows), 4) for i, n in enumerate(NAMES)}
+            | {"seeds": len(rows)}
+            for probe, rows in by_probe.items()
+            if probe in probes
+        }
+        for collection, by_probe in sorted(runs.items())
+    }
+    shared = [c for c in table if all(p in table[c] for p in probes)]
+    means = {
+        probe: {n: round(sum(table[c][probe][n] for c in shared) / len(shared), 4) for n in NAMES}
+        for probe in probes
+    }
+    return {"collections": table, "mean_over_collections": means, "collections_in_mean": shared}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--probes", default="base,kmeans,ema", help="comma-separated")
+    args = parser.parse_args()
+    out = summarise(collect(), args.probes.split(","))
+    args.json.write_text(json.dumps(out, indent=1) + "\n")
+    for collection, probes in out["collections"].items():
+        print(collection, probes)
+    print("mean over", ", ".join(out["collections_in_mean"]), out["mean_over_collections"])
+
+
+if __name__ == "__main__":
+    main()
