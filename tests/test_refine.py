@@ -336,3 +336,53 @@ def test_refined_search_of_no_queries_and_of_more_than_the_index() -> None:
     assert len(d) == len(items) == 0
     d, items = index.search(torch.zeros(2, M * D_SUB), 50)
     assert items.shape == (2, 30) and sorted(items[0].tolist()) == list(range(30))
+
+
+def _ranking_np(*args):
+    from quantrieve.pq.numpy_search import refine_ranking_np
+
+    return refine_ranking_np(*args)
+
+
+def test_rows_without_a_finite_place_r_are_left_as_they_are() -> None:
+    """Every item excluded (infinite ADC distance, e.g. the query itself in a one-item index)
+    leaves no head to re-score: both refiners return the ranking unchanged, and a query of the
+    wrong width is still refused."""
+    fine = torch.randn(3, 4).half()
+    inf = torch.full((2, 3), float("inf"))
+    items = torch.tensor([[0, 1, 2], [2, 1, 0]])
+    d, i = refine_ranking(torch.zeros(2, 4), inf, items, fine, 2)
+    assert torch.equal(i, items) and torch.isinf(d).all()
+    d_np, i_np = _ranking_np(np.zeros((2, 4)), inf.numpy(), items.numpy(), fine.numpy(), 2, "l2")
+    assert np.array_equal(i_np, items.numpy()) and np.isinf(d_np).all()
+    with pytest.raises(ValueError, match="must agree"):
+        refine_ranking(torch.zeros(2, 5), inf, items, fine, 2)
+    with pytest.raises(ValueError, match="must agree"):
+        _ranking_np(np.zeros((2, 5)), inf.numpy(), items.numpy(), fine.numpy(), 2, "l2")
+
+
+@pytest.mark.parametrize("distance", ["l2", "sqeuclidean"])
+def test_heads_rescored_in_blocks_of_queries_match_one_block(
+    distance: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The head's fine distances are computed a few queries at a time (bounded memory): the
+    ranking is bit for bit that of one block, in torch and in numpy."""
+    import quantrieve.pq.numpy_search as numpy_search
+    import quantrieve.pq.refine as refine
+
+    gen = torch.Generator().manual_seed(3)
+    fine = torch.randn(300, 16, generator=gen).half()
+    queries = torch.randn(23, 16, generator=gen)
+    adc = torch.randint(0, 40, (23, 120), generator=gen).float().sort(1).values  # many ties
+    items = torch.stack([torch.randperm(300, generator=gen)[:120] for _ in range(23)])
+    whole = refine_ranking(queries, adc, items, fine, 30, distance)
+    whole_np = _ranking_np(queries.numpy(), adc.numpy(), items.numpy(), fine.numpy(), 30, distance)
+    monkeypatch.setattr(refine, "REFINE_BLOCK_VALUES", 16 * 60 * 2)  # blocks of about 2 queries
+    monkeypatch.setattr(numpy_search, "REFINE_BLOCK_VALUES", 16 * 60 * 2)
+    blocked = refine_ranking(queries, adc, items, fine, 30, distance)
+    blocked_np = _ranking_np(
+        queries.numpy(), adc.numpy(), items.numpy(), fine.numpy(), 30, distance
+    )
+    assert torch.equal(whole[1], blocked[1]) and torch.equal(whole[0], blocked[0])
+    assert np.array_equal(whole_np[1], blocked_np[1]) and np.array_equal(whole_np[0], blocked_np[0])
+    assert not torch.equal(whole[1], items)  # the heads were re-ordered

@@ -504,18 +504,39 @@ def test_averaged_weights_are_what_validation_scores_and_the_run_keeps(
         torch.testing.assert_close(kept[name], value, rtol=0, atol=0, msg=name)
     assert not torch.equal(kept[codebooks], averaged.model.quantizer.codebooks)
 
-    # Resumed after epoch 1 (validating, this time), the average goes on as uninterrupted.
-    config = tiny_config(tiny_fashion, *short, f"train.ema_decay={decay}")
+    # Validating, with the k-means start: the average starts from the started weights, the
+    # epoch kept is the average of that epoch (on disk and in memory), and a run resumed after
+    # epoch 1 goes on with the average exactly.
+    config = tiny_config(
+        tiny_fashion, *short, f"train.ema_decay={decay}", "model.codebook_init=kmeans"
+    )
+    averages: dict[int, dict[str, torch.Tensor]] = {}
+    straight = Trainer(config, train, tmp_path / "straight")
+    started = straight.scored_model.encoder.quantizer.codebooks
+    assert torch.equal(started, straight.model.encoder.quantizer.codebooks)
+    straight.on_epoch = lambda summary: averages.update(
+        {summary.epoch: copy.deepcopy(straight.scored_model.state_dict())}
+    )
+    straight.fit()
+    kept = RetrievalModel.load(tmp_path / "straight" / "model.pt").state_dict()
+    in_memory = Trainer(config, train, None)
+    in_memory.fit()
+    for name, value in averages[straight.best_epoch].items():
+        torch.testing.assert_close(kept[name], value, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(
+            in_memory.best_model().state_dict()[name], value, rtol=0, atol=0, msg=name
+        )
     first = Trainer(config, train, tmp_path / "resumed")
     first.fit(stop_after_epochs=1)
     resumed = Trainer(config, train, tmp_path / "resumed", resume=True)
     resumed.fit()
-    for name, value in averaged.scored_model.state_dict().items():
+    for name, value in straight.scored_model.state_dict().items():
         torch.testing.assert_close(resumed.scored_model.state_dict()[name], value, rtol=0, atol=0)
 
 
 def test_ema_decay_out_of_range_is_refused(tiny_fashion: Path) -> None:
     from quantrieve.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train\.ema_decay"):
-        tiny_config(tiny_fashion, "train.ema_decay=1").validate()
+    for value in ("1", "-0.1"):
+        with pytest.raises(ConfigError, match=r"train\.ema_decay"):
+            tiny_config(tiny_fashion, f"train.ema_decay={value}")

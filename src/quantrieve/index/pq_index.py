@@ -63,7 +63,8 @@ class PQIndex:
         content: uint64 (N,) pixel fingerprints (:func:`image_fingerprints`) or None.
         meta: free-form metadata saved in index.json (config, versions, source...).
         refine: float16 (N, D) finer vectors of the items, or None: a search re-scores its
-            first ``refine_depth`` ADC results with them (:mod:`quantrieve.pq.refine`).
+            first ``refine_depth`` ADC results with them, and the rest of a tie group
+            straddling place ``refine_depth`` (:mod:`quantrieve.pq.refine`).
         refine_depth: R, the re-scored results per query (used only with ``refine``).
         refine_source: what ``refine`` holds (:data:`~quantrieve.pq.settings.REFINE_SOURCES`):
             ``embedding``, the embeddings f (D = M*d) the codes quantize, re-scored against the
@@ -285,7 +286,8 @@ class PQIndex:
         certified 4-bit scan (:mod:`quantrieve.pq.fastscan`): the same results, bit for bit.
 
         An index that refines (:attr:`refine`) re-scores the first ``refine_depth`` results
-        (default: the index's) with the items' float16 embeddings and orders them by that
+        (default: the index's), and the rest of a tie group straddling that place (up to
+        ``TIE_SPAN`` times as many), with the items' float16 vectors and orders them by that
         distance, ties by item number; later results keep their ADC order and distances
         (:func:`~quantrieve.pq.refine_ranking`). ``refine_depth=0`` searches by ADC alone.
         ``refine_queries``: the queries' vectors in the space of :attr:`refine`, needed when

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from quantrieve.pq.settings import DISTANCES, TIE_SPAN
+from quantrieve.pq.settings import DISTANCES, REFINE_BLOCK_VALUES, TIE_SPAN
 
 #: Distances held at once per chunk of queries (float32 values).
 CHUNK_BUDGET = 2**24
@@ -128,6 +128,12 @@ def refine_ranking_np(
 ) -> tuple[np.ndarray, np.ndarray]:
     """An ADC ranking (Q, C) with its tie-completed head re-scored by the finer copy: as
     :func:`~quantrieve.pq.refine.refine_ranking`, float32 distances."""
+    queries = np.asarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or fine.ndim != 2 or queries.shape[1] != fine.shape[1]:
+        raise ValueError(
+            f"queries (Q, D) and the fine copy (N, D) must agree, got {queries.shape} "
+            f"and {fine.shape}"
+        )
     num_q, width = candidates.shape
     depth = min(depth, width)
     adc = np.asarray(distances, dtype=np.float32)
@@ -136,13 +142,19 @@ def refine_ranking_np(
     span = adc[:, : min(width, TIE_SPAN * depth)]
     in_head = (span <= span[:, depth - 1 : depth]) & np.isfinite(span)
     head = int(in_head.sum(1).max())
+    if head == 0:  # no row has a finite distance at place R: nothing to re-score
+        return adc, candidates
     items, in_head, adc_head = candidates[:, :head], in_head[:, :head], adc[:, :head]
     key = np.where(in_head, items, int(candidates.max()) + 1 + np.arange(head))
     first = np.argsort(key, axis=1, kind="stable")
     items, in_head, adc_head = (np.take_along_axis(t, first, 1) for t in (items, in_head, adc_head))
-    vectors = np.asarray(fine[items.reshape(-1)], dtype=np.float32).reshape(num_q, head, -1)
-    diff = np.asarray(queries, dtype=np.float32)[:, None, :] - vectors
-    scores = (diff * diff).sum(-1)
+    block = max(1, REFINE_BLOCK_VALUES // (head * fine.shape[1]))
+    scores = np.empty((num_q, head), dtype=np.float32)
+    for start in range(0, num_q, block):
+        rows = items[start : start + block]
+        vectors = np.asarray(fine[rows.reshape(-1)], dtype=np.float32).reshape(*rows.shape, -1)
+        diff = queries[start : start + block, None, :] - vectors
+        scores[start : start + block] = (diff * diff).sum(-1)
     if distance == "l2":
         scores = np.sqrt(scores)
     order = np.argsort(np.where(in_head, scores, np.inf), axis=1, kind="stable")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from quantrieve.pq.settings import TIE_SPAN
+from quantrieve.pq.settings import REFINE_BLOCK_VALUES, TIE_SPAN
 
 #: Storage types of the finer copy, by name (index.json ``refine_dtype``).
 REFINE_DTYPES = {"float16": torch.float16}
@@ -93,6 +93,11 @@ def refine_ranking(
     """
     if distance not in ("l2", "sqeuclidean"):
         raise ValueError(f"distance must be 'l2' or 'sqeuclidean', got '{distance}'")
+    if queries.ndim != 2 or fine.ndim != 2 or queries.shape[1] != fine.shape[1]:
+        raise ValueError(
+            f"queries (Q, D) and the fine copy (N, D) must agree, got {tuple(queries.shape)} "
+            f"and {tuple(fine.shape)}"
+        )
     num_q, width = candidates.shape
     depth = min(depth, width)
     adc = distances.float()
@@ -101,23 +106,31 @@ def refine_ranking(
     span = adc[:, : min(width, TIE_SPAN * depth)]
     in_head = (span <= span[:, depth - 1 : depth]) & torch.isfinite(span)
     head = int(in_head.sum(1).max())  # in_head is a prefix of each row: ADC is ascending
+    if head == 0:  # no row has a finite distance at place R: nothing to re-score
+        return adc, candidates
     items, in_head, adc_head = candidates[:, :head], in_head[:, :head], adc[:, :head]
     # The head by item number (fine ties fall back to it), then the rest in ADC order.
     key = torch.where(in_head, items, int(candidates.max()) + 1 + torch.arange(head))
     first = key.argsort(dim=1)
     items, in_head, adc_head = (t.gather(1, first) for t in (items, in_head, adc_head))
-    vectors = fine.index_select(0, items.reshape(-1)).float().reshape(num_q, head, -1)
-    if queries.ndim != 2 or queries.shape[1] != vectors.shape[2]:
-        raise ValueError(
-            f"queries (Q, D) and the fine copy (N, D) must agree, got {tuple(queries.shape)} "
-            f"and {tuple(fine.shape)}"
-        )
-    scores = (queries.float().unsqueeze(1) - vectors).pow(2).sum(-1)
-    if distance == "l2":
-        scores = scores.sqrt()
+    scores = _head_scores(queries, fine, items, distance)
     order = torch.where(in_head, scores, float("inf")).sort(dim=1, stable=True).indices
     head_d = torch.where(in_head, scores, adc_head).gather(1, order)
     return (
         torch.cat([head_d, adc[:, head:]], dim=1),
         torch.cat([items.gather(1, order), candidates[:, head:]], dim=1),
     )
+
+
+def _head_scores(queries: Tensor, fine: Tensor, items: Tensor, distance: str) -> Tensor:
+    """(Q, H) distances of each query to the finer copies of its H head items, in blocks of
+    queries so that at most :data:`REFINE_BLOCK_VALUES` gathered values are held at once."""
+    num_q, head = items.shape
+    block = max(1, REFINE_BLOCK_VALUES // max(1, head * fine.shape[1]))
+    parts = []
+    for start in range(0, num_q, block):
+        rows = items[start : start + block]
+        vectors = fine.index_select(0, rows.reshape(-1)).float().reshape(*rows.shape, -1)
+        parts.append((queries[start : start + block].float().unsqueeze(1) - vectors).pow(2).sum(-1))
+    scores = torch.cat(parts)
+    return scores.sqrt() if distance == "l2" else scores

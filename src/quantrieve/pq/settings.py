@@ -12,6 +12,11 @@ DEFAULT_REFINE_DEPTH = 100
 TIE_SPAN = 4
 
 
+#: Float32 values of gathered finer copies held at once while re-scoring heads: queries are
+#: re-scored in blocks of ``REFINE_BLOCK_VALUES // (head * D)`` (at least one).
+REFINE_BLOCK_VALUES = 2**24
+
+
 def tie_width(depth: int, k: int) -> int:
     """How many ADC results a refined search of depth R fetches for a top k: enough for the
     head to take in a tie group straddling place R (:func:`quantrieve.pq.refine.refine_ranking`)."""

@@ -215,15 +215,17 @@ class Trainer:
         self.augment, self.small_augment = self._augmentations(side, channels)
         self.objective = Objective(config.loss, config.model.num_books)
         self.optimizer, self.scaler = self._optimizer()
-        self.ema = self._averaged_weights()
-        # 5. Where training starts: epoch 0 (recorded in the folder) or the checkpoint.
+        # 5. Where training starts: epoch 0 (recorded in the folder) or the checkpoint; the
+        # averaged weights, if any, start from the weights training starts with.
         self._start_fresh()
-        if resume:
-            self._restore(self.run.load_checkpoint())
+        state = self.run.load_checkpoint() if resume else None
+        if state is not None:
+            self._restore(state)
         else:
             self._record_start(side, channels)
             if config.model.codebook_init == "kmeans":
                 self._init_codebooks()
+        self.ema = self._averaged_weights(state)
         self.forward = self._forward_module()
         # 6. Optionally, the log mirrored for TensorBoard (rebuilt from log.jsonl on resume).
         if config.train.tensorboard:
@@ -285,14 +287,23 @@ class Trainer:
         scaler = torch.amp.GradScaler(enabled=needs_grad_scaler(self.device, t.amp))
         return optimizer, scaler
 
-    def _averaged_weights(self) -> AveragedModel | None:
+    def _averaged_weights(self, state: dict[str, Any] | None) -> AveragedModel | None:
         """``train.ema_decay`` > 0: the moving average of the weights and batch norm statistics
         (torch's :class:`~torch.optim.swa_utils.AveragedModel`; its first update copies the
-        weights, later ones follow :func:`ema_decay_at`), else None."""
+        weights, later ones follow :func:`ema_decay_at`), restored from a checkpoint's
+        ``state``; else None."""
         decay = self.config.train.ema_decay
         if not decay:
             return None
-        return AveragedModel(self.model, multi_avg_fn=_moving_average(decay), use_buffers=True)
+        average = AveragedModel(self.model, multi_avg_fn=_moving_average(decay), use_buffers=True)
+        if state is not None:
+            if "ema" not in state:
+                raise TrainingError(
+                    f"{self.run.checkpoint} holds no averaged weights (train.ema_decay was 0 "
+                    "when it was saved); resume with the saved config.json"
+                )
+            average.load_state_dict(state["ema"])
+        return average
 
     @property
     def scored_model(self) -> RetrievalModel:
@@ -439,8 +450,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        if self.ema is not None:
-            self.ema.load_state_dict(state["ema"])
         self.epoch = state["epoch"]
         self.best_val_map = state["best_val_map"]
         self.best_val_self = state.get("best_val_self", -math.inf)  # older checkpoints
