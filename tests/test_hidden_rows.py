@@ -141,3 +141,35 @@ def test_a_delete_that_never_committed_hides_nothing(tmp_path: Path) -> None:
     query = torch.from_numpy(np.random.default_rng(1).normal(size=(1, M * D)).astype(np.float32))
     assert 7 in after.keys[after.index.search(query, 50)[1][0]].tolist()
     assert open_live(path).deleted == frozenset({8})
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_evaluation_of_a_version_with_hidden_rows_scores_the_index_without_them(
+    tmp_path: Path, refine: bool
+) -> None:
+    """Deleted items not yet dropped are not searched, so `Retriever.evaluate` does not score
+    them either: the same numbers as the index with those rows dropped."""
+    import quantrieve as qr
+    from quantrieve.data import ImageSet
+
+    path = _save(tmp_path / "ix", 300, refine)
+    with IndexWriter(path) as writer:
+        live = writer.delete(open_live(path), [0, 4, 9, 18, 100, 101, 102])
+    reopened = open_live(path)
+    rng = np.random.default_rng(5)
+    queries = ImageSet(
+        images=rng.integers(0, 255, (12, 4, 4, 1), dtype=np.uint8),
+        labels=np.eye(3, dtype=bool)[np.arange(12) % 3],
+        ids=[f"q{i}" for i in range(12)],
+        class_names=["x", "y", "z"],
+    )
+    f = torch.from_numpy(rng.normal(size=(12, M * D)).astype(np.float32))
+    scores = []
+    for index in (live.index, reopened.index):
+        retriever = qr.Retriever(index=index)
+        scores.append(retriever.evaluate(queries, k=50, precision_at=[10], embeddings=f))
+    with_hidden, dropped = scores
+    assert live.index.num_hidden == 7
+    assert with_hidden.num_database == dropped.num_database == 293
+    assert with_hidden.map_at_k == pytest.approx(dropped.map_at_k, abs=1e-6)
+    assert with_hidden.precision_at == pytest.approx(dropped.precision_at, abs=1e-6)

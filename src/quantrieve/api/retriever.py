@@ -538,13 +538,26 @@ class Retriever:
             if refine is not None and index.refine_source != "embedding" and vectors is None:
                 vectors = self.embed_for_index(queries)[1]
         assert index.labels is not None
+        # Deleted items not yet compacted away are not searched, so they are not scored either.
+        codes, db_labels, selves = index.codes, index.labels, self._self_matches(queries, f)
+        hidden = index.hidden_mask()
+        if hidden is not None:
+            rows = np.flatnonzero(~hidden)
+            position = np.full(len(hidden), -1, dtype=np.int64)
+            position[rows] = np.arange(len(rows))
+            codes, db_labels = np.asarray(codes)[rows], np.asarray(db_labels)[rows]
+            selves = selves[~hidden[selves[:, 1]]]
+            selves[:, 1] = position[selves[:, 1]]
+            if refine is not None:
+                refine = (np.asarray(refine[0])[rows], refine[1])
+        if not len(codes):
+            raise QuantrieveError("every item of the index is deleted: nothing to evaluate")
         check_code_usage(
-            index.codes,
+            codes,
             index.num_codewords,
             "indexed database",
             refine_depth=0 if refine is None else refine[1],
         )
-        selves = self._self_matches(queries, f)
         if len(selves):
             warnings.warn(
                 QuantrieveWarning(
@@ -559,9 +572,9 @@ class Retriever:
         return evaluate_codes(
             f,
             index.codebooks,
-            index.codes,
+            codes,
             labels,
-            index.labels,
+            db_labels,
             k or e.topk,
             precision_at or e.precision_at,
             distance or index.distance,
