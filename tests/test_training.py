@@ -206,6 +206,22 @@ def test_unlabelled_images_train_without_validation(tiny_fashion: Path, tmp_path
     assert not (tmp_path / "run" / "splits.npz").exists()
 
 
+def test_an_unlabelled_run_judges_collapse_on_the_sample_it_validates(
+    tiny_fashion: Path, tmp_path: Path
+) -> None:
+    """With ``train.unlabelled_select=self`` the collapse warning names the codes of the
+    validation sample, the weights the run keeps (these tiny runs collapse)."""
+    from quantrieve.errors import QuantrieveWarning
+
+    labelled = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    unlabelled = ImageSet(labelled.images, None, labelled.ids)
+    config = tiny_config(
+        tiny_fashion, "train.epochs=1", "train.warmup_epochs=0", "train.unlabelled_select=self"
+    )
+    with pytest.warns(QuantrieveWarning, match="epoch 1, validation sample: codes have collapsed"):
+        Trainer(config, unlabelled, tmp_path / "run").fit()
+
+
 def test_resume_accepts_checkpoint_without_newer_config_keys(
     tiny_fashion: Path, tmp_path: Path
 ) -> None:

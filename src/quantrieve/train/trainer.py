@@ -410,9 +410,10 @@ class Trainer:
 
     def _warn_if_collapsed(self) -> None:
         """Warn (QuantrieveWarning) when the codes of the last epoch have collapsed: those of
-        the validation database if it was encoded, else those of the training batches. Every
-        epoch's usage is in log.jsonl; the warning judges the weights training ends with."""
-        for what in ("validation database", "training batches"):
+        the validation database (or an unlabelled run's validation sample) if it was encoded,
+        else those of the training batches. Every epoch's usage is in log.jsonl; the warning
+        judges the weights training ends with."""
+        for what in ("validation database", "validation sample", "training batches"):
             usage = self._last_usage.get(what)
             if usage is not None and usage[1].degenerate:
                 epoch, usage = usage
