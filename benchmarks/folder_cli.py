@@ -67,6 +67,9 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         for method in ("exact", "pq")
     }
     meta = json.loads((index / "index.json").read_text())
+    log = [json.loads(line) for line in (run / "log.jsonl").open()]
+    val_maps = {r["epoch"]: r["val_map"] for r in log if r.get("kind") == "epoch"}
+    best_epoch = [r for r in log if r.get("kind") == "epoch"][-1]["best_epoch"]
     return {
         "collection": args.name,
         "seed": seed,
@@ -75,6 +78,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "holdout": args.holdout,
         "refine_depth": args.refine,
         "train_seconds": round(trained, 1),
+        "best_epoch": best_epoch,
+        "best_val_map": val_maps.get(best_epoch),
         "queries": refined["num_queries"],
         "database": refined["num_database"],
         "adc": _scores(adc),
