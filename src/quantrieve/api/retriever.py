@@ -360,6 +360,7 @@ class Retriever:
         progress: Progress | None = None,
         refine_depth: int = 0,
         refine_source: str = DEFAULT_REFINE_SOURCE,
+        refine_expand: int = 0,
     ) -> PQIndex:
         """Encode ``database`` into a new in-memory index (ids, labels and class names from
         an :class:`ImageSet`), kept as :attr:`index` and returned.
@@ -371,6 +372,9 @@ class Retriever:
             refine_source: the finer vector: ``backbone`` (the backbone's representation before
                 the projection head, at unit length: the better top of the ranking, measured in
                 docs/results.md) or ``embedding`` (the embedding the code quantizes).
+            refine_expand: with refinement, n > 0 re-scores each search's head once more
+                against the mean of the query and its first n refined results (query
+                expansion, :func:`~quantrieve.pq.refine.refine_ranking`); 0: off.
         """
         database = _as_image_set(database)
         if refine_depth < 0:
@@ -391,6 +395,7 @@ class Retriever:
             refine=fine,
             refine_depth=refine_depth or DEFAULT_REFINE_DEPTH,
             refine_source=refine_source,
+            refine_expand=refine_expand,
         )
 
     def index_from_codes(
@@ -403,6 +408,7 @@ class Retriever:
         refine: np.ndarray | None = None,
         refine_depth: int = DEFAULT_REFINE_DEPTH,
         refine_source: str = "embedding",
+        refine_expand: int = 0,
     ) -> PQIndex:
         """The index of ``database`` from its codes, already encoded with this model (e.g. by
         an :class:`~quantrieve.api.encode_job.EncodeJob`); kept as :attr:`index`.
@@ -428,6 +434,7 @@ class Retriever:
             refine=refine,
             refine_depth=refine_depth,
             refine_source=refine_source,
+            refine_expand=refine_expand,
             meta={
                 "source": source or {},
                 "code_usage": usage.to_dict(),
@@ -465,6 +472,7 @@ class Retriever:
         refine_depth: int | None = None,
         labels: Sequence[str] | None = None,
         id_prefix: str | None = None,
+        refine_expand: int | None = None,
     ) -> SearchResult:
         """Top-k index items per query image (or per embedding, given a float tensor), by
         ADC with a per-query look-up table.
@@ -474,7 +482,9 @@ class Retriever:
         indexed folder: ``"2024/"``). Both: items that pass both.
 
         An index that refines re-scores its first ``refine_depth`` results (default: the
-        index's; 0 = ADC alone) with the items' stored embeddings. A query image that is itself
+        index's; 0 = ADC alone) with the items' stored vectors, and with ``refine_expand`` = n >
+        0 (default: the index's) once more against the mean of the query and its first n
+        refined results (query expansion). A query image that is itself
         in the index (the same pixels, for an index that keeps fingerprints) gets its copies
         first, at distance 0, whatever the codes say.
         """
@@ -492,7 +502,14 @@ class Retriever:
         if not embedded and index.content is not None:
             prints = image_fingerprints(_as_images(queries))
         dists, idx = index.search(
-            f, k, distance, refine_depth, fingerprints=prints, rows=rows, refine_queries=vectors
+            f,
+            k,
+            distance,
+            refine_depth,
+            fingerprints=prints,
+            rows=rows,
+            refine_queries=vectors,
+            refine_expand=refine_expand,
         )
         hits = make_hits(index, dists.tolist(), idx.tolist())
         return SearchResult(dists.numpy(), idx.numpy(), hits)
@@ -508,6 +525,7 @@ class Retriever:
         pr_queries: int | None = None,
         refine_depth: int | None = None,
         refine_queries: torch.Tensor | None = None,
+        refine_expand: int | None = None,
     ) -> RetrievalResult:
         """mAP@K, precision@N and the PR curve of labelled queries against the index.
 
@@ -524,6 +542,8 @@ class Retriever:
             refine_queries: with ``embeddings``, the queries' unit backbone vectors for an
                 index that refines by them, if already computed (both come from
                 :meth:`embed_for_index`); without them such an index embeds the queries again.
+            refine_expand: query expansion of the refined head (default: the index's; 0 =
+                off), as :meth:`search` ranks.
         """
         index = self._require_index()
         if queries.labels is None:
@@ -531,6 +551,9 @@ class Retriever:
         labels = align_labels(queries.labels, queries.class_names, index)
         e = self.config.eval
         refine = _refinement(index, refine_depth)
+        expand = index.refine_expand if refine_expand is None else refine_expand
+        if expand < 0:
+            raise QuantrieveError(f"query expansion must be >= 0 (0 = off), got {expand}")
         if embeddings is None:
             f, vectors = self.embed_for_index(queries)
         else:
@@ -583,6 +606,7 @@ class Retriever:
             pr_queries=e.pr_queries if pr_queries is None else pr_queries,
             refine=refine,
             refine_queries=vectors,
+            refine_expand=expand,
         )
 
     def _self_matches(self, queries: ImageSet, f: torch.Tensor) -> np.ndarray:

@@ -51,6 +51,15 @@ RefineSourceOpt = Annotated[
     ),
 ]
 
+RefineExpandOpt = Annotated[
+    int,
+    typer.Option(
+        help="With --refine-depth: n > 0 re-scores each search's refined head once more "
+        "against the mean of the query and its first n refined results (query expansion; "
+        "docs/results.md, 'Query expansion'); 0: off."
+    ),
+]
+
 
 def _shard(text: str | None) -> tuple[int, int] | None:
     """``--shard i/n`` as ``(i, n)``."""
@@ -78,6 +87,7 @@ def encode(
     shard: ShardOpt = None,
     refine_depth: RefineDepthOpt = 0,
     refine_source: RefineSourceOpt = DEFAULT_REFINE_SOURCE,
+    refine_expand: RefineExpandOpt = 0,
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels).
 
@@ -97,6 +107,10 @@ def encode(
         raise ConfigError(f"--refine-depth must be >= 0 (0 = off), got {refine_depth}")
     if refine_source not in REFINE_SOURCES:
         raise ConfigError(f"--refine-source must be one of {REFINE_SOURCES}, got '{refine_source}'")
+    if refine_expand < 0:
+        raise ConfigError(f"--refine-expand must be >= 0 (0 = off), got {refine_expand}")
+    if refine_expand and not refine_depth:
+        raise ConfigError("--refine-expand expands the refined head: give --refine-depth too")
     share = _shard(shard)
     check_index_output(out, overwrite)
     retriever = Retriever.load(model, device=device)
@@ -138,12 +152,14 @@ def encode(
         refine=job.refine_embeddings(),
         refine_depth=refine_depth or DEFAULT_REFINE_DEPTH,
         refine_source=refine_source,
+        refine_expand=refine_expand,
     )
     retriever.save(out, overwrite=overwrite)
     job.remove()
     refined = (
         f", {index.refine.nbytes / 1e6:.2f} MB of float16 {index.refine_source} vectors "
         f"re-scoring the first {index.refine_depth} results"
+        + (f", expanded by the first {index.refine_expand}" if index.refine_expand else "")
         if index.refine is not None
         else ""
     )

@@ -16,6 +16,7 @@ from quantrieve.cli.options import (
     DistanceOpt,
     JsonOpt,
     RefineDepthOpt,
+    RefineExpandOpt,
     check_distance,
     overwrite_option,
     positive_ints,
@@ -53,6 +54,7 @@ def evaluate(
     as_json: JsonOpt = False,
     overwrite: OverwriteOpt = False,
     refine_depth: RefineDepthOpt = None,
+    refine_expand: RefineExpandOpt = None,
 ) -> None:
     """mAP@K, precision@N and PR curve of labelled queries against an index."""
     from quantrieve.api import Retriever, run_parts
@@ -81,6 +83,7 @@ def evaluate(
         progress_bar("evaluating"),
         pr_queries=pr_queries,
         refine_depth=refine_depth,
+        refine_expand=refine_expand,
     )
     index = retriever.index
     assert index is not None
@@ -98,7 +101,9 @@ def evaluate(
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
     refined = result.extra.get("refine_depth")
+    expanded = result.extra.get("refine_expand")
     how = f", first {refined} refined" if refined else ""
+    how += f", expanded by {expanded}" if refined and expanded else ""
     print_result(f"{index_dir} ({index.bits} bits, {result.extra['distance']}{how})", result)
     if plot is not None:
         console.print(f"PR curve: {plot}")

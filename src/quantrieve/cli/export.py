@@ -85,6 +85,11 @@ def export_faiss(
         f"faiss IndexRefine ({first}, re-scoring k_factor x k = {index.refine_depth} for k = "
         f"{REFINE_EXPORT_K}) of {len(index)} items -> {out}; queries: {queries}"
     )
+    if index.refine_expand:
+        console.print(
+            f"note: faiss has no query expansion; the index's refine_expand = "
+            f"{index.refine_expand} is not exported (faiss ranks as --refine-expand 0)"
+        )
 
 
 OnnxOutArg = Annotated[Path, typer.Argument(help="ONNX file to write (.onnx).")]

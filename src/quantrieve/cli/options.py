@@ -33,6 +33,14 @@ RefineDepthOpt = Annotated[
         "refine depth; 0: ADC alone). Only for an index encoded with --refine-depth.",
     ),
 ]
+RefineExpandOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="Query expansion of the refined head: n > 0 re-scores it once more against the "
+        "mean of the query and its first n refined results (default: the index's; 0: off).",
+    ),
+]
 # Positions in a dataset part: rows, not items (an item is a stable number in an index).
 # --items, the old name, still works.
 RowsOpt = Annotated[

@@ -74,6 +74,7 @@ def evaluate_codes(
     refine: tuple[Tensor | np.ndarray, int] | None = None,
     refine_queries: Tensor | None = None,
     ties: Tensor | None = None,
+    refine_expand: int = 0,
 ) -> RetrievalResult:
     """Evaluate continuous query embeddings (Q, M*d) against PQ codes (N, M) by ADC.
 
@@ -92,6 +93,9 @@ def evaluate_codes(
             in as a search does). Excluded pairs stay excluded.
         refine_queries: the queries' vectors in the space of the finer copy, when it is not
             the embeddings' (an index that refines by ``backbone``); default ``queries``.
+        refine_expand: with ``refine``, n > 0 re-scores each head once more against the mean
+            of the query and its first n refined results (query expansion, as a search of an
+            index with ``refine_expand`` = n); 0: off.
         ties: the order of items at equal distance, a permutation of the database rows
             (default: :func:`~quantrieve.evaluate.retrieval.tie_order`, not the rows' order:
             an image folder is stored class by class). ``torch.arange(N)`` ranks ties as a
@@ -121,7 +125,9 @@ def evaluate_codes(
 
         def rerank(s: slice, ranked_d: Tensor, ranked: Tensor) -> Tensor:
             # Excluded pairs (distance +inf) are never re-scored: they stay last.
-            return refine_ranking(against[s], ranked_d, ranked, fine, depth, distance)[1]
+            return refine_ranking(
+                against[s], ranked_d, ranked, fine, depth, distance, refine_expand
+            )[1]
 
     result = evaluate_distances(
         distances,
@@ -139,4 +145,5 @@ def evaluate_codes(
     result.extra["distance"] = distance  # type: ignore[assignment]
     if rerank is not None:
         result.extra["refine_depth"] = refine[1]  # type: ignore[index]
+        result.extra["refine_expand"] = refine_expand
     return result

@@ -108,6 +108,7 @@ def read_base(path: Path, mmap: bool, verify: bool, build: Callable[..., IndexT]
             refine=refine,
             refine_depth=int(meta.get("refine_depth", DEFAULT_REFINE_DEPTH)),
             refine_source=str(meta.get("refine_source", "embedding")),
+            refine_expand=int(meta.get("refine_expand", 0)),
         )
     except IndexFormatError as exc:
         raise IndexFormatError(f"{path}: {exc}") from None
@@ -156,6 +157,7 @@ def write_base(
                 "refine_dtype": "float16",
                 "refine_depth": index.refine_depth,
                 "refine_source": index.refine_source,
+                "refine_expand": index.refine_expand,
             }
             if index.refine is not None
             else {}

@@ -20,7 +20,9 @@ Format ``quantrieve-pq-index``, version 2 (3 when it refines with backbone vecto
                     (D = M*d, the embeddings the codes quantize; absent in older indexes) or
                     ``backbone`` (D = the backbone's width, its unit-length representations).
                     An index that refines by ``backbone`` is written as version 3, which a
-                    reader of version 2 refuses instead of scoring the wrong vectors
+                    reader of version 2 refuses instead of scoring the wrong vectors.
+                    ``refine_expand`` (absent: 0): n > 0 re-scores the head against the
+                    mean of the query and its first n refined results (query expansion)
     model.pt        the encoder (optional), to embed query images
     segments/       changes made by a search service (:mod:`quantrieve.index.segment_files`)
 
@@ -109,6 +111,7 @@ RESERVED_META = frozenset(
         "refine_dtype",
         "refine_depth",
         "refine_source",
+        "refine_expand",
         "has_model",
         "class_names",
         "created",
@@ -139,6 +142,7 @@ class IndexArrays(Protocol):
     refine: np.ndarray | None
     refine_depth: int
     refine_source: str
+    refine_expand: int
 
     @property
     def num_books(self) -> int: ...

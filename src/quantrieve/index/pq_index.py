@@ -66,6 +66,9 @@ class PQIndex:
             first ``refine_depth`` ADC results with them, and the rest of a tie group
             straddling place ``refine_depth`` (:mod:`quantrieve.pq.refine`).
         refine_depth: R, the re-scored results per query (used only with ``refine``).
+        refine_expand: n > 0 re-scores the head once more against the mean of the query and
+            its first n refined results (average query expansion,
+            :func:`~quantrieve.pq.refine.refine_ranking`); 0: off.
         refine_source: what ``refine`` holds (:data:`~quantrieve.pq.settings.REFINE_SOURCES`):
             ``embedding``, the embeddings f (D = M*d) the codes quantize, re-scored against the
             query's embedding; ``backbone``, the unit-length backbone representations (D = the
@@ -93,6 +96,7 @@ class PQIndex:
     refine: np.ndarray | None = None
     refine_depth: int = DEFAULT_REFINE_DEPTH
     refine_source: str = "embedding"
+    refine_expand: int = 0
     items: np.ndarray | None = None
     deleted_at: np.ndarray | None = None
     generation: int = 0
@@ -153,6 +157,8 @@ class PQIndex:
                 )
         if self.refine_depth < 1:
             raise IndexFormatError(f"refine_depth must be >= 1, got {self.refine_depth}")
+        if self.refine_expand < 0:
+            raise IndexFormatError(f"refine_expand must be >= 0, got {self.refine_expand}")
         if self.deleted_at is not None and self.deleted_at.shape != (len(self.codes),):
             raise IndexFormatError(
                 f"deletion stamps must be ({len(self.codes)},), got {self.deleted_at.shape}"
@@ -276,6 +282,7 @@ class PQIndex:
         fingerprints: np.ndarray | None = None,
         rows: np.ndarray | None = None,
         refine_queries: torch.Tensor | np.ndarray | None = None,
+        refine_expand: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items per query embedding (Q, M*d) by ADC: (distances, indices), each (Q, k).
 
@@ -293,6 +300,8 @@ class PQIndex:
         ``refine_queries``: the queries' vectors in the space of :attr:`refine`, needed when
         it is not the embeddings' (``refine_source="backbone"``: the queries' unit backbone
         representations, :meth:`~quantrieve.models.retrieval.RetrievalModel.embed_with_backbone`).
+        ``refine_expand`` (default: the index's :attr:`refine_expand`): n > 0 re-scores the
+        head once more against the mean of each query and its first n refined results.
 
         ``fingerprints``: the queries' pixel fingerprints (:func:`image_fingerprints`), for an
         index that keeps them: the items with a query's very pixels come first, at distance 0,
@@ -306,7 +315,14 @@ class PQIndex:
         """
         if not torch_installed():
             return self.search_numpy(
-                queries, k, distance, refine_depth, fingerprints, rows, refine_queries
+                queries,
+                k,
+                distance,
+                refine_depth,
+                fingerprints,
+                rows,
+                refine_queries,
+                refine_expand,
             )
         import torch
 
@@ -317,6 +333,7 @@ class PQIndex:
         depth = self.refine_depth if refine_depth is None else refine_depth
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
+        expand = self._expand(refine_expand)
         kept = None if rows is None else self._row_filter(rows)
         hidden = None if rows is not None else self.hidden()  # a filter leaves them out
         if self.refine is None or depth == 0:
@@ -330,7 +347,7 @@ class PQIndex:
             # (as fast as R wide: one scan, a wider top-k) and the head takes it in.
             wanted = tie_width(depth, k)
             dists, items = self.searcher().search(queries, wanted, distance, kept, hidden)
-            dists, items = refine_ranking(against, dists, items, fine, depth, distance)
+            dists, items = refine_ranking(against, dists, items, fine, depth, distance, expand)
             dists, items = dists[:, :k], items[:, :k]
         if fingerprints is not None and self.content is not None:
             prints = np.asarray(fingerprints, np.uint64)
@@ -347,6 +364,7 @@ class PQIndex:
         fingerprints: np.ndarray | None = None,
         rows: np.ndarray | None = None,
         refine_queries: np.ndarray | None = None,
+        refine_expand: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`search` with numpy alone (:mod:`quantrieve.pq.numpy_search`): the same
         arguments and rules (ADC, refinement, copies first, filter, hidden rows), float32
@@ -356,6 +374,7 @@ class PQIndex:
         depth = self.refine_depth if refine_depth is None else refine_depth
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
+        expand = self._expand(refine_expand)
         refining = self.refine is not None and depth > 0
         against = None
         if refining:
@@ -379,7 +398,7 @@ class PQIndex:
                 d, i = topk_rows(dist, wanted)
             if against is not None:
                 fine_q = against[start : start + step]
-                d, i = refine_ranking_np(fine_q, d, i, self.refine, depth, distance)
+                d, i = refine_ranking_np(fine_q, d, i, self.refine, depth, distance, expand)
             out_d.append(d[:, :k])
             out_i.append(i[:, :k])
         width = min(k, len(self.codes) if rows is None else len(rows))
@@ -389,6 +408,13 @@ class PQIndex:
             prints = np.asarray(fingerprints, np.uint64)
             dists, items = self._copies_first(dists, items, prints, rows)
         return dists, items
+
+    def _expand(self, refine_expand: int | None) -> int:
+        """The query expansion of a search: its own, else the index's; checked."""
+        expand = self.refine_expand if refine_expand is None else refine_expand
+        if expand < 0:
+            raise QuantrieveError(f"query expansion must be >= 0 (0 = off), got {expand}")
+        return expand
 
     def refine_vectors_of(self, queries: Any, refine_queries: Any) -> Any:
         """The queries' vectors that :attr:`refine` is re-scored against: the embeddings
@@ -620,6 +646,7 @@ class PQIndex:
             refine=refine,
             refine_depth=self.refine_depth,
             refine_source=self.refine_source,
+            refine_expand=self.refine_expand,
             rows_checked=rows_checked,
         )
 

@@ -125,9 +125,13 @@ def refine_ranking_np(
     fine: np.ndarray,
     depth: int,
     distance: str,
+    expand: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """An ADC ranking (Q, C) with its tie-completed head re-scored by the finer copy: as
-    :func:`~quantrieve.pq.refine.refine_ranking`, float32 distances."""
+    """An ADC ranking (Q, C) with its tie-completed head re-scored by the finer copy, and by
+    the expanded queries when ``expand`` > 0: as :func:`~quantrieve.pq.refine.refine_ranking`,
+    float32 distances."""
+    if expand < 0:
+        raise ValueError(f"expand must be >= 0 (0 = off), got {expand}")
     queries = np.asarray(queries, dtype=np.float32)
     if queries.ndim != 2 or fine.ndim != 2 or queries.shape[1] != fine.shape[1]:
         raise ValueError(
@@ -148,6 +152,29 @@ def refine_ranking_np(
     key = np.where(in_head, items, int(candidates.max()) + 1 + np.arange(head))
     first = np.argsort(key, axis=1, kind="stable")
     items, in_head, adc_head = (np.take_along_axis(t, first, 1) for t in (items, in_head, adc_head))
+    scores = _head_scores_np(queries, fine, items, distance)
+    order = np.argsort(np.where(in_head, scores, np.inf), axis=1, kind="stable")
+    if expand:
+        first = np.take_along_axis(items, order, 1)[:, :expand]
+        valid = np.take_along_axis(in_head, order, 1)[:, :expand]
+        vectors = np.asarray(fine[first.reshape(-1)], dtype=np.float32).reshape(*first.shape, -1)
+        weights = valid.astype(np.float32)[..., None]
+        expanded = (queries + (vectors * weights).sum(1)) / (1 + weights.sum(1))
+        scores = _head_scores_np(expanded.astype(np.float32), fine, items, distance)
+        order = np.argsort(np.where(in_head, scores, np.inf), axis=1, kind="stable")
+    head_d = np.take_along_axis(np.where(in_head, scores, adc_head), order, 1)
+    return (
+        np.concatenate([head_d, adc[:, head:]], axis=1),
+        np.concatenate([np.take_along_axis(items, order, 1), candidates[:, head:]], axis=1),
+    )
+
+
+def _head_scores_np(
+    queries: np.ndarray, fine: np.ndarray, items: np.ndarray, distance: str
+) -> np.ndarray:
+    """(Q, H) float32 distances of each query to the finer copies of its H head items, in
+    blocks of at most :data:`REFINE_BLOCK_VALUES` gathered values."""
+    num_q, head = items.shape
     block = max(1, REFINE_BLOCK_VALUES // (head * fine.shape[1]))
     scores = np.empty((num_q, head), dtype=np.float32)
     for start in range(0, num_q, block):
@@ -155,11 +182,4 @@ def refine_ranking_np(
         vectors = np.asarray(fine[rows.reshape(-1)], dtype=np.float32).reshape(*rows.shape, -1)
         diff = queries[start : start + block, None, :] - vectors
         scores[start : start + block] = (diff * diff).sum(-1)
-    if distance == "l2":
-        scores = np.sqrt(scores)
-    order = np.argsort(np.where(in_head, scores, np.inf), axis=1, kind="stable")
-    head_d = np.take_along_axis(np.where(in_head, scores, adc_head), order, 1)
-    return (
-        np.concatenate([head_d, adc[:, head:]], axis=1),
-        np.concatenate([np.take_along_axis(items, order, 1), candidates[:, head:]], axis=1),
-    )
+    return np.sqrt(scores) if distance == "l2" else scores

@@ -16,6 +16,13 @@ the rest of that group, up to ``TIE_SPAN * R`` results (:func:`refine_ranking`; 
 fetch the ADC ranking that wide, :func:`~quantrieve.pq.settings.tie_width`). Which of a tie
 group's items are re-scored is then not decided by their positions in the folder, unless the
 group is larger than the span (collapsed codes, which ``encode`` warns of).
+
+Query expansion (optional, ``expand`` = n > 0): once the head is ordered, each query is
+replaced by the mean of itself and the finer copies of its first n results, and the same head
+is re-scored and re-ordered against that mean. This is average query expansion (Chum et al.,
+"Total Recall", ICCV 2007), restricted to the head: the neighbours a query's closest results
+agree on pull the rest of the head their way, and nothing outside the head moves. The head's
+distances are then those to the expanded query.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ def refine_ranking(
     fine: Tensor,
     depth: int,
     distance: str = "l2",
+    expand: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """An ADC ranking with its head re-scored and re-ordered by the finer copy.
 
@@ -87,10 +95,14 @@ def refine_ranking(
         fine: (N, D) the finer copy of every item (any float dtype).
         depth: R.
         distance: ``l2`` (non-squared) or ``sqeuclidean``.
+        expand: n > 0 re-scores the head once more against the mean of each query and the
+            finer copies of its first n refined results (average query expansion); 0: off.
 
     Returns:
         ``(distances, items)``, (Q, C): the refined head (fine distances), then the rest.
     """
+    if expand < 0:
+        raise ValueError(f"expand must be >= 0 (0 = off), got {expand}")
     if distance not in ("l2", "sqeuclidean"):
         raise ValueError(f"distance must be 'l2' or 'sqeuclidean', got '{distance}'")
     if queries.ndim != 2 or fine.ndim != 2 or queries.shape[1] != fine.shape[1]:
@@ -115,11 +127,35 @@ def refine_ranking(
     items, in_head, adc_head = (t.gather(1, first) for t in (items, in_head, adc_head))
     scores = _head_scores(queries, fine, items, distance)
     order = torch.where(in_head, scores, float("inf")).sort(dim=1, stable=True).indices
+    if expand:
+        first_items = items.gather(1, order)[:, :expand]
+        expanded = expand_queries(queries, fine, first_items, in_head.gather(1, order)[:, :expand])
+        scores = _head_scores(expanded, fine, items, distance)
+        order = torch.where(in_head, scores, float("inf")).sort(dim=1, stable=True).indices
     head_d = torch.where(in_head, scores, adc_head).gather(1, order)
     return (
         torch.cat([head_d, adc[:, head:]], dim=1),
         torch.cat([items.gather(1, order), candidates[:, head:]], dim=1),
     )
+
+
+def expand_queries(queries: Tensor, fine: Tensor, items: Tensor, valid: Tensor) -> Tensor:
+    """Average query expansion (Chum et al., ICCV 2007): each query averaged with the finer
+    copies of its given results.
+
+    Args:
+        queries: (Q, D) the queries' vectors in the space of ``fine``.
+        fine: (N, D) the finer copy of every item.
+        items: (Q, n) item numbers, a query's first refined results.
+        valid: bool (Q, n), which of them count (a row with fewer results has fewer).
+
+    Returns:
+        (Q, D) float32: (q + sum of the valid items' vectors) / (1 + their number).
+    """
+    num_q, count = items.shape
+    vectors = fine.index_select(0, items.reshape(-1)).float().reshape(num_q, count, -1)
+    weights = valid.float().unsqueeze(-1)
+    return (queries.float() + (vectors * weights).sum(1)) / (1 + weights.sum(1))
 
 
 def _head_scores(queries: Tensor, fine: Tensor, items: Tensor, distance: str) -> Tensor:

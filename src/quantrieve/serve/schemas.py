@@ -204,6 +204,11 @@ class StatsResponse(BaseModel):
     refine_source: str | None = Field(
         description="What re-scores them: 'backbone' or 'embedding' (null: no refinement)."
     )
+    refine_expand: int = Field(
+        default=0,
+        description="Query expansion of the refined head: re-scored once more against the "
+        "mean of the query and its first n refined results (0: off).",
+    )
     labels: list[str]
     image_size: int
     channels: int

@@ -250,7 +250,8 @@ class SearchService:
     def _refinement(index: Any) -> str:
         if index.refine is None:
             return "ADC alone"
-        return f"first {index.refine_depth} re-scored by {index.refine_source} vectors"
+        expanded = f", expanded by the first {index.refine_expand}" if index.refine_expand else ""
+        return f"first {index.refine_depth} re-scored by {index.refine_source} vectors{expanded}"
 
     # ------------------------------------------------------------------ queries
     def check_k(self, k: int) -> int:
@@ -531,6 +532,7 @@ class SearchService:
             "distance": index.distance,
             "refine_depth": 0 if index.refine is None else index.refine_depth,
             "refine_source": None if index.refine is None else index.refine_source,
+            "refine_expand": 0 if index.refine is None else index.refine_expand,
             "labels": list(index.class_names),
             "image_size": self.image_size,
             "channels": self.channels,
