@@ -21,6 +21,7 @@ from quantrieve.index.segment_files import NewItems
 from quantrieve.index.writer import IndexWriter
 from quantrieve.pq import refine_ranking
 from quantrieve.pq.numpy_search import refine_ranking_np
+from quantrieve.pq.settings import DEFAULT_REFINE_EXPAND
 
 M, K, D_SUB = 2, 16, 2
 
@@ -211,6 +212,24 @@ def test_encode_and_evaluate_with_expansion_through_the_command_line(
     assert result.exit_code == 0, result.output
     assert "expanded by the first 3" in " ".join(result.output.split())  # the console wraps
     assert PQIndex.load(out).refine_expand == 3
+    # --refine-depth alone expands by the default; --refine-expand 0 turns it off
+    default = tmp_path / "default"
+    args = ["encode", str(run), "--out", str(default), "--refine-depth", "30"]
+    assert CliRunner().invoke(app, args, catch_exceptions=False).exit_code == 0
+    assert PQIndex.load(default).refine_expand == DEFAULT_REFINE_EXPAND == 3
+    off_dir = tmp_path / "off"
+    args = [
+        "encode",
+        str(run),
+        "--out",
+        str(off_dir),
+        "--refine-depth",
+        "30",
+        "--refine-expand",
+        "0",
+    ]
+    assert CliRunner().invoke(app, args, catch_exceptions=False).exit_code == 0
+    assert PQIndex.load(off_dir).refine_expand == 0
     evaluate = ["evaluate", str(out), "--json", "--precision-at", "10"]
     on = json.loads(CliRunner().invoke(app, evaluate, catch_exceptions=False).stdout)
     off = json.loads(CliRunner().invoke(app, [*evaluate, "--refine-expand", "0"]).stdout)

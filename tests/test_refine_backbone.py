@@ -196,7 +196,11 @@ def test_encode_search_and_evaluate_by_the_backbone(backbone_index: Path, tiny_i
     torch.testing.assert_close(u, u32, atol=0.02, rtol=0)
     # The library's search: ADC's first 30 and the rest of the tie group at place 30 (up to
     # TIE_SPAN * 30), re-ordered by |u - stored|, then ADC's rest.
-    found = retriever.search(images, k=40)
+    # Without query expansion (--refine-expand 0):
+    found = retriever.search(images, k=40, refine_expand=0)
+    # The index's default, the head re-ordered once more by the mean of u and its first 3:
+    expanded = retriever.search(images, k=40)
+    assert index.refine_expand == 3
     adc_d, adc = index.search(f, len(index), refine_depth=0)
     stored = torch.from_numpy(index.refine).float()
     for q in range(len(images)):
@@ -206,6 +210,12 @@ def test_encode_search_and_evaluate_by_the_backbone(backbone_index: Path, tiny_i
         assert found.indices[q, : min(40, len(head))].tolist() == want[:40].tolist()
         rest = [i for i in adc[q].tolist() if i not in set(head.tolist())]
         assert found.indices[q, len(head) :].tolist() == rest[: max(0, 40 - len(head))]
+        mean = (u[q] + stored[want[:3]].sum(0)) / 4
+        by_mean = (stored[head] - mean).norm(dim=1)
+        want = head[torch.sort(by_mean, stable=True).indices]
+        assert expanded.indices[q, : min(40, len(head))].tolist() == want[:40].tolist()
+        assert expanded.indices[q, len(head) :].tolist() == rest[: max(0, 40 - len(head))]
+    assert not np.array_equal(found.indices, expanded.indices)  # the expansion moved some
     # evaluate: off equals the plain index bit for bit; on is stated
     args = ["evaluate", str(backbone_index), "--json", "--precision-at", "10"]
     on = json.loads(CliRunner().invoke(app, args, catch_exceptions=False).stdout)

@@ -49,7 +49,7 @@ from quantrieve.index.model_check import verify_index_model
 from quantrieve.index.pq_index import PQIndex
 from quantrieve.models.retrieval import RetrievalModel, embed_images, embed_images_with_backbone
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
-from quantrieve.pq.settings import DEFAULT_REFINE_SOURCE, REFINE_SOURCES
+from quantrieve.pq.settings import DEFAULT_REFINE_EXPAND, DEFAULT_REFINE_SOURCE, REFINE_SOURCES
 from quantrieve.runtime.device import resolve_device
 from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import git_commit, package_versions
@@ -360,7 +360,7 @@ class Retriever:
         progress: Progress | None = None,
         refine_depth: int = 0,
         refine_source: str = DEFAULT_REFINE_SOURCE,
-        refine_expand: int = 0,
+        refine_expand: int = DEFAULT_REFINE_EXPAND,
     ) -> PQIndex:
         """Encode ``database`` into a new in-memory index (ids, labels and class names from
         an :class:`ImageSet`), kept as :attr:`index` and returned.
@@ -374,11 +374,14 @@ class Retriever:
                 docs/results.md) or ``embedding`` (the embedding the code quantizes).
             refine_expand: with refinement, n > 0 re-scores each search's head once more
                 against the mean of the query and its first n refined results (query
-                expansion, :func:`~quantrieve.pq.refine.refine_ranking`); 0: off.
+                expansion, :func:`~quantrieve.pq.refine.refine_ranking`; default 3, measured in
+                docs/results.md, "Query expansion"); 0: off.
         """
         database = _as_image_set(database)
         if refine_depth < 0:
             raise QuantrieveError(f"refine_depth must be >= 0 (0 = off), got {refine_depth}")
+        if refine_expand < 0:
+            raise QuantrieveError(f"refine_expand must be >= 0 (0 = off), got {refine_expand}")
         fine = None
         if refine_depth:
             codes, fine = self.encode_with_embeddings(
@@ -408,14 +411,14 @@ class Retriever:
         refine: np.ndarray | None = None,
         refine_depth: int = DEFAULT_REFINE_DEPTH,
         refine_source: str = "embedding",
-        refine_expand: int = 0,
+        refine_expand: int = DEFAULT_REFINE_EXPAND,
     ) -> PQIndex:
         """The index of ``database`` from its codes, already encoded with this model (e.g. by
         an :class:`~quantrieve.api.encode_job.EncodeJob`); kept as :attr:`index`.
 
         ``refine``: the items' float16 finer vectors (:meth:`encode_with_embeddings` with
-        ``refine_source``) for an index that refines its first ``refine_depth`` results; None
-        for codes alone."""
+        ``refine_source``) for an index that refines its first ``refine_depth`` results and
+        expands its queries by ``refine_expand`` of them; None for codes alone."""
         model = self._require_model()
         usage = check_code_usage(
             codes,

@@ -18,7 +18,7 @@ from quantrieve.cli.options import (
 from quantrieve.cli.terminal import console, progress_bar
 from quantrieve.config import DISTANCES, ConfigError
 from quantrieve.pq import DEFAULT_REFINE_DEPTH
-from quantrieve.pq.settings import DEFAULT_REFINE_SOURCE, REFINE_SOURCES
+from quantrieve.pq.settings import DEFAULT_REFINE_EXPAND, DEFAULT_REFINE_SOURCE, REFINE_SOURCES
 
 ModelArg = Annotated[Path, typer.Argument(help="A run directory or its model.pt.")]
 OutOpt = out_option("Index directory to write.")
@@ -52,11 +52,12 @@ RefineSourceOpt = Annotated[
 ]
 
 RefineExpandOpt = Annotated[
-    int,
+    int | None,
     typer.Option(
         help="With --refine-depth: n > 0 re-scores each search's refined head once more "
         "against the mean of the query and its first n refined results (query expansion; "
-        "docs/results.md, 'Query expansion'); 0: off."
+        f"docs/results.md, 'Query expansion'); 0: off. Default: {DEFAULT_REFINE_EXPAND} with "
+        "--refine-depth."
     ),
 ]
 
@@ -87,7 +88,7 @@ def encode(
     shard: ShardOpt = None,
     refine_depth: RefineDepthOpt = 0,
     refine_source: RefineSourceOpt = DEFAULT_REFINE_SOURCE,
-    refine_expand: RefineExpandOpt = 0,
+    refine_expand: RefineExpandOpt = None,
 ) -> None:
     """Encode a dataset part into an index directory (uint8 codes + codebooks + ids + labels).
 
@@ -107,10 +108,12 @@ def encode(
         raise ConfigError(f"--refine-depth must be >= 0 (0 = off), got {refine_depth}")
     if refine_source not in REFINE_SOURCES:
         raise ConfigError(f"--refine-source must be one of {REFINE_SOURCES}, got '{refine_source}'")
-    if refine_expand < 0:
+    if refine_expand is not None and refine_expand < 0:
         raise ConfigError(f"--refine-expand must be >= 0 (0 = off), got {refine_expand}")
     if refine_expand and not refine_depth:
         raise ConfigError("--refine-expand expands the refined head: give --refine-depth too")
+    if refine_expand is None:
+        refine_expand = DEFAULT_REFINE_EXPAND if refine_depth else 0
     share = _shard(shard)
     check_index_output(out, overwrite)
     retriever = Retriever.load(model, device=device)

@@ -7,6 +7,12 @@ DISTANCES = ("l2", "sqeuclidean")
 #: R, the ADC results a refining index re-scores per query (:mod:`quantrieve.pq.refine`).
 DEFAULT_REFINE_DEPTH = 100
 
+#: n, the first refined results a new refining index averages each query with before it
+#: re-scores the head once more (query expansion, :func:`quantrieve.pq.refine.refine_ranking`;
+#: measured in docs/results.md, "Query expansion"). An index written without the setting
+#: (before it existed) does not expand.
+DEFAULT_REFINE_EXPAND = 3
+
 #: The head of a refined ranking grows to at most this many times R to take in the rest of a
 #: tie group straddling place R (:mod:`quantrieve.pq.refine`).
 TIE_SPAN = 4
