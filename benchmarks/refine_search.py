@@ -136,7 +136,8 @@ def index_latency(args: argparse.Namespace) -> dict:
     f, vectors = retriever.embed_for_index(images)
     index.searcher().prepare()
     rows = []
-    for depth in args.depths:
+    settings = [(d, n) for d in args.depths for n in (args.expand if d else [0])]
+    for depth, expand in settings:
         opened = 0.0
         if depth and depth < len(index):
             adc_d, _ = index.search(f, depth + 1, refine_depth=0)
@@ -145,10 +146,13 @@ def index_latency(args: argparse.Namespace) -> dict:
         for q in range(len(f)):
             one = None if vectors is None else vectors[q : q + 1]
             begin = time.perf_counter()
-            index.search(f[q : q + 1], 10, refine_depth=depth, refine_queries=one)
+            index.search(
+                f[q : q + 1], 10, refine_depth=depth, refine_queries=one, refine_expand=expand
+            )
             times.append(time.perf_counter() - begin)
         row = {
             "refine_depth": depth,
+            "refine_expand": expand,
             "ms_median": round(statistics.median(times) * 1e3, 3),
             "ms_p95": round(sorted(times)[int(0.95 * (len(times) - 1))] * 1e3, 3),
             "tie_goes_past_r_share": round(opened, 4),
@@ -186,6 +190,12 @@ def main() -> None:
     )
     idx.add_argument("--queries", type=int, default=300)
     idx.add_argument("--depths", type=lambda s: [int(x) for x in s.split(",")], default=[0, 100])
+    idx.add_argument(
+        "--expand",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[0],
+        help="query expansions of each refined depth (refine_expand)",
+    )
     for p in (qual, idx):  # a trained index and labelled queries
         p.add_argument("index", type=Path)
         p.add_argument("--dataset", default="fashion-mnist")
