@@ -242,6 +242,7 @@ def test_embed_and_export_faiss_give_plain_faiss_the_same_search(
     out = runner.invoke(app, ["export-faiss", str(backbone_index), str(tmp_path / "ix.faiss")])
     assert out.exit_code == 0, out.output
     assert "IndexRefine" in out.output and "unit backbone vector" in out.output
+    assert "no query expansion" in " ".join(out.output.split())  # the index expands by 3
     args = ["embed", str(backbone_index), *map(str, files), "--out"]
     out = runner.invoke(app, [*args, str(tmp_path / "q.npy")], catch_exceptions=False)
     assert "embeddings | backbone vectors" in out.output
@@ -276,6 +277,7 @@ def test_the_service_searches_and_adds_by_the_backbone(
     with TestClient(create_app(index_dir, ServeOptions(api_key="k" * 12))) as client:
         stats = client.get("/stats").json()
         assert (stats["refine_depth"], stats["refine_source"]) == (30, "backbone")
+        assert stats["refine_expand"] == 3
         assert stats["index_format_version"] == 3
         body = client.post("/search", files=upload, data={"k": "8"}).json()
         expected = qr.Retriever.load(index_dir).search(image[None, :, :, None], k=8)

@@ -71,6 +71,7 @@ def test_health_stats_metrics_page_and_openapi(client: TestClient) -> None:
     )
     assert stats["index_format_version"] == 2 and len(stats["codebooks_sha256"]) == 64
     assert (stats["refine_depth"], stats["refine_source"]) == (0, None)  # ADC alone
+    assert stats["refine_expand"] == 0
     assert stats["queries_served"] == 1 and set(stats["latency_ms"]) == {"p50", "p90", "p99"}
     assert stats["writes_need_api_key"] and stats["resident_memory_bytes"] > 0
     metrics = client.get("/metrics")
