@@ -47,6 +47,15 @@ HoldoutOpt = Annotated[
     ),
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")]
+RestartsOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="Train N seeds (train.seed, +1, ...) into OUT/restarts/ and keep the one with the "
+        "best validation score in OUT (small collections, where seeds differ; N times the "
+        "training time).",
+    ),
+]
 
 
 def train(
@@ -64,13 +73,16 @@ def train(
     skip_bad: SkipBadOpt = False,
     holdout: HoldoutOpt = None,
     resume: ResumeOpt = False,
+    restarts: RestartsOpt = 1,
 ) -> None:
     """Train an encoder from scratch, without labels. Writes model.pt (best by validation mAP)."""
     from quantrieve.api import Retriever, run_parts
     from quantrieve.runtime.distributed import shutdown
     from quantrieve.train.trainer import TrainingError
 
-    if resume:
+    # Restarts resume restart by restart, each from its own checkpoint and with the options
+    # given again (a checkpoint refuses a config that differs from its own).
+    if resume and restarts == 1:
         if preset is not None or config_file is not None:
             raise TrainingError(
                 "--resume continues with the run's saved config.json; drop --preset / --config "
@@ -101,6 +113,10 @@ def train(
     )
     # The trainer carves the held-out queries (data.holdout_queries) out of the training part.
     train_set = run_parts(retriever, held_out=False, progress=progress_bar("decoding images")).get()
+    if restarts > 1:
+        _fit_restarts(retriever, train_set, out, restarts, resume)
+        shutdown(from_environment())
+        return
     if resume:
         from quantrieve.runtime.checkpoint import load_checkpoint
 
@@ -115,6 +131,41 @@ def train(
     )
     shutdown(from_environment())
     console.print(f"done: model {out / 'model.pt'}, log {out / 'log.jsonl'}")
+
+
+def _fit_restarts(retriever: Any, train_set: Any, out: Path, count: int, resume: bool) -> None:
+    """``--restarts N``: the run's config with train.seed = seed, seed + 1, ...; the best by
+    validation is copied into ``out`` (:mod:`quantrieve.api.restarts`)."""
+    from quantrieve.api.restarts import fit_restarts, restart_seeds
+    from quantrieve.config import apply_overrides
+
+    config = retriever.config
+    seeds = restart_seeds(config.train.seed, count)
+
+    def config_for(seed: int) -> Any:
+        return apply_overrides(config, {"train.seed": seed})
+
+    def report(restart: Any) -> None:
+        console.print(
+            f"restart seed {restart.seed}: kept epoch {restart.best_epoch}, "
+            f"{restart.metric} {restart.score:.4f} ({restart.run_dir})"
+        )
+
+    _, done = fit_restarts(
+        config_for,
+        train_set,
+        out,
+        seeds,
+        resume=resume,
+        progress=progress_bar("training"),
+        on_epoch=lambda s: print_epoch(s, config.train.epochs),
+        on_restart=report,
+    )
+    chosen = max(done, key=lambda r: r.score)
+    console.print(
+        f"done: kept seed {chosen.seed} of {len(done)} ({chosen.metric} {chosen.score:.4f}): "
+        f"model {out / 'model.pt'}, every restart in {out / 'restarts'}"
+    )
 
 
 def presets() -> None:

@@ -1,0 +1,168 @@
+"""Restarts: one config trained with several seeds, the run with the best validation score kept.
+
+On a small collection the seed matters: one of three trainings of the digits folder never
+passed validation mAP@1000 0.53 where the other two reached 0.76 and 0.77
+(``benchmarks/results/own-folders``). Training a few seeds and keeping the best by validation is
+the remedy the README gives; :func:`fit_restarts` does it in one call. Every restart trains into
+``OUT/restarts/seed-S`` on the same images, with the same held-out queries and validation split
+(both drawn by ``data.split_seed``, not by the training seed), so their validation scores compare
+the same queries. The chosen run's files are then copied into ``OUT`` itself, which is an
+ordinary run directory for ``encode``, ``evaluate`` and ``--resume``; ``OUT/restarts.json`` lists
+every restart's score.
+
+The score is the one a run chooses its epoch by: validation mAP@K for labelled images, the
+label-free self-recall for unlabelled ones with ``train.unlabelled_select = self``
+(``docs/method.md``, "Choosing an epoch without labels"). An unlabelled run that keeps its last
+epoch has no score to compare, and is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from quantrieve.api.retriever import Retriever
+from quantrieve.config import RunConfig
+from quantrieve.data import ImageSet
+from quantrieve.runtime.checkpoint import load_checkpoint
+from quantrieve.runtime.progress import Progress
+from quantrieve.train.trainer import EpochCallback, TrainingError
+
+#: Where the restarts of a run train, inside its directory.
+RESTARTS_DIR = "restarts"
+#: The summary of the restarts, in the run directory.
+RESTARTS_FILE = "restarts.json"
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One training of a restarted run.
+
+    Attributes:
+        seed: its ``train.seed``.
+        run_dir: where it trained (``OUT/restarts/seed-S``).
+        best_epoch: the epoch it kept.
+        metric: what scored it: ``val_map`` (validation mAP@K) or ``val_self`` (label-free).
+        score: its kept epoch's score.
+    """
+
+    seed: int
+    run_dir: Path
+    best_epoch: int
+    metric: str
+    score: float
+
+
+def restart_seeds(first: int, count: int) -> list[int]:
+    """The training seeds of ``count`` restarts from ``first``: first, first + 1, ..."""
+    if count < 1:
+        raise TrainingError(f"restarts must be >= 1, got {count}")
+    return list(range(first, first + count))
+
+
+def fit_restarts(
+    config_for_seed: Callable[[int], RunConfig],
+    images: ImageSet,
+    out: str | Path,
+    seeds: Sequence[int],
+    resume: bool = False,
+    progress: Progress | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_restart: Callable[[Restart], None] | None = None,
+) -> tuple[Retriever, list[Restart]]:
+    """Train one run per seed into ``out/restarts/seed-S`` and keep the best in ``out``.
+
+    A restart whose checkpoint has every epoch done is not trained again (its score is read
+    from the checkpoint); with ``resume``, an unfinished one continues from its checkpoint.
+
+    Returns:
+        The chosen run's retriever (model loaded from ``out``), and every restart in seed
+        order; the chosen one is the first with the highest score.
+
+    Raises:
+        TrainingError: No seeds, repeated seeds, or runs without a validation score.
+    """
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise TrainingError(f"restarts need distinct seeds, got {list(seeds)}")
+    out = Path(out)
+    _check_scored(config_for_seed(seeds[0]), images)
+    done: list[Restart] = []
+    for seed in seeds:
+        config = config_for_seed(seed)
+        if config.train.seed != seed:
+            raise TrainingError(f"the config for seed {seed} has train.seed = {config.train.seed}")
+        restart = _train_one(
+            config, images, out / RESTARTS_DIR / f"seed-{seed}", resume, progress, on_epoch
+        )
+        done.append(restart)
+        if on_restart is not None:
+            on_restart(restart)
+    chosen = max(done, key=lambda r: r.score)  # max keeps the first of equal scores
+    _copy_run(chosen.run_dir, out)
+    summary = {
+        "chosen_seed": chosen.seed,
+        "metric": chosen.metric,
+        "restarts": [asdict(r) | {"run_dir": str(r.run_dir)} for r in done],
+    }
+    (out / RESTARTS_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    return Retriever.load(out), done
+
+
+def _train_one(
+    config: RunConfig,
+    images: ImageSet,
+    run_dir: Path,
+    resume: bool,
+    progress: Progress | None,
+    on_epoch: EpochCallback | None,
+) -> Restart:
+    checkpoint = run_dir / "last.pt"
+    state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    if state is None or state["epoch"] < config.train.epochs:
+        if state is not None and not resume:
+            raise TrainingError(
+                f"{run_dir} holds an unfinished restart (epoch {state['epoch']} of "
+                f"{config.train.epochs}); continue it with --resume"
+            )
+        Retriever(config).fit(
+            images,
+            run_dir=run_dir,
+            resume=state is not None,
+            progress=progress,
+            on_epoch=on_epoch,
+        )
+        state = load_checkpoint(checkpoint)
+    for metric in ("val_map", "val_self"):
+        score = state.get(f"best_{metric}", -math.inf)
+        if score is not None and score > -math.inf:
+            return Restart(config.train.seed, run_dir, int(state["best_epoch"]), metric, score)
+    raise TrainingError(NO_SCORE)
+
+
+#: Why a restarted run without a validation score is refused.
+NO_SCORE = (
+    "restarts are compared by their validation score, and these runs have none: give the "
+    "images class sub-folders (validation mAP, data.val_queries > 0), or set "
+    "train.unlabelled_select=self (the label-free score); train.eval_every must be > 0"
+)
+
+
+def _check_scored(config: RunConfig, images: ImageSet) -> None:
+    """Refuse, before any training, runs that will not be scored on validation."""
+    labelled = images.labels is not None and config.data.val_queries > 0
+    if not config.train.eval_every or not (labelled or config.train.unlabelled_select == "self"):
+        raise TrainingError(NO_SCORE)
+
+
+def _copy_run(source: Path, out: Path) -> None:
+    """Copy the files of the run in ``source`` into ``out`` (not the restarts folder)."""
+    for path in source.iterdir():
+        target = out / path.name
+        if path.is_dir():
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, target)

@@ -1,0 +1,128 @@
+"""Restarts (``quantrieve train --restarts N``): several seeds, the best by validation kept."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, TINY_RUN, as_sets
+from typer.testing import CliRunner
+
+import quantrieve as qr
+from quantrieve.api.restarts import fit_restarts, restart_seeds
+from quantrieve.cli import app
+from quantrieve.config import apply_overrides, settings_from_text
+from quantrieve.data import ImageSet
+from quantrieve.train.trainer import TrainingError
+
+# k-means-started codewords and a high rate: tiny runs whose seeds score differently
+SETS = [*TINY_RUN, f"model.num_books={TINY.books}", "model.codebook_init=kmeans", "train.lr=0.01"]
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").open()]
+
+
+def test_train_with_restarts_keeps_the_best_seed_by_validation(
+    tiny_fashion: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--data-dir", str(tiny_fashion), "--restarts", "3"]
+    args += as_sets([*SETS, "train.seed=6"])
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "restarts.json").read_text())
+    assert [r["seed"] for r in summary["restarts"]] == [6, 7, 8]
+    scores = {}
+    for seed in (6, 7, 8):
+        run = out / "restarts" / f"seed-{seed}"
+        assert json.loads((run / "config.json").read_text())["train"]["seed"] == seed
+        last = [r for r in _log(run) if r.get("kind") == "epoch"][-1]
+        best = [r for r in _log(run) if r.get("epoch") == last["best_epoch"]]
+        scores[seed] = max(r["val_map"] for r in best if r.get("val_map") is not None)
+        # the same validation split for every seed: their scores compare the same queries
+        with np.load(run / "splits.npz") as a, np.load(out / "restarts/seed-6/splits.npz") as b:
+            assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    listed = {r["seed"]: r["score"] for r in summary["restarts"]}
+    assert listed == pytest.approx(scores)
+    chosen = max(scores, key=lambda s: (scores[s], -s))
+    assert summary["chosen_seed"] == chosen and summary["metric"] == "val_map"
+    assert len(set(scores.values())) > 1  # the seeds did differ
+    assert chosen != 6  # on these tiny runs the best is not simply the first seed
+    # OUT is the chosen run: its model, config and log, ready for encode
+    picked = out / "restarts" / f"seed-{chosen}"
+    for name in ("model.pt", "config.json", "log.jsonl", "last.pt"):
+        assert (out / name).read_bytes() == (picked / name).read_bytes()
+    text = " ".join(result.output.split())
+    assert f"kept seed {chosen} of 3" in text
+    encoded = CliRunner().invoke(app, ["encode", str(out), "--out", str(tmp_path / "index")])
+    assert encoded.exit_code == 0, encoded.output
+    # Finished restarts are not trained again: the same command reads their checkpoints.
+    stamps = {s: (out / f"restarts/seed-{s}/log.jsonl").stat().st_mtime_ns for s in (6, 7, 8)}
+    again = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert {
+        s: (out / f"restarts/seed-{s}/log.jsonl").stat().st_mtime_ns for s in (6, 7, 8)
+    } == stamps
+    assert json.loads((out / "restarts.json").read_text())["chosen_seed"] == chosen
+
+
+def _images(labelled: bool = True) -> ImageSet:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, TINY.classes, 200)
+    images = rng.integers(0, 60, (200, TINY.size, TINY.size, 1)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, int(c) : int(c) + 2] = 230
+    return ImageSet(
+        images=images,
+        labels=np.eye(TINY.classes, dtype=bool)[labels] if labelled else None,
+        ids=[str(i) for i in range(200)],
+        class_names=[str(c) for c in range(TINY.classes)] if labelled else [],
+    )
+
+
+def _config_for(extra: list[str]):
+    base = qr.Retriever.from_preset(overrides=[*SETS, *extra]).config
+
+    def config_for(seed: int):
+        return apply_overrides(base, settings_from_text([f"train.seed={seed}"]))
+
+    return config_for
+
+
+def test_an_unfinished_restart_is_refused_without_resume_and_continued_with_it(
+    tmp_path: Path,
+) -> None:
+    images = _images()
+    short = _config_for(["train.epochs=1", "train.warmup_epochs=0"])
+    fit_restarts(short, images, tmp_path, [0, 1])
+    longer = _config_for([f"train.epochs={TINY.epochs + 1}", "train.warmup_epochs=0"])
+    with pytest.raises(TrainingError, match="--resume"):
+        fit_restarts(longer, images, tmp_path, [0, 1])
+    retriever, done = fit_restarts(longer, images, tmp_path, [0, 1], resume=True)
+    for restart in done:
+        epochs = [r["epoch"] for r in _log(restart.run_dir) if r.get("kind") == "epoch"]
+        assert epochs == list(range(1, TINY.epochs + 2))  # epoch 1 kept, the rest added
+    assert retriever.model is not None
+
+
+def test_runs_without_a_validation_score_are_refused_before_training(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="unlabelled_select=self"):
+        fit_restarts(_config_for([]), _images(labelled=False), tmp_path, [0, 1])
+    assert not (tmp_path / "restarts").exists()
+    with pytest.raises(TrainingError, match="distinct seeds"):
+        fit_restarts(_config_for([]), _images(), tmp_path, [3, 3])
+    with pytest.raises(TrainingError, match=">= 1"):
+        restart_seeds(0, 0)
+    assert restart_seeds(4, 3) == [4, 5, 6]
+
+
+def test_unlabelled_restarts_are_compared_by_the_label_free_score(tmp_path: Path) -> None:
+    config_for = _config_for(["train.unlabelled_select=self"])
+    _, done = fit_restarts(config_for, _images(labelled=False), tmp_path, [0, 1])
+    assert [r.metric for r in done] == ["val_self", "val_self"]
+    summary = json.loads((tmp_path / "restarts.json").read_text())
+    best = max(done, key=lambda r: r.score)
+    assert summary["chosen_seed"] == best.seed and summary["metric"] == "val_self"
