@@ -126,3 +126,13 @@ def test_unlabelled_restarts_are_compared_by_the_label_free_score(tmp_path: Path
     summary = json.loads((tmp_path / "restarts.json").read_text())
     best = max(done, key=lambda r: r.score)
     assert summary["chosen_seed"] == best.seed and summary["metric"] == "val_self"
+
+
+def test_restarts_under_torchrun_are_refused(
+    tiny_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["train", "--out", str(tmp_path / "run"), "--data-dir", str(tiny_fashion)]
+    refused = CliRunner().invoke(app, [*args, "--restarts", "2", *as_sets(SETS)])
+    assert isinstance(refused.exception, TrainingError) and "torchrun" in str(refused.exception)
+    assert not (tmp_path / "run").exists()

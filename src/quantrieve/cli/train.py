@@ -82,6 +82,11 @@ def train(
 
     # Restarts resume restart by restart, each from its own checkpoint and with the options
     # given again (a checkpoint refuses a config that differs from its own).
+    if restarts > 1 and from_environment().world_size > 1:
+        raise TrainingError(
+            "--restarts trains its seeds one after another in one process; under torchrun, "
+            "train each seed as its own run (--set train.seed=N)"
+        )
     if resume and restarts == 1:
         if preset is not None or config_file is not None:
             raise TrainingError(
