@@ -47,6 +47,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     if not (run / "model.pt").is_file():
         train = ["train", "--preset", args.preset, "--data-dir", str(args.folder)]
         train += ["--holdout", str(args.holdout), "--out", str(run)]
+        if args.restarts > 1:
+            train += ["--restarts", str(args.restarts)]
         for item in sets:
             train += ["--set", item]
         _quantrieve(*train)
@@ -76,6 +78,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "preset": args.preset,
         "set": sets,
         "holdout": args.holdout,
+        "restarts": args.restarts,
+        "restart_chosen_seed": (
+            json.loads((run / "restarts.json").read_text())["chosen_seed"]
+            if (run / "restarts.json").is_file()
+            else None
+        ),
+        "refine_expand": meta.get("refine_expand", 0),
         "refine_depth": args.refine,
         "train_seconds": round(trained, 1),
         "best_epoch": best_epoch,
@@ -98,6 +107,9 @@ def main() -> None:
     parser.add_argument("--preset", default="small-collection-cpu")
     parser.add_argument("--holdout", type=int, default=500)
     parser.add_argument("--refine", type=int, default=100)
+    parser.add_argument(
+        "--restarts", type=int, default=1, help="train --restarts N (seeds s, s + 1, ...)"
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--set", action="append", default=[], help="a config override")
     parser.add_argument("--runs", type=Path, default=Path(".probe/folders"))

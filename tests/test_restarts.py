@@ -136,3 +136,15 @@ def test_restarts_under_torchrun_are_refused(
     refused = CliRunner().invoke(app, [*args, "--restarts", "2", *as_sets(SETS)])
     assert isinstance(refused.exception, TrainingError) and "torchrun" in str(refused.exception)
     assert not (tmp_path / "run").exists()
+
+
+def test_restarts_never_replace_a_run_they_did_not_write(tmp_path: Path) -> None:
+    """The chosen run is copied into OUT: an OUT holding another run, or any file of the
+    user's, is refused before anything is trained or written."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "model.pt").write_bytes(b"a run of the user's")
+    with pytest.raises(TrainingError, match=r"model\.pt"):
+        fit_restarts(_config_for([]), _images(), out, [0, 1])
+    assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
+    assert (out / "model.pt").read_bytes() == b"a run of the user's"

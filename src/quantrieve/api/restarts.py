@@ -90,6 +90,7 @@ def fit_restarts(
         raise TrainingError(f"restarts need distinct seeds, got {list(seeds)}")
     out = Path(out)
     _check_scored(config_for_seed(seeds[0]), images)
+    _check_out(out)
     done: list[Restart] = []
     for seed in seeds:
         config = config_for_seed(seed)
@@ -149,6 +150,21 @@ NO_SCORE = (
     "images class sub-folders (validation mAP, data.val_queries > 0), or set "
     "train.unlabelled_select=self (the label-free score); train.eval_every must be > 0"
 )
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` holding anything restarts did not write: the chosen run's files are
+    copied into it, and they must not replace a run or files of the user's."""
+    if not out.exists() or (out / RESTARTS_FILE).is_file():
+        return  # new, or a finished restarted run (its files are ours)
+    if not out.is_dir():
+        raise TrainingError(f"{out} is a file; restarts need a run directory")
+    others = sorted(p.name for p in out.iterdir() if p.name != RESTARTS_DIR)
+    if others:
+        raise TrainingError(
+            f"{out} already holds {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}, "
+            "not written by --restarts; choose a new --out"
+        )
 
 
 def _check_scored(config: RunConfig, images: ImageSet) -> None:
