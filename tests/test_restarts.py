@@ -101,6 +101,9 @@ def test_an_unfinished_restart_is_refused_without_resume_and_continued_with_it(
     longer = _config_for([f"train.epochs={TINY.epochs + 1}", "train.warmup_epochs=0"])
     with pytest.raises(TrainingError, match="--resume"):
         fit_restarts(longer, images, tmp_path, [0, 1])
+    other = _config_for(["train.epochs=1", "train.warmup_epochs=0", "train.lr=0.002"])
+    with pytest.raises(TrainingError, match=r"train\.lr"):  # a finished restart is not reused
+        fit_restarts(other, images, tmp_path, [0, 1])
     retriever, done = fit_restarts(longer, images, tmp_path, [0, 1], resume=True)
     for restart in done:
         epochs = [r["epoch"] for r in _log(restart.run_dir) if r.get("kind") == "epoch"]

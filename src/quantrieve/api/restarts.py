@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from quantrieve.api.retriever import Retriever
-from quantrieve.config import RunConfig
+from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
 from quantrieve.runtime.checkpoint import load_checkpoint
 from quantrieve.runtime.progress import Progress
@@ -123,6 +123,13 @@ def _train_one(
 ) -> Restart:
     checkpoint = run_dir / "last.pt"
     state = load_checkpoint(checkpoint) if checkpoint.is_file() else None
+    saved = None if state is None else state.get("config")
+    changed = [] if saved is None else config_differences(saved, config)
+    if [key for key in changed if key != "train.epochs"]:
+        raise TrainingError(
+            f"{run_dir} was trained with another config (keys differ: {', '.join(changed)}); "
+            "give the options it was started with, or choose a new --out"
+        )
     if state is None or state["epoch"] < config.train.epochs:
         if state is not None and not resume:
             raise TrainingError(

@@ -554,9 +554,7 @@ class Retriever:
         labels = align_labels(queries.labels, queries.class_names, index)
         e = self.config.eval
         refine = _refinement(index, refine_depth)
-        expand = index.refine_expand if refine_expand is None else refine_expand
-        if expand < 0:
-            raise QuantrieveError(f"query expansion must be >= 0 (0 = off), got {expand}")
+        expand = index.query_expansion(refine_expand)
         if embeddings is None:
             f, vectors = self.embed_for_index(queries)
         else:

@@ -333,7 +333,7 @@ class PQIndex:
         depth = self.refine_depth if refine_depth is None else refine_depth
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
-        expand = self._expand(refine_expand)
+        expand = self.query_expansion(refine_expand)
         kept = None if rows is None else self._row_filter(rows)
         hidden = None if rows is not None else self.hidden()  # a filter leaves them out
         if self.refine is None or depth == 0:
@@ -374,7 +374,7 @@ class PQIndex:
         depth = self.refine_depth if refine_depth is None else refine_depth
         if depth < 0:
             raise QuantrieveError(f"refine depth must be >= 0 (0 = off), got {depth}")
-        expand = self._expand(refine_expand)
+        expand = self.query_expansion(refine_expand)
         refining = self.refine is not None and depth > 0
         against = None
         if refining:
@@ -409,8 +409,9 @@ class PQIndex:
             dists, items = self._copies_first(dists, items, prints, rows)
         return dists, items
 
-    def _expand(self, refine_expand: int | None) -> int:
-        """The query expansion of a search: its own, else the index's; checked."""
+    def query_expansion(self, refine_expand: int | None = None) -> int:
+        """The query expansion of a search or an evaluation: its own ``refine_expand``, else
+        the index's :attr:`refine_expand`; refused when negative."""
         expand = self.refine_expand if refine_expand is None else refine_expand
         if expand < 0:
             raise QuantrieveError(f"query expansion must be >= 0 (0 = off), got {expand}")
