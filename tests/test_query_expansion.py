@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 import quantrieve as qr
+from quantrieve.api import run_images
 from quantrieve.cli import app
 from quantrieve.evaluate import evaluate_codes
 from quantrieve.index.format import IndexFormatError
@@ -236,3 +237,23 @@ def test_encode_and_evaluate_with_expansion_through_the_command_line(
     assert on["extra"]["refine_expand"] == 3 and off["extra"]["refine_expand"] == 0
     text = CliRunner().invoke(app, ["evaluate", str(out), "--precision-at", "10"]).output
     assert "first 30 refined, expanded by 3" in " ".join(text.split())
+
+
+def test_search_takes_the_expansion_from_the_index_or_the_command_line(
+    tiny_index: Path, tmp_path: Path
+) -> None:
+    run = tiny_index.parent / "run"
+    out = tmp_path / "expanded"
+    args = ["encode", str(run), "--out", str(out), "--refine-depth", "30"]
+    assert CliRunner().invoke(app, args, catch_exceptions=False).exit_code == 0
+    retriever = qr.Retriever.load(out)
+    queries = run_images(out, part="test").images[:12]
+    rows = ",".join(str(r) for r in range(12))
+    search = ["search", str(out), "--rows", rows, "--part", "test", "--json", "-k", "10"]
+    for extra, n in (([], None), (["--refine-expand", "0"], 0), (["--refine-expand", "5"], 5)):
+        printed = CliRunner().invoke(app, [*search, *extra], catch_exceptions=False)
+        got = [[h["item"] for h in q["results"]] for q in json.loads(printed.stdout)]
+        want = retriever.search(queries, k=10, refine_expand=n).indices.tolist()
+        assert got == want, extra
+    plain = retriever.search(queries, k=10, refine_expand=0).indices
+    assert not np.array_equal(plain, retriever.search(queries, k=10).indices)

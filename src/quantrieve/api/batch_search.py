@@ -60,9 +60,11 @@ def search_files(
     workers: int | None = None,
     labels: Sequence[str] | None = None,
     id_prefix: str | None = None,
+    refine_expand: int | None = None,
 ) -> Iterator[QueryResult]:
     """Search every image of ``paths`` (see the module docstring), ``chunk`` at a time;
-    ``labels`` and ``id_prefix`` filter the hits as in :meth:`Retriever.search`."""
+    ``labels`` and ``id_prefix`` filter the hits, and ``refine_depth`` / ``refine_expand``
+    override the index's refinement, as in :meth:`Retriever.search`."""
     model = retriever.model
     if model is None:
         raise QuantrieveError("the index holds no model.pt, so images cannot be embedded")
@@ -70,7 +72,7 @@ def search_files(
         raise QuantrieveError(f"chunk must be >= 1, got {chunk}")
     if retriever.index is not None:
         retriever.index.filter_rows(labels, id_prefix)  # a bad filter fails before any query
-    options = _Options(k, distance, refine_depth, workers, labels, id_prefix)
+    options = _Options(k, distance, refine_depth, workers, labels, id_prefix, refine_expand)
     batch: list[Path] = []
     for path in paths:
         batch.append(path)
@@ -89,6 +91,7 @@ class _Options:
     workers: int | None
     labels: Sequence[str] | None
     id_prefix: str | None
+    refine_expand: int | None
 
 
 def _search_chunk(
@@ -111,6 +114,7 @@ def _search_chunk(
             refine_depth=options.refine_depth,
             labels=options.labels,
             id_prefix=options.id_prefix,
+            refine_expand=options.refine_expand,
         )
         hits = dict(zip(good, result.hits, strict=True))
     for path in paths:

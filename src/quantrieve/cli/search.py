@@ -19,6 +19,7 @@ from quantrieve.cli.options import (
     IndexDirArg,
     JsonOpt,
     RefineDepthOpt,
+    RefineExpandOpt,
     RowsOpt,
     check_distance,
     overwrite_option,
@@ -93,6 +94,7 @@ def search(
     grid: GridOpt = None,
     overwrite: OverwriteOpt = False,
     refine_depth: RefineDepthOpt = None,
+    refine_expand: RefineExpandOpt = None,
     batch: BatchOpt = None,
     out: OutOpt = None,
     label: LabelOpt = None,
@@ -106,8 +108,9 @@ def search(
         raise ConfigError(f"-k must be >= 1, got {k}")
     check_distance(distance)
     where = {"labels": label or None, "id_prefix": id_prefix}
+    refinement = {"refine_depth": refine_depth, "refine_expand": refine_expand}
     if batch is not None or out is not None:
-        _search_batch(index_dir, batch, out, k, distance, refine_depth, device, overwrite, where)
+        _search_batch(index_dir, batch, out, k, distance, refinement, device, overwrite, where)
         return
     if grid is not None:
         check_new_file(grid, overwrite, "result grid")
@@ -116,9 +119,7 @@ def search(
         retriever, [*(query_images or []), *(images or [])], dataset, data_dir, part, rows
     )
     bar = progress_bar("embedding queries") if len(queries) > 5000 else None
-    results = retriever.search(
-        queries, k, distance, progress=bar, refine_depth=refine_depth, **where
-    )
+    results = retriever.search(queries, k, distance, progress=bar, **refinement, **where)
     if grid is not None:
         _draw_grid(retriever, queries, results.indices, grid)
     if as_json:
@@ -162,7 +163,7 @@ def _search_batch(
     out: Path | None,
     k: int,
     distance: str | None,
-    refine_depth: int | None,
+    refinement: dict[str, int | None],
     device: str,
     overwrite: bool,
     where: dict[str, list[str] | str | None],
@@ -191,7 +192,7 @@ def _search_batch(
         if writer is not None:
             writer.writerow(["query", "rank", "item", "id", "distance", "labels", "error"])
         files = query_files(batch)
-        results = search_files(retriever, files, k, distance, refine_depth, **where)
+        results = search_files(retriever, files, k, distance, **refinement, **where)
         for result in results:
             searched += 1
             failed += result.error is not None

@@ -155,9 +155,9 @@ def refine_ranking_np(
     scores = _head_scores_np(queries, fine, items, distance)
     order = np.argsort(np.where(in_head, scores, np.inf), axis=1, kind="stable")
     if expand:
-        first = np.take_along_axis(items, order, 1)[:, :expand]
+        leaders = np.take_along_axis(items, order, 1)[:, :expand]
         valid = np.take_along_axis(in_head, order, 1)[:, :expand]
-        vectors = np.asarray(fine[first.reshape(-1)], dtype=np.float32).reshape(*first.shape, -1)
+        vectors = np.asarray(fine[leaders.reshape(-1)], np.float32).reshape(*leaders.shape, -1)
         weights = valid.astype(np.float32)[..., None]
         expanded = (queries + (vectors * weights).sum(1)) / (1 + weights.sum(1))
         scores = _head_scores_np(expanded.astype(np.float32), fine, items, distance)
