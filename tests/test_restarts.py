@@ -11,7 +11,7 @@ from conftest import TINY, TINY_RUN, as_sets
 from typer.testing import CliRunner
 
 import quantrieve as qr
-from quantrieve.api.restarts import fit_restarts, restart_seeds
+from quantrieve.api.restarts import best_restart, fit_restarts, restart_seeds, score_restart
 from quantrieve.cli import app
 from quantrieve.config import apply_overrides, settings_from_text
 from quantrieve.data import ImageSet
@@ -39,16 +39,17 @@ def test_train_with_restarts_keeps_the_best_seed_by_validation(
     for seed in (6, 7, 8):
         run = out / "restarts" / f"seed-{seed}"
         assert json.loads((run / "config.json").read_text())["train"]["seed"] == seed
-        last = [r for r in _log(run) if r.get("kind") == "epoch"][-1]
-        best = [r for r in _log(run) if r.get("epoch") == last["best_epoch"]]
-        scores[seed] = max(r["val_map"] for r in best if r.get("val_map") is not None)
+        epochs = [r for r in _log(run) if r.get("kind") == "epoch"]
+        kept = next(r for r in epochs if r["epoch"] == epochs[-1]["best_epoch"])
+        # the two numbers a user reads, at the epoch the run kept
+        scores[seed] = kept["val_map"] + kept["val_p10"]
         # the same validation split for every seed: their scores compare the same queries
         with np.load(run / "splits.npz") as a, np.load(out / "restarts/seed-6/splits.npz") as b:
             assert all(np.array_equal(a[k], b[k]) for k in a.files)
     listed = {r["seed"]: r["score"] for r in summary["restarts"]}
     assert listed == pytest.approx(scores)
     chosen = max(scores, key=lambda s: (scores[s], -s))
-    assert summary["chosen_seed"] == chosen and summary["metric"] == "val_map"
+    assert summary["chosen_seed"] == chosen and summary["metric"] == "val_map+val_p10"
     assert len(set(scores.values())) > 1  # the seeds did differ
     assert chosen != 6  # on these tiny runs the best is not simply the first seed
     # OUT is the chosen run: its model, config and log, ready for encode
@@ -151,3 +152,33 @@ def test_restarts_never_replace_a_run_they_did_not_write(tmp_path: Path) -> None
         fit_restarts(_config_for([]), _images(), out, [0, 1])
     assert sorted(p.name for p in out.iterdir()) == ["model.pt"]
     assert (out / "model.pt").read_bytes() == b"a run of the user's"
+
+
+def _finished_run(folder: Path, seed: int, val_map: float, val_p10: float) -> Path:
+    """A run folder as a finished labelled training leaves it: its checkpoint names the kept
+    epoch (2) and its mAP, its log that epoch's P@10."""
+    import torch
+
+    folder.mkdir(parents=True)
+    config = qr.Retriever.from_preset(overrides=[*SETS, f"train.seed={seed}"]).config
+    state = {"epoch": 3, "best_epoch": 2, "best_val_map": val_map, "config": config.to_dict()}
+    torch.save(state, folder / "last.pt")
+    lines = [
+        {"kind": "epoch", "epoch": e, "val_map": val_map - 0.1 * (e != 2), "val_p10": p}
+        for e, p in ((1, 0.9), (2, val_p10), (3, 0.9))
+    ]
+    (folder / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return folder
+
+
+def test_restarts_are_scored_by_validation_map_plus_p10_at_the_kept_epoch(tmp_path: Path) -> None:
+    """Seed 0 has the better mAP@K, seed 1 the better top 10 and the better sum: seed 1 is
+    kept (by mAP@K alone it would be seed 0)."""
+    first = score_restart(_finished_run(tmp_path / "a", 0, val_map=0.62, val_p10=0.70))
+    second = score_restart(_finished_run(tmp_path / "b", 1, val_map=0.60, val_p10=0.80))
+    assert (first.seed, first.best_epoch, first.metric) == (0, 2, "val_map+val_p10")
+    assert first.score == pytest.approx(1.32) and second.score == pytest.approx(1.40)
+    assert (second.val_map, second.val_p10) == (pytest.approx(0.60), pytest.approx(0.80))
+    assert best_restart([first, second]) is second
+    tie = score_restart(_finished_run(tmp_path / "c", 2, val_map=0.70, val_p10=0.62))
+    assert tie.score == first.score and best_restart([first, tie]) is first  # the first of ties

@@ -141,7 +141,7 @@ def train(
 def _fit_restarts(retriever: Any, train_set: Any, out: Path, count: int, resume: bool) -> None:
     """``--restarts N``: the run's config with train.seed = seed, seed + 1, ...; the best by
     validation is copied into ``out`` (:mod:`quantrieve.api.restarts`)."""
-    from quantrieve.api.restarts import fit_restarts, restart_seeds
+    from quantrieve.api.restarts import best_restart, fit_restarts, restart_seeds
     from quantrieve.config import apply_overrides
 
     config = retriever.config
@@ -166,7 +166,7 @@ def _fit_restarts(retriever: Any, train_set: Any, out: Path, count: int, resume:
         on_epoch=lambda s: print_epoch(s, config.train.epochs),
         on_restart=report,
     )
-    chosen = max(done, key=lambda r: r.score)
+    chosen = best_restart(done)
     console.print(
         f"done: kept seed {chosen.seed} of {len(done)} ({chosen.metric} {chosen.score:.4f}): "
         f"model {out / 'model.pt'}, every restart in {out / 'restarts'}"
