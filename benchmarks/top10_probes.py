@@ -59,6 +59,8 @@ PROBES: dict[str, list[str]] = {
     "kmeans": ["model.codebook_init=kmeans"],
     # Validation scores and the run keeps a moving average of the weights (decay 0.99).
     "ema": ["train.ema_decay=0.99"],
+    # The kept epoch is the one with the best validation mAP@1000 + P@10 (not mAP alone).
+    "select": ["train.labelled_select=map+p10"],
 }
 SMALL_PRESET = "small-collection-cpu"
 FM_PRESET = "fashion-mnist-cpu"

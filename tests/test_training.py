@@ -556,3 +556,30 @@ def test_ema_decay_out_of_range_is_refused(tiny_fashion: Path) -> None:
     for value in ("1", "-0.1"):
         with pytest.raises(ConfigError, match=r"train\.ema_decay"):
             tiny_config(tiny_fashion, f"train.ema_decay={value}")
+
+
+@pytest.mark.parametrize(("rule", "kept"), [("map", 2), ("map+p10", 3)])
+def test_labelled_select_keeps_the_epoch_its_rule_scores_best(
+    tiny_fashion: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rule: str, kept: int
+) -> None:
+    """Validation scripted per epoch (mAP, P@10): (0.5, 0.5), (0.6, 0.3), (0.55, 0.6). By mAP
+    the run keeps epoch 2; by mAP + P@10 (1.0, 0.9, 1.15) epoch 3, whose weights model.pt
+    holds and whose mAP the run reports."""
+    scripted = iter([(0.5, 0.5), (0.6, 0.3), (0.55, 0.6)])
+
+    def validate(self: Trainer) -> float:
+        val_map, self._last_val_p10 = next(scripted)
+        return val_map
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    train = read_dataset("fashion-mnist", tiny_fashion)["train"]
+    config = tiny_config(tiny_fashion, "train.epochs=3", f"train.labelled_select={rule}")
+    trainer = Trainer(config, train, tmp_path / "run")
+    trainer.fit()
+    assert trainer.best_epoch == kept
+    assert trainer.best_val_map == {2: 0.6, 3: 0.55}[kept]
+    assert load_checkpoint(tmp_path / "run" / "model.pt")["epoch"] == kept
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["best_val_score"] == pytest.approx({2: 0.6, 3: 1.15}[kept])
+    with pytest.raises(Exception, match="labelled_select"):
+        tiny_config(tiny_fashion, "train.labelled_select=p10")

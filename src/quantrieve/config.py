@@ -451,7 +451,9 @@ class TrainConfig:
     on its own (as the HQC authors' code); off, both views go through one pass of 2B images.
     ``unlabelled_select``: which epoch an unlabelled run keeps: ``last``, or ``self``, the best
     label-free validation (augmented copies of training images finding their originals;
-    docs/method.md, "Choosing an epoch without labels"). Labelled runs choose by validation mAP.
+    docs/method.md, "Choosing an epoch without labels"). ``labelled_select``: which epoch a
+    labelled run keeps: ``map``, the best validation mAP@K, or ``map+p10``, the best sum of
+    validation mAP@K and P@10 (docs/method.md, "Which metric picks the best epoch").
     ``tensorboard``: also write the log as TensorBoard scalars in the run's ``tensorboard/``
     folder (needs ``pip install 'quantrieve[tensorboard]'``; ``log.jsonl`` is written anyway).
     ``ema_decay``: above 0, an exponential moving average of the weights (parameters and batch
@@ -474,6 +476,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     separate_views: bool = False
     unlabelled_select: str = "last"
+    labelled_select: str = "map"
     tensorboard: bool = False
     ema_decay: float = 0.0
 
@@ -484,6 +487,11 @@ class TrainConfig:
             self.unlabelled_select in UNLABELLED_SELECT,
             "train.unlabelled_select",
             f"one of {UNLABELLED_SELECT}, got {self.unlabelled_select!r}",
+        )
+        _check(
+            self.labelled_select in LABELLED_SELECT,
+            "train.labelled_select",
+            f"one of {LABELLED_SELECT}, got {self.labelled_select!r}",
         )
         _check(self.batch_size >= 2, "train.batch_size", "must be >= 2 (in-batch negatives)")
         _check(self.lr > 0, "train.lr", "must be > 0")
@@ -506,6 +514,8 @@ class TrainConfig:
 
 #: How an unlabelled run chooses its epoch (``train.unlabelled_select``).
 UNLABELLED_SELECT = ("last", "self")
+#: How a labelled run chooses its epoch (``train.labelled_select``).
+LABELLED_SELECT = ("map", "map+p10")
 
 
 @dataclass

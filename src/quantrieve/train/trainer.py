@@ -324,6 +324,7 @@ class Trainer:
         self._last_val_self: float | None = None
         self.epoch = 0
         self.best_val_map = -math.inf
+        self.best_val_score = -math.inf  # what chooses the epoch (train.labelled_select)
         self.best_val_self = -math.inf  # unlabelled runs choosing by the label-free signal
         self.best_epoch = 0
 
@@ -429,6 +430,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "best_val_map": self.best_val_map,
+            "best_val_score": self.best_val_score,
             "best_val_self": self.best_val_self,
             "best_epoch": self.best_epoch,
             "config": self.config.to_dict(),
@@ -453,6 +455,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.best_val_map = state["best_val_map"]
+        # checkpoints from before train.labelled_select chose by mAP alone
+        self.best_val_score = state.get("best_val_score", state["best_val_map"])
         self.best_val_self = state.get("best_val_self", -math.inf)  # older checkpoints
         self.best_epoch = state["best_epoch"]
         self.run.drop_unfinished_epoch_records(self.epoch)
@@ -591,8 +595,11 @@ class Trainer:
             val_map = self.validate()
             val_p10 = self._last_val_p10
             val_self = self._last_val_self
-            if val_map > self.best_val_map:
-                self.best_val_map, self.best_epoch = val_map, epoch
+            score = val_map
+            if t.labelled_select == "map+p10":
+                score += val_p10 or 0.0
+            if score > self.best_val_score:
+                self.best_val_score, self.best_val_map, self.best_epoch = score, val_map, epoch
                 self.run.keep(self.scored_model, {"epoch": epoch, "val_map": val_map})
         elif (
             self.place.is_main
