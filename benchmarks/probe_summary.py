@@ -3,9 +3,12 @@ judged on: mean of three seeds per collection, and the mean over collections, fo
 refined index (mAP@1000, P@10), with the fair tie order.
 
 Probes: ``base`` (the preset's earlier random codewords), ``kmeans`` (codewords started at
-k-means centroids, the preset since then), ``ema`` (``kmeans`` and ``train.ema_decay=0.99``).
+k-means centroids, the preset since then), ``ema`` (``kmeans`` and ``train.ema_decay=0.99``),
+``select`` (``kmeans`` and ``train.labelled_select=map+p10``).
 
     python benchmarks/probe_summary.py --json benchmarks/results/top10-probes/probe_summary.json
+    python benchmarks/probe_summary.py --probes kmeans,select \
+        --json benchmarks/results/top10-probes/probe_summary_select.json
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ PROBE_FILES = (
     RESULTS / "top10-probes/cpu_fair_ties_rescored.jsonl",  # letters, crops, digits
     RESULTS / "top10-probes/cpu_fashion_small.jsonl",  # Fashion-MNIST, 3,600 images
     RESULTS / "top10-probes/cpu_ema.jsonl",  # the four above with averaged weights
+    RESULTS / "top10-probes/cpu_select.jsonl",  # the four, the epoch by mAP@1000 + P@10
 )
 FOLDER_FILES = {  # solar cells through the command line
     "base": RESULTS / "own-folders/solar.jsonl",
