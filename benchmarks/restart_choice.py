@@ -32,6 +32,9 @@ RULES = {
     "val_map+val_p10": lambda s: s["val_map"] + s["val_p10"],
 }
 
+#: Probes that retrain the same trajectories as another probe (only the kept epoch differs).
+SAME_TRAININGS = ("select",)
+
 Groups = dict[tuple[str, str, str], list[dict]]
 
 
@@ -40,8 +43,8 @@ def _probe_groups() -> Groups:
     seen: set[tuple[str, str, int]] = set()
     for path in sorted(PROBES.glob("cpu_*.jsonl")):
         for record in map(json.loads, path.open()):
-            if not record.get("epochs"):
-                continue  # rescored lines: no validation curve
+            if not record.get("epochs") or record["probe"] in SAME_TRAININGS:
+                continue  # rescored lines (no validation curve), or trainings counted already
             key = (record["collection"], record["probe"], record["seed"])
             if key in seen:  # the same training listed in two files
                 continue
@@ -70,25 +73,32 @@ def _kept_validation(log: Path) -> tuple[float, float] | None:
     return kept["val_map"], kept["val_p10"]
 
 
+def _refined_entry(record: dict, validation: tuple[float, float], score: str) -> dict:
+    """One seed of a command-line result line: its kept epoch's validation and refined scores."""
+    return {
+        "seed": record["seed"],
+        "val_map": validation[0],
+        "val_p10": validation[1],
+        "score": score,
+        "map": record["refined"]["map"],
+        "p10": record["refined"]["p10"],
+    }
+
+
 def _folder_groups(runs: Path | None) -> Groups:
     groups: Groups = {}
     for path in sorted(FOLDERS.glob("*.jsonl")):
         for record in map(json.loads, path.open()):
             if record.get("restarts", 1) > 1 or runs is None:
                 continue  # a restarted run is a choice already, not one training
+            if any(item.startswith("train.labelled_select") for item in record["set"]):
+                continue  # the same trainings as the preset's, another epoch kept
             name = f"{record['collection']}-s{record['seed']}"
             validation = _kept_validation(runs / name / "log.jsonl")
             if validation is None:
                 continue
             groups.setdefault((path.name, record["collection"], "cli"), []).append(
-                {
-                    "seed": record["seed"],
-                    "val_map": validation[0],
-                    "val_p10": validation[1],
-                    "score": "refined",
-                    "map": record["refined"]["map"],
-                    "p10": record["refined"]["p10"],
-                }
+                _refined_entry(record, validation, "refined")
             )
     return groups
 
@@ -103,14 +113,7 @@ def _restart_groups() -> Groups:
         if validation is None:
             continue
         groups.setdefault((SINGLE_SEEDS.name, "digits", record["run"]), []).append(
-            {
-                "seed": record["seed"],
-                "val_map": validation[0],
-                "val_p10": validation[1],
-                "score": "refined, expanded",
-                "map": record["refined"]["map"],
-                "p10": record["refined"]["p10"],
-            }
+            _refined_entry(record, validation, "refined, expanded")
         )
     return groups
 
