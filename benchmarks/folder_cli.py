@@ -16,27 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-
-def _quantrieve(*args: str) -> subprocess.CompletedProcess:
-    """Run the ``quantrieve`` command of this interpreter; fail loudly with its output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "quantrieve", *args], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"quantrieve {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
-    return done
-
-
-def _scores(result: dict) -> dict:
-    return {
-        "map": round(result["map_at_k"], 4),
-        "p10": round(result["precision_at"]["10"], 4),
-    }
+from cli_calls import quantrieve, scores
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
@@ -51,20 +34,20 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
             train += ["--restarts", str(args.restarts)]
         for item in sets:
             train += ["--set", item]
-        _quantrieve(*train)
+        quantrieve(*train)
     trained = time.perf_counter() - started
     if not index.is_dir():
-        encode = _quantrieve(
+        encode = quantrieve(
             "encode", str(run), "--out", str(index), "--refine-depth", str(args.refine)
         )
         warnings = [line for line in encode.stderr.splitlines() if line.strip()]
     else:
         warnings = ["(index encoded before; its warnings were not kept)"]
-    refined = json.loads(_quantrieve("evaluate", str(index), "--json").stdout)
-    adc = json.loads(_quantrieve("evaluate", str(index), "--json", "--refine-depth", "0").stdout)
+    refined = json.loads(quantrieve("evaluate", str(index), "--json").stdout)
+    adc = json.loads(quantrieve("evaluate", str(index), "--json", "--refine-depth", "0").stdout)
     baselines = {
-        method: _scores(
-            json.loads(_quantrieve("baseline", method, "--run", str(run), "--json").stdout)
+        method: scores(
+            json.loads(quantrieve("baseline", method, "--run", str(run), "--json").stdout)
         )
         for method in ("exact", "pq")
     }
@@ -91,8 +74,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
         "best_val_map": val_maps.get(best_epoch),
         "queries": refined["num_queries"],
         "database": refined["num_database"],
-        "adc": _scores(adc),
-        "refined": _scores(refined),
+        "adc": scores(adc),
+        "refined": scores(refined),
         "pixels_exact": baselines["exact"],
         "pixels_pq": baselines["pq"],
         "code_usage": meta.get("code_usage"),

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from cli_calls import quantrieve, scores
 
 EXPANSIONS = "0,1,2,3,5"
 
@@ -48,14 +48,10 @@ def indexes(args: argparse.Namespace) -> None:
         for n in args.expand:
             if (str(index), n) in done:
                 continue
-            command = [sys.executable, "-m", "quantrieve", "evaluate", str(index), "--json"]
-            command += ["--refine-expand", str(n)]
+            command = ["evaluate", str(index), "--json", "--refine-expand", str(n)]
             if args.part:
                 command += ["--part", args.part]
-            done_run = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done_run.returncode != 0:
-                raise SystemExit(f"{' '.join(command)} failed:\n{done_run.stderr}")
-            result = json.loads(done_run.stdout)
+            result = json.loads(quantrieve(*command).stdout)
             _append(
                 args.results,
                 {
@@ -64,8 +60,7 @@ def indexes(args: argparse.Namespace) -> None:
                     "refine_depth": result["extra"].get("refine_depth"),
                     "queries": result["num_queries"],
                     "database": result["num_database"],
-                    "map": round(result["map_at_k"], 4),
-                    "p10": round(result["precision_at"]["10"], 4),
+                    **scores(result),
                 },
             )
 

@@ -14,22 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def _quantrieve(*args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "quantrieve", *args], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"quantrieve {' '.join(args)} failed:\n{done.stderr}")
-    return done.stdout
-
-
-def _scores(result: dict) -> dict:
-    return {"map": round(result["map_at_k"], 4), "p10": round(result["precision_at"]["10"], 4)}
+from cli_calls import quantrieve, scores
 
 
 def main() -> None:
@@ -49,9 +36,11 @@ def main() -> None:
                 continue
             index = restart.with_name(restart.name + "-index")
             if not index.is_dir():
-                _quantrieve("encode", str(restart), "--out", str(index), "--refine-depth", "100")
-            refined = json.loads(_quantrieve("evaluate", str(index), "--json"))
-            adc = json.loads(_quantrieve("evaluate", str(index), "--json", "--refine-depth", "0"))
+                quantrieve("encode", str(restart), "--out", str(index), "--refine-depth", "100")
+            refined = json.loads(quantrieve("evaluate", str(index), "--json").stdout)
+            adc = json.loads(
+                quantrieve("evaluate", str(index), "--json", "--refine-depth", "0").stdout
+            )
             epochs = [r for r in map(json.loads, (restart / "log.jsonl").open())]
             epochs = [r for r in epochs if r.get("kind") == "epoch"]
             best = epochs[-1]["best_epoch"]
@@ -61,8 +50,8 @@ def main() -> None:
                 "chosen": seed == chosen,
                 "best_epoch": best,
                 "best_val_map": next(r["val_map"] for r in epochs if r["epoch"] == best),
-                "adc": _scores(adc),
-                "refined": _scores(refined),
+                "adc": scores(adc),
+                "refined": scores(refined),
                 "refine_expand": refined["extra"].get("refine_expand"),
             }
             with args.results.open("a") as out:
