@@ -182,3 +182,61 @@ def test_restarts_are_scored_by_validation_map_plus_p10_at_the_kept_epoch(tmp_pa
     assert best_restart([first, second]) is second
     tie = score_restart(_finished_run(tmp_path / "c", 2, val_map=0.70, val_p10=0.62))
     assert tie.score == first.score and best_restart([first, tie]) is first  # the first of ties
+
+
+def test_a_restarted_run_continued_in_out_is_not_replaced(tmp_path: Path) -> None:
+    """Restarts copy the chosen run into OUT and record what they copied: once the user has
+    trained on in OUT (``--resume --epochs``), a later ``--restarts`` call refuses to replace it,
+    and files the user put in OUT (an index encoded there) are never touched."""
+    images = _images()
+    short = _config_for(["train.epochs=1", "train.warmup_epochs=0"])
+    out = tmp_path / "run"
+    fit_restarts(short, images, out, [0, 1])
+    summary = json.loads((out / "restarts.json").read_text())
+    assert "copying" not in summary and set(summary["copied"]) >= {"model.pt", "last.pt"}
+    (out / "index").mkdir()
+    (out / "index" / "index.json").write_text("the user's index")
+    continued = (out / "last.pt").read_bytes() + b"another epoch"
+    (out / "last.pt").write_bytes(continued)
+    with pytest.raises(TrainingError, match=r"last\.pt changed since --restarts"):
+        fit_restarts(short, images, out, [0, 1])
+    assert (out / "last.pt").read_bytes() == continued
+    assert (out / "index" / "index.json").read_text() == "the user's index"
+
+
+def test_a_new_choice_replaces_only_what_restarts_copied(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later call that keeps another seed swaps the copied run for the new one whole; the
+    user's index inside OUT stays."""
+    import quantrieve.api.restarts as restarts
+
+    images = _images()
+    short = _config_for(["train.epochs=1", "train.warmup_epochs=0"])
+    out = tmp_path / "run"
+    fit_restarts(short, images, out, [0, 1])
+    first = json.loads((out / "restarts.json").read_text())["chosen_seed"]
+    (out / "index").mkdir()
+    (out / "index" / "index.json").write_text("the user's index")
+    # keep the seed that was not kept before (the score rule is tested above)
+    monkeypatch.setattr(restarts, "best_restart", lambda rs: next(r for r in rs if r.seed != first))
+    fit_restarts(short, images, out, [0, 1])
+    summary = json.loads((out / "restarts.json").read_text())
+    second = summary["chosen_seed"]
+    assert second != first and "copying" not in summary
+    picked = out / "restarts" / f"seed-{second}"
+    for path in picked.iterdir():
+        if path.is_file():
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name
+    assert set(summary["copied"]) == {p.name for p in picked.iterdir()}
+    assert (out / "index" / "index.json").read_text() == "the user's index"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no copy left over
+
+
+def test_restarts_longer_than_the_config_are_refused(tmp_path: Path) -> None:
+    images = _images()
+    longer = _config_for(["train.epochs=2", "train.warmup_epochs=0"])
+    fit_restarts(longer, images, tmp_path, [0])
+    shorter = _config_for(["train.epochs=1", "train.warmup_epochs=0"])
+    with pytest.raises(TrainingError, match=r"more than train\.epochs = 1"):
+        fit_restarts(shorter, images, tmp_path, [0])

@@ -20,9 +20,12 @@ epoch has no score to compare, and is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +33,10 @@ from pathlib import Path
 from quantrieve.api.retriever import Retriever
 from quantrieve.config import RunConfig, config_differences
 from quantrieve.data import ImageSet
+from quantrieve.runtime.atomic import atomic_write_json
 from quantrieve.runtime.checkpoint import load_checkpoint
 from quantrieve.runtime.progress import Progress
+from quantrieve.train.run_dir import read_log
 from quantrieve.train.trainer import EpochCallback, TrainingError
 
 #: Where the restarts of a run train, inside its directory.
@@ -96,7 +101,7 @@ def fit_restarts(
         raise TrainingError(f"restarts need distinct seeds, got {list(seeds)}")
     out = Path(out)
     _check_scored(config_for_seed(seeds[0]), images)
-    _check_out(out)
+    copied_before = _check_out(out)
     done: list[Restart] = []
     for seed in seeds:
         config = config_for_seed(seed)
@@ -109,13 +114,17 @@ def fit_restarts(
         if on_restart is not None:
             on_restart(restart)
     chosen = best_restart(done)
-    _copy_run(chosen.run_dir, out)
     summary = {
         "chosen_seed": chosen.seed,
         "metric": chosen.metric,
         "restarts": [asdict(r) | {"run_dir": str(r.run_dir)} for r in done],
     }
-    (out / RESTARTS_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+    copying = {path.name: _digest(path) for path in sorted(chosen.run_dir.iterdir())}
+    # While the files are copied, restarts.json accepts both the old and the new versions: a
+    # copy cut short leaves files of one or the other, never one it cannot tell as its own.
+    atomic_write_json(summary | {"copied": copied_before, "copying": copying}, out / RESTARTS_FILE)
+    _copy_run(chosen.run_dir, out, copied_before)
+    atomic_write_json(summary | {"copied": copying}, out / RESTARTS_FILE)
     return Retriever.load(out), done
 
 
@@ -136,6 +145,12 @@ def _train_one(
             f"{run_dir} was trained with another config (keys differ: {', '.join(changed)}); "
             "give the options it was started with, or choose a new --out"
         )
+    if state is not None and state["epoch"] > config.train.epochs:
+        raise TrainingError(
+            f"{run_dir} has {state['epoch']} epochs done, more than train.epochs = "
+            f"{config.train.epochs}; restarts of different lengths are not compared: give "
+            f"--epochs {state['epoch']} or more, or choose a new --out"
+        )
     if state is None or state["epoch"] < config.train.epochs:
         if state is not None and not resume:
             raise TrainingError(
@@ -153,7 +168,7 @@ def _train_one(
 
 
 def best_restart(restarts: Sequence[Restart]) -> Restart:
-    """The restart with the highest score; the first (lowest seed) of equal ones."""
+    """The restart with the highest score; of equal ones, the first given."""
     return max(restarts, key=lambda r: r.score)
 
 
@@ -183,7 +198,7 @@ def score_restart(run_dir: Path) -> Restart:
 
 def _epoch_record(run_dir: Path, epoch: int) -> dict:
     """The last ``epoch`` record of ``epoch`` in a run's log.jsonl (empty if there is none)."""
-    records = [json.loads(line) for line in (run_dir / "log.jsonl").open() if line.strip()]
+    records = read_log(run_dir / "log.jsonl")
     kept = [r for r in records if r.get("kind") == "epoch" and r.get("epoch") == epoch]
     return kept[-1] if kept else {}
 
@@ -196,19 +211,46 @@ NO_SCORE = (
 )
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path) -> dict[str, str]:
     """Refuse an ``out`` holding anything restarts did not write: the chosen run's files are
-    copied into it, and they must not replace a run or files of the user's."""
-    if not out.exists() or (out / RESTARTS_FILE).is_file():
-        return  # new, or a finished restarted run (its files are ours)
+    copied into it, and they must not replace a run or files of the user's.
+
+    Returns:
+        The names restarts copied into ``out`` before, with their digests (empty for a new
+        ``out``). A copied file that changed since (say, training continued in ``out`` with
+        ``--resume``) is refused: it is the user's now.
+    """
+    if not out.exists():
+        return {}
     if not out.is_dir():
         raise TrainingError(f"{out} is a file; restarts need a run directory")
-    others = sorted(p.name for p in out.iterdir() if p.name != RESTARTS_DIR)
-    if others:
+    summary_file = out / RESTARTS_FILE
+    if not summary_file.is_file():
+        others = sorted(p.name for p in out.iterdir() if p.name != RESTARTS_DIR)
+        if others:
+            raise TrainingError(
+                f"{out} already holds {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}, "
+                "not written by --restarts; choose a new --out"
+            )
+        return {}
+    summary = json.loads(summary_file.read_text())
+    if "copied" not in summary:  # written before restarts recorded what they copied
+        chosen = out / RESTARTS_DIR / f"seed-{summary['chosen_seed']}"
+        return {p.name: _digest(out / p.name) for p in chosen.iterdir() if (out / p.name).exists()}
+    copied: dict[str, str] = summary["copied"]
+    allowed: dict[str, set[str]] = {}
+    for versions in (copied, summary.get("copying", {})):
+        for name, digest in versions.items():
+            allowed.setdefault(name, set()).add(digest)
+    present = {name: _digest(out / name) for name in allowed if (out / name).exists()}
+    changed = [str(out / name) for name, digest in present.items() if digest not in allowed[name]]
+    if changed:
         raise TrainingError(
-            f"{out} already holds {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}, "
-            "not written by --restarts; choose a new --out"
+            f"{', '.join(sorted(changed))} changed since --restarts copied the chosen run there "
+            "(training continued in it?); nothing was replaced: choose a new --out, or move "
+            "the run elsewhere"
         )
+    return present
 
 
 def _check_scored(config: RunConfig, images: ImageSet) -> None:
@@ -218,11 +260,46 @@ def _check_scored(config: RunConfig, images: ImageSet) -> None:
         raise TrainingError(NO_SCORE)
 
 
-def _copy_run(source: Path, out: Path) -> None:
-    """Copy the files of the run in ``source`` into ``out`` (not the restarts folder)."""
-    for path in source.iterdir():
+def _copy_run(source: Path, out: Path, copied_before: dict[str, str]) -> None:
+    """Copy the files of the run in ``source`` into ``out``, each replaced whole (a folder
+    swapped in as a new copy), and remove what the previous choice copied that this run lacks.
+    Nothing outside ``copied_before`` is replaced or removed."""
+    names = {path.name for path in source.iterdir()}
+    for name in sorted(set(copied_before) - names):
+        _remove(out / name)
+    for path in sorted(source.iterdir()):
         target = out / path.name
+        if target.exists() and path.name not in copied_before:
+            raise TrainingError(f"{target} was not written by --restarts; choose a new --out")
         if path.is_dir():
-            shutil.copytree(path, target, dirs_exist_ok=True)
+            swap = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=out))
+            shutil.copytree(path, swap / path.name)
+            if target.exists():
+                _remove(target)
+            os.replace(swap / path.name, target)
+            swap.rmdir()
         else:
-            shutil.copy2(path, target)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out)
+            os.close(fd)
+            shutil.copy2(path, tmp)
+            os.replace(tmp, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's relative file names and contents."""
+    digest = hashlib.sha256()
+    files = [path] if not path.is_dir() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if file != path:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

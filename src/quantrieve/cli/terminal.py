@@ -83,7 +83,8 @@ def progress_bar(description: str) -> CountingProgress:
 
 
 def print_epoch(summary: EpochSummary, total: int) -> None:
-    """One line per training epoch: loss, speed, validation mAP and the best so far."""
+    """One line per training epoch: loss, speed, validation mAP and P@10, and the epoch kept so
+    far with its mAP (kept by ``train.labelled_select``: mAP alone, or mAP + P@10)."""
     line = (
         f"epoch {summary.epoch}/{total}  loss {summary.loss:.4f}  "
         f"{summary.images_per_second:.0f} img/s"
@@ -93,7 +94,7 @@ def print_epoch(summary: EpochSummary, total: int) -> None:
         if summary.val_p10 is not None:
             line += f"  P@10 {summary.val_p10:.4f}"
     if summary.best_val_map is not None:
-        line += f"  (best {summary.best_val_map:.4f} @ epoch {summary.best_epoch})"
+        line += f"  (kept {summary.best_val_map:.4f} @ epoch {summary.best_epoch})"
     console.print(line)
 
 

@@ -75,7 +75,8 @@ def train(
     resume: ResumeOpt = False,
     restarts: RestartsOpt = 1,
 ) -> None:
-    """Train an encoder from scratch, without labels. Writes model.pt (best by validation mAP)."""
+    """Train an encoder from scratch, without labels. Writes model.pt (the epoch kept by
+    validation: mAP@K, or train.labelled_select)."""
     from quantrieve.api import Retriever, run_parts
     from quantrieve.runtime.distributed import shutdown
     from quantrieve.train.trainer import TrainingError

@@ -154,14 +154,7 @@ class RunDir:
         a run with a folder, else nothing)."""
         if self.out is None:
             return
-        records = []
-        if self.log_file.is_file():
-            for line in self.log_file.read_text().splitlines():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-        self._tensorboard = TensorBoardLog(self._file("tensorboard"), records)
+        self._tensorboard = TensorBoardLog(self._file("tensorboard"), read_log(self.log_file))
 
     def close_tensorboard(self) -> None:
         """Write out and close the TensorBoard events (if any)."""
@@ -205,3 +198,17 @@ class RunDir:
         elif self.path is not None and self.model_file.is_file():
             return RetrievalModel.load(self.model_file)
         return model.eval()
+
+
+def read_log(log_file: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl``, without a line an interruption cut short (and
+    none where there is no log yet)."""
+    if not log_file.is_file():
+        return []
+    records = []
+    for line in log_file.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
