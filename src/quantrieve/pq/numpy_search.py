@@ -157,16 +157,31 @@ def refine_ranking_np(
     if expand:
         leaders = np.take_along_axis(items, order, 1)[:, :expand]
         valid = np.take_along_axis(in_head, order, 1)[:, :expand]
-        vectors = np.asarray(fine[leaders.reshape(-1)], np.float32).reshape(*leaders.shape, -1)
-        weights = valid.astype(np.float32)[..., None]
-        expanded = (queries + (vectors * weights).sum(1)) / (1 + weights.sum(1))
-        scores = _head_scores_np(expanded.astype(np.float32), fine, items, distance)
+        expanded = _expand_queries_np(queries, fine, leaders, valid)
+        scores = _head_scores_np(expanded, fine, items, distance)
         order = np.argsort(np.where(in_head, scores, np.inf), axis=1, kind="stable")
     head_d = np.take_along_axis(np.where(in_head, scores, adc_head), order, 1)
     return (
         np.concatenate([head_d, adc[:, head:]], axis=1),
         np.concatenate([np.take_along_axis(items, order, 1), candidates[:, head:]], axis=1),
     )
+
+
+def _expand_queries_np(
+    queries: np.ndarray, fine: np.ndarray, items: np.ndarray, valid: np.ndarray
+) -> np.ndarray:
+    """(Q, D) float32 expanded queries, as :func:`~quantrieve.pq.refine.expand_queries`, in
+    blocks of queries (bounded memory)."""
+    num_q, count = items.shape
+    block = max(1, REFINE_BLOCK_VALUES // max(1, count * fine.shape[1]))
+    out = np.empty_like(queries, dtype=np.float32)
+    for start in range(0, num_q, block):
+        rows = items[start : start + block]
+        vectors = np.asarray(fine[rows.reshape(-1)], np.float32).reshape(*rows.shape, -1)
+        weights = valid[start : start + block].astype(np.float32)[..., None]
+        summed = queries[start : start + block] + (vectors * weights).sum(1)
+        out[start : start + block] = summed / (1 + weights.sum(1))
+    return out
 
 
 def _head_scores_np(

@@ -153,9 +153,15 @@ def expand_queries(queries: Tensor, fine: Tensor, items: Tensor, valid: Tensor) 
         (Q, D) float32: (q + sum of the valid items' vectors) / (1 + their number).
     """
     num_q, count = items.shape
-    vectors = fine.index_select(0, items.reshape(-1)).float().reshape(num_q, count, -1)
-    weights = valid.float().unsqueeze(-1)
-    return (queries.float() + (vectors * weights).sum(1)) / (1 + weights.sum(1))
+    block = max(1, REFINE_BLOCK_VALUES // max(1, count * fine.shape[1]))  # bounded memory
+    parts = []
+    for start in range(0, num_q, block):
+        rows = items[start : start + block]
+        vectors = fine.index_select(0, rows.reshape(-1)).float().reshape(*rows.shape, -1)
+        weights = valid[start : start + block].float().unsqueeze(-1)
+        summed = queries[start : start + block].float() + (vectors * weights).sum(1)
+        parts.append(summed / (1 + weights.sum(1)))
+    return torch.cat(parts) if parts else queries.float()
 
 
 def _head_scores(queries: Tensor, fine: Tensor, items: Tensor, distance: str) -> Tensor:
