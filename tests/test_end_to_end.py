@@ -208,6 +208,32 @@ def test_user_errors_are_one_line_and_exit_2(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("preset", "noted"), [("fashion-mnist-cpu", True), ("small-collection-cpu", False)]
+)
+def test_a_preset_made_for_a_named_dataset_is_noted_on_a_folder(
+    preset: str,
+    noted: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    tmp_path: Path,
+) -> None:
+    """A user's folder trained with a preset made for another dataset is told which preset is
+    made for folders (before the folder is read: here it does not exist)."""
+    args = ["train", "--preset", preset, "--dataset", "image-folder", "--data-dir", "/nonexistent"]
+    monkeypatch.setattr(sys, "argv", ["quantrieve", *args, "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit):
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    note = (
+        "note: the fashion-mnist-cpu preset was made for the fashion-mnist dataset (its "
+        "schedule, batch and validation queries); for a folder of your own images, --preset "
+        "small-collection-cpu is the one measured on folders"
+    )
+    assert (note in err) is noted and ("note:" in err) is noted
+    assert "/nonexistent" in err  # then the folder is read, and its error said
+
+
 # Slow: its own training run plus an 88-panel matplotlib grid (4-7 s); the grid drawing is in the
 # fast subset through `search --plot` (test_own_images), the demo's refusals through test_outputs.
 @pytest.mark.slow

@@ -112,6 +112,8 @@ def train(
         preset, bits=bits, method=method, config_file=config_file, overrides=settings
     )
     config = retriever.config
+    if preset is not None and (note := _preset_made_for_other_data(preset, config.data.dataset)):
+        console.print(f"[yellow]note:[/yellow] {note}")
     console.print(
         f"training {config.model.backbone} / {config.loss.preset}, {config.model.bits} bits "
         f"(M={config.model.num_books}, K={config.model.num_codewords}), "
@@ -137,6 +139,20 @@ def train(
     )
     shutdown(from_environment())
     console.print(f"done: model {out / 'model.pt'}, log {out / 'log.jsonl'}")
+
+
+def _preset_made_for_other_data(preset: str, dataset: str) -> str | None:
+    """What to say when a preset made for a named dataset trains on an image folder: its
+    schedule, batch and validation size were chosen for that dataset, not for the folder."""
+    made_for = load_config(preset).data.dataset
+    if dataset != "image-folder" or made_for == dataset:
+        return None
+    return (
+        f"the {preset} preset was made for the {made_for} dataset (its schedule, batch and "
+        "validation queries); for a folder of your own images, --preset small-collection-cpu "
+        "is the one measured on folders (README, 'Your own images'; docs/results.md, 'A "
+        "folder of 5,000 handwritten digits')"
+    )
 
 
 def _fit_restarts(retriever: Any, train_set: Any, out: Path, count: int, resume: bool) -> None:
