@@ -22,7 +22,7 @@ import platform
 import statistics
 from pathlib import Path
 
-from cli_calls import quantrieve, scores
+from cli_calls import new_seeds, quantrieve, scores
 
 PRESET = "fashion-mnist-cpu"
 REFINE_DEPTH = 100
@@ -117,16 +117,7 @@ def main() -> None:
     parser.add_argument("--results", type=Path, required=True, help="JSON lines, one a seed")
     parser.add_argument("--summary", type=Path, help="write the means over the seeds here")
     args = parser.parse_args()
-    done = set()
-    if args.results.exists():
-        done = {json.loads(line)["seed"] for line in args.results.open() if line.strip()}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    for seed in (int(s) for s in args.seeds.split(",")):
-        if seed in done:
-            continue
-        row = run_seed(args, seed)
-        with args.results.open("a") as out:
-            out.write(json.dumps(row) + "\n")
+    for row in new_seeds(args.results, args.seeds, lambda seed: run_seed(args, seed)):
         print(json.dumps(row), flush=True)
     if args.summary:
         args.summary.write_text(json.dumps(summary(args.results), indent=2) + "\n")

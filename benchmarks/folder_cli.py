@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from cli_calls import quantrieve, scores
+from cli_calls import new_seeds, quantrieve, scores
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
@@ -98,16 +98,7 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path(".probe/folders"))
     parser.add_argument("--results", type=Path, required=True)
     args = parser.parse_args()
-    done = set()
-    if args.results.exists():
-        done = {json.loads(line)["seed"] for line in args.results.open() if line.strip()}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    for seed in (int(s) for s in args.seeds.split(",")):
-        if seed in done:
-            continue
-        record = run_seed(args, seed)
-        with args.results.open("a") as out:
-            out.write(json.dumps(record) + "\n")
+    for record in new_seeds(args.results, args.seeds, lambda seed: run_seed(args, seed)):
         print(
             json.dumps(
                 {k: record[k] for k in ("seed", "adc", "refined", "pixels_exact", "pixels_pq")}
