@@ -61,6 +61,8 @@ PROBES: dict[str, list[str]] = {
     "ema": ["train.ema_decay=0.99"],
     # The kept epoch is the one with the best validation mAP@1000 + P@10 (not mAP alone).
     "select": ["train.labelled_select=map+p10"],
+    # Unused codewords restarted onto batch sub-vectors (share below a tenth of 1/K).
+    "restart": ["train.codeword_restart=0.1"],
 }
 SMALL_PRESET = "small-collection-cpu"
 FM_PRESET = "fashion-mnist-cpu"

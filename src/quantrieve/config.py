@@ -459,6 +459,9 @@ class TrainConfig:
     ``ema_decay``: above 0, an exponential moving average of the weights (parameters and batch
     norm statistics), updated after every step with this decay, is what validation scores and
     the run keeps (docs/method.md, "Averaged weights"); 0 keeps the trained weights themselves.
+    ``codeword_restart``: above 0, a codeword whose moving share of the batch's codes falls
+    below this fraction of the even share 1/K is moved onto a random sub-vector of the batch
+    (random restarts, Jukebox 2020; docs/method.md, "Restarting unused codewords"); 0 = off.
     """
 
     epochs: int = 20
@@ -479,10 +482,16 @@ class TrainConfig:
     labelled_select: str = "map"
     tensorboard: bool = False
     ema_decay: float = 0.0
+    codeword_restart: float = 0.0
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 = off)")
+        _check(
+            0 <= self.codeword_restart < 1,
+            "train.codeword_restart",
+            "must be in [0, 1) (0 = off; a fraction of the even share 1/K)",
+        )
         _check(
             self.unlabelled_select in UNLABELLED_SELECT,
             "train.unlabelled_select",

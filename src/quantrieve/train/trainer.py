@@ -51,6 +51,7 @@ from quantrieve.runtime.distributed import Distributed, barrier, gather
 from quantrieve.runtime.distributed import setup as setup_distributed
 from quantrieve.runtime.progress import Progress, report
 from quantrieve.runtime.run_info import run_record
+from quantrieve.train.codeword_restarts import CodewordRestarts
 from quantrieve.train.run_dir import RUN_KIND, RunDir, TrainingError
 from quantrieve.train.schedule import learning_rate
 from quantrieve.train.training_data import carve_training_data
@@ -215,6 +216,10 @@ class Trainer:
         self.augment, self.small_augment = self._augmentations(side, channels)
         self.objective = Objective(config.loss, config.model.num_books)
         self.optimizer, self.scaler = self._optimizer()
+        restart = config.train.codeword_restart
+        self.restarts = (
+            CodewordRestarts(self.model.quantizer, restart, config.train.seed) if restart else None
+        )
         # 5. Where training starts: epoch 0 (recorded in the folder) or the checkpoint; the
         # averaged weights, if any, start from the weights training starts with.
         self._start_fresh()
@@ -424,17 +429,25 @@ class Trainer:
                 return
 
     def _state(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "best_val_map": self.best_val_map,
-            "best_val_score": self.best_val_score,
-            "best_val_self": self.best_val_self,
-            "best_epoch": self.best_epoch,
-            "config": self.config.to_dict(),
-        } | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
+        return (
+            {
+                "epoch": self.epoch,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "best_val_map": self.best_val_map,
+                "best_val_score": self.best_val_score,
+                "best_val_self": self.best_val_self,
+                "best_epoch": self.best_epoch,
+                "config": self.config.to_dict(),
+            }
+            | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
+            | (
+                {"codeword_restarts": self.restarts.state_dict()}
+                if self.restarts is not None
+                else {}
+            )
+        )
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved = state.get("config")
@@ -459,6 +472,8 @@ class Trainer:
         self.best_val_score = state.get("best_val_score", state["best_val_map"])
         self.best_val_self = state.get("best_val_self", -math.inf)  # older checkpoints
         self.best_epoch = state["best_epoch"]
+        if self.restarts is not None:
+            self.restarts.load_state_dict(state["codeword_restarts"])
         self.run.drop_unfinished_epoch_records(self.epoch)
 
     def _extend(self, planned: int, done: int) -> None:
@@ -538,6 +553,8 @@ class Trainer:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.restarts is not None:  # on the gathered batch: the same on every rank
+            self.restarts.after_step(per_view[0].detach(), step, self.optimizer)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         return {"lr": lr, **{k: float(v.detach()) for k, v in terms.items()}}
@@ -629,6 +646,8 @@ class Trainer:
             val_self=val_self,
         )
         record = {k: v for k, v in summary.__dict__.items() if k != "best_val_map"}
+        if self.restarts is not None:
+            record["codewords_restarted"] = self.restarts.take_count()
         self.run.log({"kind": "epoch", **record, "code_usage": usage.to_dict()})
         if self.run.out is not None:
             self.run.save_checkpoint(self._state())
