@@ -4,7 +4,9 @@ refined index (mAP@1000, P@10), with the fair tie order.
 
 Probes: ``base`` (the preset's earlier random codewords), ``kmeans`` (codewords started at
 k-means centroids, the preset since then), ``ema`` (``kmeans`` and ``train.ema_decay=0.99``),
-``select`` (``kmeans`` and ``train.labelled_select=map+p10``).
+``select`` (``kmeans`` and ``train.labelled_select=map+p10``), ``restart`` (``kmeans`` and
+``train.codeword_restart=0.1``). The solar cells and the 5,000 digits are scored through the
+command line (``folder_cli.py``; refined with the default query expansion, the others without).
 
     python benchmarks/probe_summary.py --json benchmarks/results/top10-probes/probe_summary.json
     python benchmarks/probe_summary.py --probes kmeans,select \
@@ -24,11 +26,17 @@ PROBE_FILES = (
     RESULTS / "top10-probes/cpu_fashion_small.jsonl",  # Fashion-MNIST, 3,600 images
     RESULTS / "top10-probes/cpu_ema.jsonl",  # the four above with averaged weights
     RESULTS / "top10-probes/cpu_select.jsonl",  # the four, the epoch by mAP@1000 + P@10
+    RESULTS / "top10-probes/cpu_restart.jsonl",  # the four, unused codewords restarted
 )
-FOLDER_FILES = {  # solar cells through the command line
-    "base": RESULTS / "own-folders/solar.jsonl",
-    "kmeans": RESULTS / "own-folders/solar_kmeans.jsonl",
-    "ema": RESULTS / "own-folders/solar_ema.jsonl",
+FOLDER_FILES = {  # (collection, probe): folders scored through the command line
+    ("solar", "base"): RESULTS / "own-folders/solar.jsonl",
+    ("solar", "kmeans"): RESULTS / "own-folders/solar_kmeans.jsonl",
+    ("solar", "ema"): RESULTS / "own-folders/solar_ema.jsonl",
+    ("solar", "select"): RESULTS / "own-folders/solar_select.jsonl",
+    ("solar", "restart"): RESULTS / "own-folders/solar_restart.jsonl",
+    ("mnist5k", "kmeans"): RESULTS / "own-folders/mnist5k.jsonl",
+    ("mnist5k", "select"): RESULTS / "own-folders/mnist5k_select.jsonl",
+    ("mnist5k", "restart"): RESULTS / "own-folders/mnist5k_restart.jsonl",
 }
 NAMES = ("adc_map", "adc_p10", "refined_map", "refined_p10")
 
@@ -37,6 +45,8 @@ def collect() -> dict:
     """{collection: {probe: [(adc map, adc p10, refined map, refined p10), ...]}}"""
     runs: dict = defaultdict(lambda: defaultdict(list))
     for path in PROBE_FILES:
+        if not path.is_file():
+            continue
         for line in path.open():
             r = json.loads(line)
             s = r["scores"]
@@ -44,10 +54,12 @@ def collect() -> dict:
             runs[r["collection"]][r["probe"]].append(
                 (adc["map"], adc["p10"], refined["map"], refined["p10"])
             )
-    for probe, path in FOLDER_FILES.items():
+    for (collection, probe), path in FOLDER_FILES.items():
+        if not path.is_file():
+            continue
         for line in path.open():
             r = json.loads(line)
-            runs["solar"][probe].append(
+            runs[collection][probe].append(
                 (r["adc"]["map"], r["adc"]["p10"], r["refined"]["map"], r["refined"]["p10"])
             )
     return runs
