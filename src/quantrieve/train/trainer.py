@@ -429,25 +429,22 @@ class Trainer:
                 return
 
     def _state(self) -> dict[str, Any]:
-        return (
-            {
-                "epoch": self.epoch,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "best_val_map": self.best_val_map,
-                "best_val_score": self.best_val_score,
-                "best_val_self": self.best_val_self,
-                "best_epoch": self.best_epoch,
-                "config": self.config.to_dict(),
-            }
-            | ({"ema": self.ema.state_dict()} if self.ema is not None else {})
-            | (
-                {"codeword_restarts": self.restarts.state_dict()}
-                if self.restarts is not None
-                else {}
-            )
-        )
+        state = {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "best_val_map": self.best_val_map,
+            "best_val_score": self.best_val_score,
+            "best_val_self": self.best_val_self,
+            "best_epoch": self.best_epoch,
+            "config": self.config.to_dict(),
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.restarts is not None:
+            state["codeword_restarts"] = self.restarts.state_dict()
+        return state
 
     def _restore(self, state: dict[str, Any]) -> None:
         saved = state.get("config")
