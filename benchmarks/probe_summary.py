@@ -5,12 +5,15 @@ refined index (mAP@1000, P@10), with the fair tie order.
 Probes: ``base`` (the preset's earlier random codewords), ``kmeans`` (codewords started at
 k-means centroids, the preset since then), ``ema`` (``kmeans`` and ``train.ema_decay=0.99``),
 ``select`` (``kmeans`` and ``train.labelled_select=map+p10``), ``restart`` (``kmeans`` and
-``train.codeword_restart=0.1``). The solar cells and the 5,000 digits are scored through the
-command line (``folder_cli.py``; refined with the default query expansion, the others without).
+``train.codeword_restart=0.1``), ``tau05`` (``kmeans`` and ``model.tau_sq=0.05``). The solar
+cells and the 5,000 digits are scored through the command line (``folder_cli.py``; refined with
+the default query expansion, the others without).
 
     python benchmarks/probe_summary.py --json benchmarks/results/top10-probes/probe_summary.json
     python benchmarks/probe_summary.py --probes kmeans,select \
         --json benchmarks/results/top10-probes/probe_summary_select.json
+    python benchmarks/probe_summary.py --probes kmeans,tau05 \
+        --json benchmarks/results/top10-probes/probe_summary_tau05.json
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ PROBE_FILES = (
     RESULTS / "top10-probes/cpu_ema.jsonl",  # the four above with averaged weights
     RESULTS / "top10-probes/cpu_select.jsonl",  # the four, the epoch by mAP@1000 + P@10
     RESULTS / "top10-probes/cpu_restart.jsonl",  # the four, unused codewords restarted
+    RESULTS / "top10-probes/cpu_fashion_capacity.jsonl",  # Fashion-MNIST: w_cd, tau_sq, 4x256
+    RESULTS / "top10-probes/cpu_tau05.jsonl",  # letters, crops, digits: tau_sq = 0.05
 )
 FOLDER_FILES = {  # (collection, probe): folders scored through the command line
     ("solar", "base"): RESULTS / "own-folders/solar.jsonl",
@@ -34,9 +39,11 @@ FOLDER_FILES = {  # (collection, probe): folders scored through the command line
     ("solar", "ema"): RESULTS / "own-folders/solar_ema.jsonl",
     ("solar", "select"): RESULTS / "own-folders/solar_select.jsonl",
     ("solar", "restart"): RESULTS / "own-folders/solar_restart.jsonl",
+    ("solar", "tau05"): RESULTS / "own-folders/solar_tau05.jsonl",
     ("mnist5k", "kmeans"): RESULTS / "own-folders/mnist5k.jsonl",
     ("mnist5k", "select"): RESULTS / "own-folders/mnist5k_select.jsonl",
     ("mnist5k", "restart"): RESULTS / "own-folders/mnist5k_restart.jsonl",
+    ("mnist5k", "tau05"): RESULTS / "own-folders/mnist5k_tau05.jsonl",
 }
 NAMES = ("adc_map", "adc_p10", "refined_map", "refined_p10")
 

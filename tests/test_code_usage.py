@@ -28,6 +28,12 @@ def test_identical_codes_are_degenerate_with_a_warning() -> None:
     assert found[0] == "only 1 distinct code for 200 items (0.5% of the 200 possible)"
     assert found[1].startswith("4 of 4 books (book 0, 1, 2, 3) effectively use fewer than 2 of")
     assert usage.to_dict()["degenerate"] is True
+    # The advice names the causes measured: too few steps, too high a rate, too sharp a
+    # soft assignment (docs/results.md, "The sharper soft assignment on every collection").
+    message = usage.message("encoded database")
+    advice = message.removeprefix(f"encoded database: codes have collapsed: {'; '.join(found)}; ")
+    assert advice != message
+    assert "train.batch_size" in advice and "train.lr" in advice and "model.tau_sq" in advice
     with pytest.warns(QuantrieveWarning, match=r"encoded database: codes have collapsed: only 1"):
         check_code_usage(np.zeros((200, 4), dtype=np.uint8), 16, "encoded database")
 

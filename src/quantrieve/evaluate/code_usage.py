@@ -51,7 +51,8 @@ MAX_TIED_SHARE = 0.10
 COLLAPSE_ADVICE = (
     "retrieval with these codes ranks close to chance; train with more optimisation steps "
     "(a smaller train.batch_size or more train.epochs, see the steps-per-epoch warning), "
-    "check that the images differ, or lower train.lr"
+    "check that the images differ, or lower train.lr; a soft assignment sharper than the "
+    "default (model.tau_sq below 0.2) collapses codes too"
 )
 
 
