@@ -63,6 +63,8 @@ PROBES: dict[str, list[str]] = {
     "select": ["train.labelled_select=map+p10"],
     # Unused codewords restarted onto batch sub-vectors (share below a tenth of 1/K).
     "restart": ["train.codeword_restart=0.1"],
+    # A third more epochs (the schedule stretched with them): runs still rising at epoch 30.
+    "ep40": ["train.epochs=40"],
 }
 SMALL_PRESET = "small-collection-cpu"
 FM_PRESET = "fashion-mnist-cpu"

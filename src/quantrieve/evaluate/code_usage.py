@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from quantrieve.config import ModelConfig
 from quantrieve.errors import QuantrieveWarning
 
 MIN_BOOK_PERPLEXITY = 2.0
@@ -52,7 +53,7 @@ COLLAPSE_ADVICE = (
     "retrieval with these codes ranks close to chance; train with more optimisation steps "
     "(a smaller train.batch_size or more train.epochs, see the steps-per-epoch warning), "
     "check that the images differ, or lower train.lr; a soft assignment sharper than the "
-    "default (model.tau_sq below 0.2) collapses codes too"
+    f"default (model.tau_sq below {ModelConfig.tau_sq}) collapses codes too"
 )
 
 
