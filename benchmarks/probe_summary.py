@@ -5,15 +5,18 @@ refined index (mAP@1000, P@10), with the fair tie order.
 Probes: ``base`` (the preset's earlier random codewords), ``kmeans`` (codewords started at
 k-means centroids, the preset since then), ``ema`` (``kmeans`` and ``train.ema_decay=0.99``),
 ``select`` (``kmeans`` and ``train.labelled_select=map+p10``), ``restart`` (``kmeans`` and
-``train.codeword_restart=0.1``), ``tau05`` (``kmeans`` and ``model.tau_sq=0.05``). The solar
-cells and the 5,000 digits are scored through the command line (``folder_cli.py``; refined with
-the default query expansion, the others without).
+``train.codeword_restart=0.1``), ``tau05`` (``kmeans`` and ``model.tau_sq=0.05``), ``ep40``
+(``kmeans`` and ``train.epochs=40``). The solar cells and the 5,000 digits are scored through
+the command line (``folder_cli.py``; refined with the default query expansion, the others
+without).
 
     python benchmarks/probe_summary.py --json benchmarks/results/top10-probes/probe_summary.json
     python benchmarks/probe_summary.py --probes kmeans,select \
         --json benchmarks/results/top10-probes/probe_summary_select.json
     python benchmarks/probe_summary.py --probes kmeans,tau05 \
         --json benchmarks/results/top10-probes/probe_summary_tau05.json
+    python benchmarks/probe_summary.py --probes kmeans,ep40 \
+        --json benchmarks/results/top10-probes/probe_summary_ep40.json
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ PROBE_FILES = (
     RESULTS / "top10-probes/cpu_restart.jsonl",  # the four, unused codewords restarted
     RESULTS / "top10-probes/cpu_fashion_capacity.jsonl",  # Fashion-MNIST: w_cd, tau_sq, 4x256
     RESULTS / "top10-probes/cpu_tau05.jsonl",  # letters, crops, digits: tau_sq = 0.05
+    RESULTS / "top10-probes/cpu_ep40.jsonl",  # the four: 40 epochs
 )
 FOLDER_FILES = {  # (collection, probe): folders scored through the command line
     ("solar", "base"): RESULTS / "own-folders/solar.jsonl",
@@ -40,10 +44,12 @@ FOLDER_FILES = {  # (collection, probe): folders scored through the command line
     ("solar", "select"): RESULTS / "own-folders/solar_select.jsonl",
     ("solar", "restart"): RESULTS / "own-folders/solar_restart.jsonl",
     ("solar", "tau05"): RESULTS / "own-folders/solar_tau05.jsonl",
+    ("solar", "ep40"): RESULTS / "own-folders/solar_ep40.jsonl",
     ("mnist5k", "kmeans"): RESULTS / "own-folders/mnist5k.jsonl",
     ("mnist5k", "select"): RESULTS / "own-folders/mnist5k_select.jsonl",
     ("mnist5k", "restart"): RESULTS / "own-folders/mnist5k_restart.jsonl",
     ("mnist5k", "tau05"): RESULTS / "own-folders/mnist5k_tau05.jsonl",
+    ("mnist5k", "ep40"): RESULTS / "own-folders/mnist5k_ep40.jsonl",
 }
 NAMES = ("adc_map", "adc_p10", "refined_map", "refined_p10")
 
