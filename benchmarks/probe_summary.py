@@ -49,7 +49,6 @@ FOLDER_FILES = {  # (collection, probe): folders scored through the command line
     ("mnist5k", "select"): RESULTS / "own-folders/mnist5k_select.jsonl",
     ("mnist5k", "restart"): RESULTS / "own-folders/mnist5k_restart.jsonl",
     ("mnist5k", "tau05"): RESULTS / "own-folders/mnist5k_tau05.jsonl",
-    ("mnist5k", "ep40"): RESULTS / "own-folders/mnist5k_ep40.jsonl",
 }
 NAMES = ("adc_map", "adc_p10", "refined_map", "refined_p10")
 
